@@ -1,0 +1,77 @@
+"""One exception tree for fedunlearn.
+
+Every error a user can trigger is a :class:`FedUnlearnError`. Messages name the bad value,
+what was expected and how to fix it::
+
+    FedUnlearnError
+    ├── ConfigError            bad settings, scenario files or CLI arguments
+    │   └── UnknownNameError   a name not in a registry / organization list (lists valid ones)
+    ├── DataError              missing, empty or malformed data files (names the file)
+    ├── ModelError             base model / tokenizer / adapter cannot be built or loaded
+    ├── LedgerError            lineage database or blob store problems
+    │   └── IntegrityError     a stored blob or log entry does not match its hash or signature
+    ├── RunStateError          a run folder in the wrong state (other version, unfinished, erased org)
+    └── FederationError        Flower-side problems: nodes missing, bad replies, timeouts
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+__all__ = [
+    "ConfigError",
+    "DataError",
+    "FedUnlearnError",
+    "FederationError",
+    "IntegrityError",
+    "LedgerError",
+    "ModelError",
+    "RunStateError",
+    "UnknownNameError",
+]
+
+
+class FedUnlearnError(Exception):
+    """Base class of every error fedunlearn raises on purpose."""
+
+
+class ConfigError(FedUnlearnError, ValueError):
+    """Invalid settings, scenario file or command-line argument."""
+
+
+class UnknownNameError(ConfigError, KeyError):
+    """A name that is not registered; the message lists the valid names."""
+
+    def __init__(self, kind: str, name: str, valid: Iterable[str]) -> None:
+        self.kind = kind
+        self.name = name
+        self.valid = sorted(valid)
+        listed = ", ".join(repr(v) for v in self.valid) or "(none)"
+        super().__init__(f"unknown {kind} {name!r}; valid {kind}s are: {listed}")
+
+    def __str__(self) -> str:  # KeyError would otherwise repr() the message
+        return str(self.args[0])
+
+
+class DataError(FedUnlearnError, ValueError):
+    """Missing, empty or malformed data; the message names the file."""
+
+
+class ModelError(FedUnlearnError):
+    """The base model, tokenizer or an adapter cannot be built, loaded or combined."""
+
+
+class LedgerError(FedUnlearnError):
+    """The lineage ledger or its blob store cannot be read or written."""
+
+
+class IntegrityError(LedgerError):
+    """Stored content does not match its hash, signature or authentication tag."""
+
+
+class RunStateError(FedUnlearnError):
+    """A run folder is in a state that forbids the operation (version, progress, erasure)."""
+
+
+class FederationError(FedUnlearnError):
+    """Flower-side failure: organizations missing, malformed replies, time-outs."""
