@@ -68,8 +68,10 @@ class ModelSettings:
 
     path: str = ""
     device: str = "auto"  # auto | cpu | cuda
+    threads: int = 0  # CPU threads for torch; 0 = auto (1 for models under 20M parameters, else all cores)
 
     def __post_init__(self) -> None:
+        _positive("model", "threads", self.threads, zero=True)
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"model.device = {self.device!r} is invalid: expected 'auto', 'cpu' or 'cuda'")
 

@@ -1,0 +1,1 @@
+"""Flower ClientApp of fedunlearn (thin message handlers over fedunlearn.training)."""

@@ -1,0 +1,64 @@
+"""fedunlearn ClientApp: an organization's node. Thin handlers over fedunlearn.training.
+
+Identity comes from the node config (``org`` in deployment, ``partition-id`` in simulation),
+never from Flower's node id. Every handler replies with exactly one MetricRecord (and one
+ArrayRecord when it returns an adapter).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from flwr.app import Context, Message
+from flwr.clientapp import ClientApp
+
+from fedunlearn.config import settings_from_flat
+from fedunlearn.errors import FederationError
+from fedunlearn.federation import protocol
+from fedunlearn.training.client import OrganizationClient, organization_name
+
+__all__ = ["app", "make_app"]
+
+
+def _settings(context: Context, overrides: Mapping[str, object] | None):
+    return settings_from_flat({**dict(context.run_config), **dict(overrides or {})})
+
+
+def make_app(overrides: Mapping[str, object] | None = None) -> ClientApp:
+    """A ClientApp whose run config is Flower's, updated with ``overrides`` (see server.app)."""
+    client = ClientApp()
+
+    @client.query("identify")
+    def identify(msg: Message, context: Context) -> Message:
+        name = organization_name(_settings(context, overrides), context.node_config)
+        return Message(protocol.reply_content(metrics={}, config={"org": name}), reply_to=msg)
+
+    @client.train()
+    def train(msg: Message, context: Context) -> Message:
+        org = OrganizationClient.from_node(_settings(context, overrides), context.node_config)
+        cfg = protocol.config_of(msg)
+        if cfg.get("org") not in (None, org.name):
+            raise FederationError(f"train message for {cfg.get('org')!r} reached organization {org.name!r}")
+        new_state, fit = org.train(
+            protocol.state_of(msg), seed=int(cfg["seed"]), epochs=int(cfg.get("epochs", 0)) or None,
+            lr=float(cfg.get("lr", 0.0)) or None, batch_size=int(cfg.get("batch-size", 0)) or None,
+        )
+        metrics = {
+            "num-examples": fit.num_examples, "train-loss": fit.loss_last_epoch,
+            "train-loss-first": fit.loss_first_epoch, "steps": fit.steps, "tokens": fit.tokens,
+            "seconds": fit.seconds,
+        }
+        return Message(protocol.reply_content(state=new_state, metrics=metrics), reply_to=msg)
+
+    @client.evaluate()
+    def evaluate(msg: Message, context: Context) -> Message:
+        org = OrganizationClient.from_node(_settings(context, overrides), context.node_config)
+        result = org.evaluate(protocol.state_of(msg))
+        metrics = {"num-examples": result.num_examples, "eval-loss": result.loss,
+                   "eval-perplexity": result.perplexity, "tokens": result.tokens}
+        return Message(protocol.reply_content(metrics=metrics), reply_to=msg)
+
+    return client
+
+
+app = make_app()

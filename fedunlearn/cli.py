@@ -1,0 +1,192 @@
+"""The ``fedunlearn`` command."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from fedunlearn import __version__
+from fedunlearn.errors import FedUnlearnError
+
+app = typer.Typer(
+    name="fedunlearn",
+    help="Federated LoRA fine-tuning in which any organization can be erased, provably.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _fail(exc: FedUnlearnError) -> None:
+    err_console.print(f"[bold red]error:[/] {exc}")
+    raise typer.Exit(code=2)
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"fedunlearn {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version and exit."),
+) -> None:
+    """Federated LoRA fine-tuning with erasure on request (Flower + peft)."""
+
+
+def _summary(report) -> None:
+    from fedunlearn.ledger import Ledger
+    from fedunlearn.runs import RunFolder
+
+    run = RunFolder.open(report.run_dir)
+    table = Table(title="organizations", show_lines=False)
+    for col in ("organization", "shard", "joined", "rounds", "train loss first→last", "holdout loss first→last"):
+        table.add_column(col)
+    evals: dict[str, list[float]] = {}
+    for row in run.read_metrics():
+        if row.get("kind") == "evaluate":
+            evals.setdefault(row["org"], []).append(row["eval-loss"])
+    with Ledger.open(run.path) as ledger:
+        for org in ledger.organizations():
+            losses = [(c.metrics.get("train-loss-first"), c.metrics.get("train-loss"))
+                      for ckpt in ledger.chain(org.shard) for c in ledger.contributions(ckpt.id) if c.org == org.name]
+            train = f"{losses[0][0]:.3f} → {losses[-1][1]:.3f}" if losses else "-"
+            ev = evals.get(org.name, [])
+            hold = f"{ev[0]:.3f} → {ev[-1]:.3f}" if ev else "-"
+            table.add_row(org.name, str(org.shard), f"round {org.join_round}", str(len(losses)), train, hold)
+        stats = ledger.stats()
+    console.print(table)
+    console.print(f"[bold]run folder[/]      {run.path.resolve()}")
+    console.print(f"[bold]served adapter[/]  {report.served.path.resolve()}  (sha256 {report.served.hash[:16]}…)")
+    console.print(f"[bold]ledger[/]          {stats}")
+    console.print("load it:  [cyan]from peft import AutoPeftModelForCausalLM; "
+                  f"AutoPeftModelForCausalLM.from_pretrained('{report.served.path.resolve()}')[/]")
+    console.print(f"inspect:  [cyan]fedunlearn info --run {run.path}[/]")
+
+
+@app.command()
+def demo(
+    out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default: runs/demo-<time>)."),
+    organizations: int = typer.Option(4, "--organizations", min=1, max=64, help="Number of synthetic organizations."),
+    rounds: int = typer.Option(3, "--rounds", min=1, help="Federated rounds."),
+    shards: int = typer.Option(1, "--shards", min=1, help="Isolated shards (1 = plain FedAvg)."),
+) -> None:
+    """Fine-tune a LoRA adapter on a synthetic consortium through Flower's simulation engine."""
+    from fedunlearn.config import OrganizationSettings, Settings
+    from fedunlearn.federation.simulation import simulate
+    from fedunlearn.federation.workflow import default_run_dir
+    from fedunlearn.progress import RichReporter
+
+    try:
+        settings = Settings(organizations=tuple(OrganizationSettings(name=f"org-{i}") for i in range(organizations)))
+        settings = settings.replace(run={"name": "demo"}, train={"rounds": rounds}, topology={"shards": shards})
+        out = out or default_run_dir(settings)
+        console.print(f"[bold]fedunlearn demo[/]: {organizations} organizations, {rounds} rounds, {shards} shard(s) → {out}")
+        report = simulate(settings, out, reporter=RichReporter())
+        _summary(report)
+    except FedUnlearnError as exc:
+        _fail(exc)
+
+
+@app.command()
+def simulate(
+    scenario: Path = typer.Option(..., "--scenario", help="Scenario TOML file (see simulations/consortium.toml)."),
+    out: Path = typer.Option(..., "--out", help="Run folder; an interrupted run there is resumed."),
+) -> None:
+    """Run a scenario through Flower's simulation engine (resumes an interrupted run)."""
+    from fedunlearn.config import load_scenario
+    from fedunlearn.federation.simulation import simulate as run_sim
+    from fedunlearn.progress import RichReporter
+
+    try:
+        settings = load_scenario(scenario)
+        report = run_sim(settings, out, reporter=RichReporter())
+        _summary(report)
+    except FedUnlearnError as exc:
+        _fail(exc)
+
+
+@app.command()
+def export(
+    run: Path = typer.Option(..., "--run", help="Run folder."),
+    out: Path = typer.Option(..., "--out", help="Destination folder for the PEFT adapter."),
+) -> None:
+    """Copy the served model (a standard PEFT adapter folder) out of a run."""
+    from fedunlearn.federation.serving import copy_served
+    from fedunlearn.runs import RunFolder
+
+    try:
+        dest = copy_served(RunFolder.open(run), out)
+        console.print(f"exported to {dest.resolve()}")
+        console.print(f"load it: AutoPeftModelForCausalLM.from_pretrained('{dest.resolve()}')")
+    except FedUnlearnError as exc:
+        _fail(exc)
+
+
+@app.command()
+def info(
+    run: Path = typer.Option(..., "--run", help="Run folder."),
+    as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
+) -> None:
+    """Organizations, shards, rounds and lineage of a run."""
+    from fedunlearn.ledger import Ledger
+    from fedunlearn.runs import RunFolder
+
+    try:
+        folder = RunFolder.open(run)
+        with Ledger.open(folder.path) as ledger:
+            orgs = []
+            for o in ledger.organizations():
+                deps = ledger.dependents(o.name)
+                orgs.append({"name": o.name, "shard": o.shard, "join_round": o.join_round, "status": o.status,
+                             "served_components_depending": [{"shard": d.shard, "since_round": d.since_round}
+                                                             for d in deps]})
+            shards = []
+            for s in range(folder.settings.topology.shards):
+                head = ledger.head(s)
+                shards.append({"shard": s, "round": head.round if head else None,
+                               "head": head.hash if head else None, "members": [o.name for o in ledger.organizations()
+                                                                                 if o.shard == s]})
+            doc = {"run": str(folder.path.resolve()), "base_model": str(folder.base_model),
+                   "rounds": folder.settings.train.rounds, "organizations": orgs, "shards": shards,
+                   "served": ledger.served(), "ledger": ledger.stats()}
+    except FedUnlearnError as exc:
+        _fail(exc)
+        return
+    if as_json:
+        sys.stdout.write(json.dumps(doc, indent=2, default=str) + "\n")
+        return
+    console.print(f"[bold]run[/] {doc['run']}  base model {doc['base_model']}")
+    t = Table(title="organizations")
+    for c in ("organization", "shard", "joined", "status", "served model depends on it"):
+        t.add_column(c)
+    for o in orgs:
+        dep = ", ".join(f"shard {d['shard']} since round {d['since_round']}" for d in o["served_components_depending"]) or "no"
+        t.add_row(o["name"], str(o["shard"]), str(o["join_round"]), o["status"], dep)
+    console.print(t)
+    t = Table(title="shards")
+    for c in ("shard", "round", "head", "members"):
+        t.add_column(c)
+    for s in shards:
+        t.add_row(str(s["shard"]), str(s["round"]), (s["head"] or "-")[:16], ", ".join(s["members"]))
+    console.print(t)
+    served = doc["served"]
+    console.print(f"[bold]served[/] {served['path'] if served else 'not exported yet'}")
+    console.print(f"[bold]ledger[/] {doc['ledger']}")
+
+
+def run() -> None:  # console-script entry point
+    app()
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,193 @@
+"""Server-side round orchestration: FedAvg per shard, every step committed to the ledger.
+
+One round of one shard:
+
+1. members = organizations of the shard that have joined by this round and are not erased;
+2. each gets a ``train`` message with the shard's current adapter and a seed derived from
+   (run seed, shard, round, organization), so a replay of the same round is bit-identical;
+3. each reply's adapter is stored encrypted under its organization's key, the FedAvg aggregate
+   (weights = num-examples) is stored, and the round is committed in one ledger transaction.
+
+A shard with no members in a round commits a carry-over checkpoint (same adapter, no
+contributions), so every shard's checkpoint chain has one entry per round. Training resumes from
+each shard's head, so a run stopped mid-round loses only that round.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import torch
+from flwr.serverapp import Grid
+
+from fedunlearn.federation import protocol
+from fedunlearn.federation.nodes import discover, exchange
+from fedunlearn.federation.serving import export_served
+from fedunlearn.federation.topology import Topology, derive_seed
+from fedunlearn.ledger import Contribution, Ledger
+from fedunlearn.models import average_states, get_lora_state, load_base_model, pick_device, wrap_lora
+from fedunlearn.progress import LogReporter, Reporter
+from fedunlearn.runs import RunFolder, utc_now
+from fedunlearn.training.client import lora_spec
+
+__all__ = ["Coordinator", "RoundSummary", "initial_state"]
+
+
+def initial_state(run: RunFolder, shard: int) -> dict[str, torch.Tensor]:
+    """The shard's round-0 adapter: peft's LoRA init (B = 0) seeded by (run seed, shard)."""
+    base = load_base_model(run.base_model, device=pick_device("cpu"))
+    model = wrap_lora(base, lora_spec(run.settings), seed=derive_seed(run.settings.run.seed, "init", shard))
+    return get_lora_state(model)
+
+
+@dataclass
+class RoundSummary:
+    """What one round of one shard did."""
+
+    shard: int
+    round: int
+    members: list[str]
+    train_loss: dict[str, float] = field(default_factory=dict)
+    train_loss_first: dict[str, float] = field(default_factory=dict)
+    eval_loss: dict[str, float] = field(default_factory=dict)
+    client_steps: int = 0
+    seconds: float = 0.0
+    client_seconds: float = 0.0
+    bytes_sent: int = 0
+
+
+def _nbytes(state: Mapping[str, torch.Tensor]) -> int:
+    return sum(t.numel() * t.element_size() for t in state.values())
+
+
+class Coordinator:
+    """Drives federated training of a run over a Flower grid."""
+
+    def __init__(self, grid: Grid, run: RunFolder, ledger: Ledger, *, reporter: Reporter | None = None) -> None:
+        self.grid = grid
+        self.run = run
+        self.ledger = ledger
+        self.settings = run.settings
+        self.topology = Topology.from_settings(run.settings)
+        self.reporter = reporter or LogReporter()
+        self.nodes: dict[str, int] = {}
+        self.summaries: list[RoundSummary] = []
+
+    # -- set-up -----------------------------------------------------------------------------
+    def enrol(self) -> None:
+        """Register every organization (shard, join round) in the ledger; idempotent on resume."""
+        for org in self.settings.organizations:
+            self.ledger.register_organization(
+                org.name, shard=self.topology.shard_of(org.name), join_round=org.join_round
+            )
+
+    def connect(self) -> dict[str, int]:
+        """Map every active organization's name to its node id."""
+        active = [o.name for o in self.ledger.organizations() if o.status == "active"]
+        self.reporter.message(f"waiting for {len(active)} organizations to connect ...")
+        self.nodes = discover(self.grid, active, timeout=self.settings.run.discovery_timeout)
+        return self.nodes
+
+    def initialize(self) -> None:
+        """Commit each shard's round-0 adapter unless it exists already."""
+        for shard in range(self.topology.shards):
+            if self.ledger.head(shard) is None:
+                state = initial_state(self.run, shard)
+                digest = self.ledger.put_state(state)
+                self.ledger.commit_round(shard=shard, round=0, aggregate_hash=digest, contributions=[], parent_id=None)
+
+    # -- training ---------------------------------------------------------------------------
+    def train_round(self, shard: int, rnd: int, *, members: list[str] | None = None) -> RoundSummary:
+        """Run round ``rnd`` of ``shard`` with ``members`` (default: the ledger's members)."""
+        start = time.perf_counter()
+        head = self.ledger.head(shard)
+        members = self.ledger.members(shard, rnd) if members is None else members
+        summary = RoundSummary(shard=shard, round=rnd, members=list(members))
+        if not members:
+            self.ledger.commit_round(shard=shard, round=rnd, aggregate_hash=head.hash, contributions=[], parent_id=head.id)
+            return summary
+        state = self.ledger.get_state(head.hash)
+        t = self.settings.train
+        contents = {
+            org: protocol.make_content(
+                state=state,
+                config={
+                    "round": rnd, "shard": shard, "org": org,
+                    "seed": derive_seed(self.settings.run.seed, "train", shard, rnd, org),
+                    "epochs": t.local_epochs, "lr": t.lr, "batch-size": t.batch_size,
+                },
+            )
+            for org in members
+        }
+        replies = exchange(
+            self.grid, {o: self.nodes[o] for o in members}, contents, message_type=protocol.TRAIN,
+            group_id=f"shard-{shard}/round-{rnd}", timeout=self.settings.run.round_timeout, expect_state=True,
+        )
+        states, weights, contributions = [], [], []
+        for org in members:  # fixed order: aggregation is deterministic
+            reply = replies[org]
+            n = int(reply.metrics["num-examples"])
+            digest = self.ledger.put_state(reply.state, org=org)
+            contributions.append(Contribution(org=org, update_hash=digest, weight=float(n), num_examples=n,
+                                              metrics=reply.metrics))
+            states.append(reply.state)
+            weights.append(float(n))
+            summary.train_loss[org] = reply.metrics.get("train-loss", float("nan"))
+            summary.train_loss_first[org] = reply.metrics.get("train-loss-first", float("nan"))
+            summary.client_steps += int(reply.metrics.get("steps", 0))
+            summary.client_seconds = max(summary.client_seconds, reply.metrics.get("seconds", 0.0))
+            summary.bytes_sent += 2 * _nbytes(reply.state)
+        total = sum(weights)
+        contributions = [Contribution(org=c.org, update_hash=c.update_hash, weight=c.weight / total,
+                                      num_examples=c.num_examples, metrics=c.metrics) for c in contributions]
+        aggregate = average_states(states, weights)
+        digest = self.ledger.put_state(aggregate)
+        self.ledger.commit_round(shard=shard, round=rnd, aggregate_hash=digest, contributions=contributions,
+                                 parent_id=head.id)
+        summary.seconds = time.perf_counter() - start
+        return summary
+
+    def evaluate(self, rnd: int) -> dict[str, float]:
+        """Each active organization evaluates its shard's current adapter on its own holdout."""
+        active = [o for o in self.ledger.organizations() if o.status == "active" and o.join_round <= rnd]
+        heads = {s: self.ledger.get_state(self.ledger.head(s).hash) for s in {o.shard for o in active}}
+        contents = {o.name: protocol.make_content(state=heads[o.shard], config={"round": rnd, "shard": o.shard})
+                    for o in active}
+        replies = exchange(self.grid, {o.name: self.nodes[o.name] for o in active}, contents,
+                           message_type=protocol.EVALUATE, group_id=f"eval/round-{rnd}",
+                           timeout=self.settings.run.round_timeout, expect_state=False)
+        losses = {org: r.metrics["eval-loss"] for org, r in replies.items()}
+        for org, r in replies.items():
+            self.run.append_metrics({"time": utc_now(), "round": rnd, "org": org, "kind": "evaluate",
+                                     **{k: v for k, v in r.metrics.items()}})
+        return losses
+
+    def train(self, *, until: int | None = None) -> list[RoundSummary]:
+        """Train every shard up to round ``until`` (default: train.rounds), resuming from the heads."""
+        until = until or self.settings.train.rounds
+        todo = [(s, r) for r in range(1, until + 1) for s in range(self.topology.shards)
+                if self.ledger.head(s).round < r]
+        if not todo:
+            self.reporter.message("every shard is already trained to the last round; nothing to do")
+            return []
+        done_before = self.topology.shards * until - len(todo)
+        with self.reporter.task("federated training", total=len(todo) + done_before) as advance:
+            advance(done_before)
+            for r in sorted({r for _, r in todo}):
+                round_summaries = []
+                for s in sorted(s for s, rr in todo if rr == r):
+                    summary = self.train_round(s, r)
+                    round_summaries.append(summary)
+                    self.summaries.append(summary)
+                    mean = (sum(summary.train_loss.values()) / len(summary.train_loss)) if summary.train_loss else float("nan")
+                    advance(1, note=f"round {r} shard {s}: {len(summary.members)} orgs, train loss {mean:.3f}")
+                losses = self.evaluate(r)
+                for summary in round_summaries:
+                    summary.eval_loss = {o: losses[o] for o in summary.members if o in losses}
+        return self.summaries
+
+    def export(self):
+        """Combine the shard heads into the served model and export it (see serving.export_served)."""
+        return export_served(self.run, self.ledger)

@@ -1,0 +1,98 @@
+"""Addressing organizations by name over a Flower ``Grid``.
+
+Flower's node ids are random per run; organizations are identified by the names in their node
+config. :func:`discover` asks every node who it is (``query.identify``) and maps names to node ids;
+:func:`exchange` sends one message per organization and returns the replies by organization.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+
+from flwr.app import Message
+from flwr.serverapp import Grid
+
+from fedunlearn.errors import FederationError
+from fedunlearn.federation import protocol
+
+__all__ = ["discover", "exchange"]
+
+
+def discover(grid: Grid, expected: Sequence[str], *, timeout: float, poll: float = 0.5) -> dict[str, int]:
+    """Wait until every expected organization's node has registered; return name -> node id.
+
+    Nodes may register after the ServerApp starts (Flower simulation and deployment alike), so this
+    polls ``grid.get_node_ids()`` and identifies new nodes until all names are found or ``timeout``
+    seconds pass (FederationError naming the missing organizations).
+    """
+    deadline = time.monotonic() + timeout
+    found: dict[str, int] = {}
+    asked: set[int] = set()
+    refused: dict[int, str] = {}
+    while True:
+        new = [n for n in grid.get_node_ids() if n not in asked]
+        if new:
+            msgs = [Message(protocol.make_content(), dst_node_id=n, message_type=protocol.IDENTIFY) for n in new]
+            replies = list(grid.send_and_receive(msgs, timeout=max(1.0, deadline - time.monotonic())))
+            answered = set()
+            for reply in replies:
+                node = reply.metadata.src_node_id
+                answered.add(node)
+                if reply.has_error():
+                    refused[node] = reply.error.reason
+                    continue
+                name = str(protocol.config_of(reply).get("org", ""))
+                if name in expected:
+                    if name in found and found[name] != node:
+                        raise FederationError(
+                            f"two nodes ({found[name]} and {node}) claim organization {name!r}: "
+                            "each organization must run exactly one SuperNode"
+                        )
+                    found[name] = node
+            asked |= answered
+        missing = [n for n in expected if n not in found]
+        if not missing:
+            return found
+        if time.monotonic() > deadline:
+            detail = "; ".join(f"node {n}: {r}" for n, r in refused.items())
+            raise FederationError(
+                f"organizations {missing} did not connect within {timeout:.0f} s (found {sorted(found)})"
+                + (f"; nodes that refused to identify: {detail}" if detail else "")
+                + ". Start their SuperNodes or raise run.discovery-timeout"
+            )
+        time.sleep(poll)
+
+
+def exchange(
+    grid: Grid,
+    nodes: Mapping[str, int],
+    contents: Mapping[str, object],
+    *,
+    message_type: str,
+    group_id: str,
+    timeout: float,
+    expect_state: bool,
+) -> dict[str, protocol.Reply]:
+    """Send ``contents[org]`` to each organization's node and collect validated replies by name."""
+    by_node = {nodes[org]: org for org in contents}
+    msgs = [
+        Message(contents[org], dst_node_id=nodes[org], message_type=message_type, group_id=group_id)
+        for org in contents
+    ]
+    replies = list(grid.send_and_receive(msgs, timeout=timeout))
+    out: dict[str, protocol.Reply] = {}
+    errors = []
+    for reply in replies:
+        org = by_node.get(reply.metadata.src_node_id)
+        if org is None:
+            continue
+        try:
+            out[org] = protocol.parse_reply(reply, expect_state=expect_state)
+        except FederationError as exc:
+            errors.append(f"{org}: {exc}")
+    missing = sorted(set(contents) - set(out))
+    if missing:
+        detail = "; ".join(errors) if errors else f"no reply within {timeout:.0f} s"
+        raise FederationError(f"{message_type} ({group_id}) failed for organizations {missing}: {detail}")
+    return out

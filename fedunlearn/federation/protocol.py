@@ -1,0 +1,121 @@
+"""The messages the server and the organizations exchange, in one place.
+
+Every message carries a :class:`~flwr.app.RecordDict` with at most three records:
+
+``arrays``  an :class:`~flwr.app.ArrayRecord` with a LoRA state (canonical key names)
+``config``  a :class:`~flwr.app.ConfigRecord` with instructions (round, shard, seed, ...)
+``metrics`` a :class:`~flwr.app.MetricRecord` in replies (``num-examples`` always included)
+
+Message types (Flower accepts ``train``, ``evaluate`` and ``query`` with an optional suffix):
+
+=================== ===================================================================
+``query.identify``  which organization runs on this node (from its node config)
+``train``           local LoRA fit starting from the sent adapter; reply: new adapter
+``evaluate``        loss and perplexity of the sent adapter on the local holdout
+=================== ===================================================================
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+
+from fedunlearn.errors import FederationError
+
+__all__ = [
+    "EVALUATE",
+    "IDENTIFY",
+    "TRAIN",
+    "Reply",
+    "config_of",
+    "make_content",
+    "parse_reply",
+    "reply_content",
+    "state_of",
+]
+
+TRAIN = "train"
+EVALUATE = "evaluate"
+IDENTIFY = "query.identify"
+
+
+def make_content(
+    *, state: Mapping[str, torch.Tensor] | None = None, config: Mapping[str, object] | None = None
+) -> RecordDict:
+    """Build the content of an instruction message."""
+    content = RecordDict()
+    if state is not None:
+        content["arrays"] = ArrayRecord({k: v.detach().cpu().contiguous() for k, v in state.items()})
+    content["config"] = ConfigRecord(dict(config or {}))
+    return content
+
+
+def reply_content(
+    *, metrics: Mapping[str, float | int], state: Mapping[str, torch.Tensor] | None = None,
+    config: Mapping[str, object] | None = None,
+) -> RecordDict:
+    """Build the content of a reply: an optional adapter, metrics and optional config (strings)."""
+    content = RecordDict()
+    if state is not None:
+        content["arrays"] = ArrayRecord({k: v.detach().cpu().contiguous() for k, v in state.items()})
+    content["metrics"] = MetricRecord({k: v for k, v in metrics.items()})
+    if config:
+        content["config"] = ConfigRecord(dict(config))
+    return content
+
+
+def config_of(message: Message) -> dict[str, object]:
+    """The ``config`` record of a message as a plain dict (empty when absent)."""
+    content = message.content
+    if "config" not in content:
+        return {}
+    return dict(content["config"])
+
+
+def state_of(message: Message) -> dict[str, torch.Tensor]:
+    """The LoRA state carried by a message; FederationError when it has none."""
+    content = message.content
+    if "arrays" not in content:
+        raise FederationError(
+            f"message of type {message.metadata.message_type!r} carries no 'arrays' record: "
+            "expected a LoRA adapter state"
+        )
+    record = content["arrays"]
+    return {k: t.float() for k, t in record.to_torch_state_dict().items()}
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A validated reply from one organization."""
+
+    node_id: int
+    metrics: dict[str, float]
+    config: dict[str, object]
+    state: dict[str, torch.Tensor] | None
+
+
+def parse_reply(message: Message, *, expect_state: bool) -> Reply:
+    """Check a reply and extract it; FederationError names the node and what was wrong."""
+    node = message.metadata.src_node_id
+    if message.has_error():
+        err = message.error
+        raise FederationError(f"node {node} replied with an error (code {err.code}): {err.reason}")
+    content = message.content
+    if "metrics" not in content:
+        raise FederationError(f"reply from node {node} has no 'metrics' record")
+    metrics = {k: float(v) for k, v in content["metrics"].items() if not isinstance(v, list)}
+    state = state_of(message) if expect_state else None
+    if state is not None:
+        if "num-examples" not in metrics or metrics["num-examples"] <= 0:
+            raise FederationError(f"train reply from node {node} lacks a positive 'num-examples' metric")
+        for key, tensor in state.items():
+            if not torch.isfinite(tensor).all():
+                raise FederationError(f"update from node {node} has non-finite values in {key!r}: rejected")
+    for key, value in metrics.items():
+        if not math.isfinite(value):
+            raise FederationError(f"reply from node {node} has a non-finite metric {key}={value}")
+    return Reply(node_id=node, metrics=metrics, config=config_of(message), state=state)

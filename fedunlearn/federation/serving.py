@@ -1,0 +1,91 @@
+"""The served model: shard adapters combined exactly in ΔW space, exported as PEFT folders.
+
+Shard s has adapter (A_s, B_s) and weight w_s = (examples of its current members) / (all examples).
+The served adapter concatenates the factors, A = [A_1; ...; A_S], B = [w_1 B_1, ..., w_S B_S], with
+rank S·r and alpha S·alpha, so that its ΔW = Σ_s w_s ΔW_s exactly (peft's "cat" combination).
+Shards with no trained contribution (weight 0) are left out.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from fedunlearn.errors import RunStateError
+from fedunlearn.ledger import Ledger
+from fedunlearn.models import export_adapter, export_combined, state_sha256, combine_exact
+from fedunlearn.runs import RunFolder, utc_now
+from fedunlearn.training.client import lora_spec
+
+__all__ = ["ServedModel", "export_served", "shard_weights"]
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """What was exported."""
+
+    path: Path
+    hash: str  # sha256 of the combined adapter state
+    components: dict[int, int]  # shard -> checkpoint id
+    weights: dict[int, float]  # shard -> weight in the ΔW combination
+    shard_paths: dict[int, Path]
+
+
+def shard_weights(ledger: Ledger, shards: int) -> dict[int, float]:
+    """Each shard's share of the training examples of its latest contributing round."""
+    sizes: dict[int, float] = {}
+    for shard in range(shards):
+        size = 0
+        for ckpt in reversed(ledger.chain(shard)):
+            contributions = ledger.contributions(ckpt.id)
+            if contributions:
+                size = sum(c.num_examples for c in contributions)
+                break
+        sizes[shard] = float(size)
+    total = sum(sizes.values())
+    if total <= 0:
+        raise RunStateError("no shard has a trained adapter yet: train at least one round before exporting")
+    return {s: v / total for s, v in sizes.items() if v > 0}
+
+
+def export_served(run: RunFolder, ledger: Ledger) -> ServedModel:
+    """Export every shard's head and the combined served adapter; record it in the ledger."""
+    shards = run.settings.topology.shards
+    spec = lora_spec(run.settings)
+    weights = shard_weights(ledger, shards)
+    heads = {s: ledger.head(s) for s in weights}
+    states = {s: ledger.get_state(h.hash) for s, h in heads.items()}
+    shard_paths = {}
+    for s, state in states.items():
+        shard_paths[s] = export_adapter(run.shard_dir(s), state, base_model_path=run.base_model, spec=spec)
+    order = sorted(states)
+    combined = combine_exact([states[s] for s in order], [weights[s] for s in order])
+    digest = state_sha256(combined)
+    path = export_combined(run.served_dir, [states[s] for s in order], [weights[s] for s in order],
+                           base_model_path=run.base_model, spec=spec)
+    manifest = {
+        "created": utc_now(),
+        "served_hash": digest,
+        "combine": run.settings.topology.combine,
+        "components": [{"shard": s, "checkpoint": heads[s].id, "round": heads[s].round,
+                        "hash": heads[s].hash, "weight": str(weights[s])} for s in order],
+    }
+    (path / "fedunlearn.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    ledger.record_served(served_hash=digest, components=[heads[s].id for s in order],
+                         weights=[weights[s] for s in order], path=str(path))
+    return ServedModel(path=path, hash=digest, components={s: heads[s].id for s in order}, weights=weights,
+                       shard_paths=shard_paths)
+
+
+def copy_served(run: RunFolder, out: Path) -> Path:
+    """Copy the exported served adapter folder to ``out`` (refuses to overwrite a non-empty folder)."""
+    src = run.served_dir
+    if not (src / "adapter_config.json").is_file():
+        raise RunStateError(f"run {str(run.path)!r} has no exported served model yet: train it first")
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise RunStateError(f"{str(out)!r} exists and is not empty: choose an empty or new folder")
+    shutil.copytree(src, out, dirs_exist_ok=True)
+    return out

@@ -1,0 +1,183 @@
+"""Run a scenario through Flower's simulation engine (Ray backend) on this machine.
+
+The ServerApp and ClientApp are the project's own Flower components, named as in
+``[tool.flwr.app.components]`` and loaded by reference (as ``flwr run`` does), so the library does
+not import them. Flower's ``run_simulation`` has no run config, so the scenario travels to both
+apps as run-config overrides.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from pathlib import Path
+
+from fedunlearn.config import Settings, settings_to_flat
+from fedunlearn.errors import FederationError, RunStateError
+from fedunlearn.federation.workflow import TrainReport
+from fedunlearn.progress import Reporter
+
+__all__ = [
+    "CLIENT_APP_FACTORY",
+    "SERVER_APP_FACTORY",
+    "prepare_simulation",
+    "quiet_flower",
+    "simulate",
+    "stop_ray",
+]
+
+SERVER_APP_FACTORY = "server.app:make_app"
+CLIENT_APP_FACTORY = "clients.app:make_app"
+
+
+def quiet_flower() -> None:
+    """No telemetry or update checks (no network here), and Flower/Ray logs at WARNING."""
+    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _load(ref: str):
+    module, _, attr = ref.partition(":")
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as exc:
+        raise FederationError(
+            f"cannot load the Flower component {ref!r}: {exc}. Install the project (pip install -e .) "
+            "or run from the repository root"
+        ) from exc
+
+
+def prepare_simulation(settings: Settings, run_dir: Path, *, reporter: Reporter | None = None) -> Settings:
+    """Resolve the base model (building the embedded default if needed) and materialize synthetic data.
+
+    Returns the settings the apps will run with: ``model.path`` is an explicit local folder, and
+    when the consortium is synthetic it is saved under ``RUN_DIR/data`` and ``data.dir`` points there.
+    """
+    from fedunlearn.data import save_consortium
+    from fedunlearn.models import resolve_model_path
+    from fedunlearn.training.client import _synthetic, synthetic_key
+
+    from fedunlearn.runs import RunFolder
+
+    run_dir = Path(run_dir)
+    base = resolve_model_path(settings.model.path or None)
+    settings = settings.replace(model={"path": str(base)}, run={"dir": str(run_dir.resolve())})
+    synthetic = not settings.data.dir and not any(o.data for o in settings.organizations)
+    data_dir = run_dir / "data"
+    if synthetic:
+        settings = settings.replace(data={"dir": str(data_dir.resolve())})
+    RunFolder.create_or_resume(run_dir, settings, base)  # refuses a foreign folder before writing
+    if synthetic and not (data_dir / "manifest.json").exists():
+        consortium = _synthetic(tuple(settings.organization_names), synthetic_key(settings), settings.run.seed)
+        save_consortium(consortium, data_dir)
+        if reporter:
+            reporter.message(f"synthetic consortium of {len(consortium.organizations)} organizations saved to {data_dir}")
+    return settings
+
+
+class _Descendants:
+    """Remembers every process descended from this one while a simulation runs.
+
+    Flower's Ray backend shuts Ray down itself; the actor processes then lose their parent
+    (raylet) and are re-parented to init before they exit, so they can no longer be found as
+    descendants afterwards. Polling during the run keeps hold of them (psutil's Process objects
+    also guard against PID reuse).
+    """
+
+    def __init__(self, interval: float = 0.5) -> None:
+        import threading
+
+        import psutil
+
+        self._me = psutil.Process()
+        self._seen: dict[int, object] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(interval,), daemon=True)
+
+    def _poll(self) -> None:
+        import psutil
+
+        try:
+            for p in self._me.children(recursive=True):
+                self._seen.setdefault(p.pid, p)
+        except psutil.Error:
+            pass
+
+    def _run(self, interval: float) -> None:
+        while not self._stop.wait(interval):
+            self._poll()
+
+    def __enter__(self) -> _Descendants:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._poll()
+        stop_ray(list(self._seen.values()))
+
+
+def stop_ray(procs: list | None = None, grace: float = 15.0) -> None:
+    """Shut Ray down and make sure none of ``procs`` (and this process' children) outlives it."""
+    import psutil
+
+    procs = list(procs or []) + psutil.Process().children(recursive=True)
+    try:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+    except ImportError:  # pragma: no cover - ray is a dependency
+        pass
+    procs += psutil.Process().children(recursive=True)
+    _, alive = psutil.wait_procs(procs, timeout=grace)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=5)
+
+
+def simulate(settings: Settings, run_dir: Path, *, reporter: Reporter | None = None) -> TrainReport:
+    """Train ``settings``' consortium into ``run_dir`` through Flower's simulation engine.
+
+    Resumes when ``run_dir`` holds an interrupted run with the same settings.
+    """
+    quiet_flower()
+    import torch
+    from flwr.simulation import run_simulation
+
+    if (Path(run_dir) / "run.json").exists():
+        from fedunlearn.runs import RunFolder
+
+        existing = RunFolder.open(run_dir).settings
+        # resume with the settings the run was made with (paths were already resolved then)
+        settings = settings.replace(model={"path": existing.model.path or settings.model.path},
+                                    data={"dir": existing.data.dir or settings.data.dir})
+    settings = prepare_simulation(settings, run_dir, reporter=reporter)
+    overrides = settings_to_flat(settings)
+    results: list[TrainReport] = []
+    server_app = _load(SERVER_APP_FACTORY)(overrides, reporter=reporter, results=results)
+    client_app = _load(CLIENT_APP_FACTORY)(overrides)
+    cpus = max(1, os.cpu_count() or 1)
+    gpus = 1 if torch.cuda.is_available() else 0
+    backend = {
+        # one actor using every core beat several small actors on 2 cores (FIELD-NOTES)
+        "client_resources": {"num_cpus": cpus, "num_gpus": float(gpus)},
+        "init_args": {"num_cpus": cpus, "num_gpus": gpus, "include_dashboard": False,
+                      "logging_level": "ERROR", "log_to_driver": True},
+    }
+    with _Descendants():
+        run_simulation(server_app=server_app, client_app=client_app,
+                       num_supernodes=len(settings.organizations), backend_config=backend)
+    if not results:
+        raise RunStateError(
+            f"the simulation ended without finishing the run in {str(run_dir)!r}; see the log above. "
+            "Run the same command again to resume from the last committed round"
+        )
+    return results[0]

@@ -1,0 +1,53 @@
+"""The training workflow the ServerApp runs: set up the run folder, train every shard, export."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from flwr.serverapp import Grid
+
+from fedunlearn.config import Settings
+from fedunlearn.federation.coordinator import Coordinator, RoundSummary
+from fedunlearn.federation.serving import ServedModel
+from fedunlearn.ledger import Ledger
+from fedunlearn.models import resolve_model_path
+from fedunlearn.progress import Reporter
+from fedunlearn.runs import RunFolder, utc_now
+
+__all__ = ["TrainReport", "default_run_dir", "open_or_create_ledger", "train_workflow"]
+
+
+@dataclass(frozen=True)
+class TrainReport:
+    """What a training workflow did and where the run lives."""
+
+    run_dir: Path
+    rounds: list[RoundSummary]
+    served: ServedModel
+
+
+def default_run_dir(settings: Settings) -> Path:
+    stamp = utc_now().replace(":", "").replace("-", "")
+    return Path("runs") / f"{settings.run.name}-{stamp}"
+
+
+def open_or_create_ledger(run: RunFolder) -> Ledger:
+    if (run.path / "ledger.sqlite").exists():
+        return Ledger.open(run.path)
+    return Ledger.create(run.path, meta={"created": utc_now()})
+
+
+def train_workflow(grid: Grid, settings: Settings, *, reporter: Reporter | None = None) -> TrainReport:
+    """Train (or resume) the run described by ``settings`` on ``grid`` and export the served model."""
+    run_dir = Path(settings.run.dir) if settings.run.dir else default_run_dir(settings)
+    base = resolve_model_path(settings.model.path or None)
+    run = RunFolder.create_or_resume(run_dir, settings, base)
+    with open_or_create_ledger(run) as ledger:
+        coord = Coordinator(grid, run, ledger, reporter=reporter)
+        coord.enrol()
+        coord.initialize()
+        coord.connect()
+        rounds = coord.train()
+        served = coord.export()
+    return TrainReport(run_dir=run.path, rounds=rounds, served=served)

@@ -1,0 +1,185 @@
+"""Per-organization AES-256-GCM keys and crypto-shredding.
+
+Every organization's stored updates are encrypted with its own 256-bit key (see
+:class:`~fedunlearn.ledger.blobs.BlobStore`). Erasing the organization destroys the key, which makes
+every copy of its updates unreadable, backups of the blob store included ("crypto-shredding").
+
+Layout under ``<root>/keys/`` (folder mode 0700)::
+
+    <h>.key        32 random bytes, mode 0600
+    <h>.shredded   tombstone left by :meth:`KeyStore.shred`, so that a later access reports
+                   "shredded" rather than "missing" and never silently creates a fresh key
+
+where ``<h>`` is the SHA-256 hex of the organization's name (domain-separated), so that file names
+hold no organization names.
+
+Limits: shredding overwrites the key file before unlinking it, but copy-on-write and journaling
+file systems or SSD wear levelling may keep old blocks; keep the key folder out of backups and on
+storage you trust, as the guarantee rests on no other copy of the key existing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from fedunlearn.errors import IntegrityError, LedgerError
+from fedunlearn.ledger._files import fsync_dir, write_atomic
+
+__all__ = ["KEY_BYTES", "KeyStore", "ShreddedError"]
+
+KEY_BYTES = 32
+"""Length of an AES-256-GCM key in bytes."""
+
+_NAME_DOMAIN = b"fedunlearn/ledger/org-key/v1\x00"
+
+
+class ShreddedError(LedgerError):
+    """The organization's key was destroyed on erasure; its stored updates are unreadable."""
+
+
+class KeyStore:
+    """Per-organization AES-256-GCM keys stored one file per organization.
+
+    Parameters
+    ----------
+    root : Path
+        Run folder; keys live in ``root / "keys"``, created with mode 0700 on first use.
+
+    Notes
+    -----
+    Keys are read from disk on every call, never cached, so a key shredded through another
+    :class:`KeyStore` (or process) is gone here too.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.directory = self.root / "keys"
+
+    def __repr__(self) -> str:
+        return f"KeyStore({str(self.root)!r})"
+
+    # -- paths ------------------------------------------------------------------------------
+    @staticmethod
+    def _check_org(org: str) -> str:
+        if not isinstance(org, str) or not org:
+            raise LedgerError(
+                f"organization name {org!r} is not a non-empty string; pass the organization's "
+                "name as registered in the ledger"
+            )
+        return org
+
+    def _stem(self, org: str) -> str:
+        return hashlib.sha256(_NAME_DOMAIN + self._check_org(org).encode("utf-8")).hexdigest()
+
+    def key_path(self, org: str) -> Path:
+        """Path of ``org``'s key file (it may not exist)."""
+        return self.directory / f"{self._stem(org)}.key"
+
+    def tombstone_path(self, org: str) -> Path:
+        """Path of ``org``'s shredding tombstone (it exists only after :meth:`shred`)."""
+        return self.directory / f"{self._stem(org)}.shredded"
+
+    def ensure_directory(self) -> None:
+        """Create the key folder with mode 0700 if needed."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.directory, 0o700)
+
+    # -- public API -------------------------------------------------------------------------
+    def is_shredded(self, org: str) -> bool:
+        """Whether ``org``'s key was destroyed by :meth:`shred`."""
+        return self.tombstone_path(org).exists()
+
+    def _raise_shredded(self, org: str) -> None:
+        raise ShreddedError(
+            f"the key of organization {org!r} was shredded when it was erased "
+            f"(tombstone {self.tombstone_path(org)}); its stored updates can no longer be "
+            "decrypted, by design: use the retrained adapters, which do not depend on it"
+        )
+
+    def key_for(self, org: str, *, create: bool = True) -> bytes:
+        """Return ``org``'s 32-byte key, creating it on first use.
+
+        Parameters
+        ----------
+        org : str
+            Organization name.
+        create : bool, default True
+            Create a fresh random key when none exists; with ``False`` a missing key is an error.
+
+        Returns
+        -------
+        bytes
+            The AES-256-GCM key.
+
+        Raises
+        ------
+        ShreddedError
+            If the key was shredded (never recreated: that would hide the erasure).
+        LedgerError
+            If there is no key and ``create`` is false.
+        IntegrityError
+            If the key file does not hold exactly 32 bytes.
+        """
+        path = self.key_path(org)
+        if self.is_shredded(org):
+            self._raise_shredded(org)
+        if not path.exists():
+            if not create:
+                raise LedgerError(
+                    f"no key for organization {org!r} (expected {path}); its updates were never "
+                    "stored encrypted in this run, or the key folder was not copied with the run"
+                )
+            self.ensure_directory()
+            write_atomic(path, AESGCM.generate_key(bit_length=8 * KEY_BYTES), exclusive=True)
+            if self.is_shredded(org):  # shredded concurrently while we were creating it
+                self.shred(org)
+                self._raise_shredded(org)
+        try:
+            key = path.read_bytes()
+        except FileNotFoundError:
+            if self.is_shredded(org):
+                self._raise_shredded(org)
+            raise LedgerError(
+                f"key file {path} of organization {org!r} vanished while reading it; retry, and "
+                "check that no other process deletes files under the key folder"
+            ) from None
+        if len(key) != KEY_BYTES:
+            raise IntegrityError(
+                f"key file {path} of organization {org!r} holds {len(key)} bytes, expected "
+                f"{KEY_BYTES}; it is damaged: restore it from your key escrow if you keep one, "
+                "otherwise this organization's stored updates are lost (retrain without them)"
+            )
+        return key
+
+    def shred(self, org: str) -> None:
+        """Destroy ``org``'s key: tombstone first, then overwrite the key file and delete it.
+
+        Idempotent; shredding an organization that never had a key still leaves the tombstone,
+        so that no key can be created for it later.
+        """
+        self.ensure_directory()
+        tombstone = self.tombstone_path(org)
+        if not tombstone.exists():
+            stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+            write_atomic(tombstone, json.dumps({"shredded": stamp}).encode(), exclusive=True)
+        path = self.key_path(org)
+        try:
+            fd = os.open(path, os.O_RDWR)
+        except FileNotFoundError:
+            return
+        try:
+            size = os.fstat(fd).st_size
+            os.pwrite(fd, os.urandom(max(size, KEY_BYTES)), 0)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        fsync_dir(self.directory)

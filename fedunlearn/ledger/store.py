@@ -1,0 +1,331 @@
+"""Storage side of the ledger: the run folder, its SQLite connection, metadata, organizations
+and tensor states.
+
+:class:`LedgerStore` owns ``<run>/ledger.sqlite``, the blob store ``<run>/blobs`` and the key store
+``<run>/keys``; :class:`~fedunlearn.ledger.lineage.Ledger` adds the checkpoint chains on top. Client
+updates are stored encrypted with their organization's key (associated data: the organization
+name), aggregates in the clear; erasing an organization shreds its key (see
+:mod:`fedunlearn.ledger.keys`).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from types import TracebackType
+from typing import Any, TypeVar
+
+import torch
+
+from fedunlearn.errors import LedgerError, RunStateError, UnknownNameError
+from fedunlearn.ledger.blobs import BlobStore
+from fedunlearn.ledger.keys import KeyStore
+from fedunlearn.ledger.records import (
+    Organization,
+    check_int,
+    check_name,
+    check_str,
+    organization_from_row,
+)
+from fedunlearn.ledger.schema import SCHEMA_VERSION, check_version, connect, initialize, utc_now
+from fedunlearn.ledger.tensors import state_from_bytes, state_to_bytes
+
+__all__ = ["LEDGER_FILE", "LedgerStore"]
+
+LEDGER_FILE = "ledger.sqlite"
+"""Name of the SQLite index inside a run folder."""
+
+_Self = TypeVar("_Self", bound="LedgerStore")
+
+
+class LedgerStore:
+    """Run folder, SQLite connection, metadata, organizations and tensor states of a ledger.
+
+    Use :class:`~fedunlearn.ledger.lineage.Ledger`, which adds lineage; build one with
+    :meth:`create` (new run) or :meth:`open` (resume, audit, erase) and close it with
+    :meth:`close` or a ``with`` block. Methods may be called from several threads; several
+    processes may share a ledger (writes are serialized by SQLite's write lock).
+    """
+
+    SCHEMA_VERSION: int = SCHEMA_VERSION
+
+    def __init__(self, run_dir: Path, conn: sqlite3.Connection) -> None:
+        """Wrap an open connection; use :meth:`create` or :meth:`open` instead."""
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / LEDGER_FILE
+        self.blobs = BlobStore(self.run_dir)
+        self.keys = KeyStore(self.run_dir)
+        self._conn: sqlite3.Connection | None = conn
+        self._lock = threading.RLock()
+
+    # -- lifecycle --------------------------------------------------------------------------
+    @classmethod
+    def create(cls: type[_Self], run_dir: Path, *, meta: Mapping[str, str]) -> _Self:
+        """Create the ledger of a new run in ``run_dir`` (``ledger.sqlite``, ``blobs/``, ``keys/``).
+
+        Parameters
+        ----------
+        run_dir : Path
+            Run folder; created if needed. It may already hold other files (settings, data).
+        meta : Mapping[str, str]
+            Initial run metadata, e.g. the settings hash and seed.
+
+        Returns
+        -------
+        Ledger
+            The open ledger.
+
+        Raises
+        ------
+        RunStateError
+            If ``run_dir`` already holds a ledger.
+        """
+        run_dir = Path(run_dir)
+        path = run_dir / LEDGER_FILE
+        if path.exists():
+            raise RunStateError(
+                f"{path} already exists; a new run needs a fresh folder: resume it with "
+                "Ledger.open, or choose another run folder"
+            )
+        meta = {check_str("meta key", k): check_str(f"meta[{k!r}]", v) for k, v in meta.items()}
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "blobs").mkdir(exist_ok=True)
+        conn = connect(path)
+        try:
+            initialize(conn, path, meta)
+        except BaseException:
+            conn.close()
+            raise
+        ledger = cls(run_dir, conn)
+        ledger.keys.ensure_directory()
+        return ledger
+
+    @classmethod
+    def open(cls: type[_Self], run_dir: Path) -> _Self:
+        """Open the ledger of an existing run.
+
+        Parameters
+        ----------
+        run_dir : Path
+            Run folder holding ``ledger.sqlite``.
+
+        Returns
+        -------
+        Ledger
+            The open ledger; resume training from :meth:`Ledger.head` of each shard.
+
+        Raises
+        ------
+        RunStateError
+            If there is no ledger in ``run_dir`` or its schema version differs from
+            :attr:`SCHEMA_VERSION` (the message names both versions).
+        """
+        run_dir = Path(run_dir)
+        path = run_dir / LEDGER_FILE
+        if not path.is_file():
+            raise RunStateError(
+                f"no ledger at {path}; expected a run folder written by fedunlearn: check the "
+                "path, or start a new run (Ledger.create)"
+            )
+        conn = connect(path)
+        try:
+            check_version(conn, path)
+        except BaseException:
+            conn.close()
+            raise
+        return cls(run_dir, conn)
+
+    def close(self) -> None:
+        """Close the database connection (idempotent)."""
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def __enter__(self: _Self) -> _Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._conn is None else "open"
+        return f"{type(self).__name__}({str(self.run_dir)!r}, {state})"
+
+    def _db(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise LedgerError(
+                f"the ledger of {self.run_dir} is closed; open it again with Ledger.open"
+            )
+        return self._conn
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction holding SQLite's write lock from its first statement."""
+        with self._lock:
+            conn = self._db()
+            try:
+                with conn:  # commits on success, rolls back on any exception
+                    conn.execute("BEGIN IMMEDIATE")
+                    yield conn
+            except sqlite3.Error as exc:
+                raise LedgerError(
+                    f"ledger {self.path} write failed ({exc}); nothing was changed: if another "
+                    "process holds the ledger, wait for it and retry"
+                ) from exc
+
+    def _query(
+        self, sql: str, params: Mapping[str, Any] | Sequence[Any] = ()
+    ) -> list[sqlite3.Row]:
+        with self._lock:
+            return self._db().execute(sql, params).fetchall()
+
+    # -- metadata ---------------------------------------------------------------------------
+    @property
+    def meta(self) -> dict[str, str]:
+        """Run metadata (a copy); change it with :meth:`set_meta`."""
+        return {row["key"]: row["value"] for row in self._query("SELECT * FROM meta ORDER BY key")}
+
+    def set_meta(self, key: str, value: str) -> None:
+        """Set one metadata entry (insert or replace)."""
+        key, value = check_str("meta key", key), check_str(f"meta[{key!r}]", value)
+        with self._transaction() as conn:
+            conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
+    # -- organizations ----------------------------------------------------------------------
+    def register_organization(self, name: str, *, shard: int, join_round: int = 1) -> None:
+        """Register ``name`` as a member of ``shard`` from round ``join_round`` on.
+
+        Idempotent when called again with the same values.
+
+        Raises
+        ------
+        RunStateError
+            If ``name`` was erased, or is registered with another shard or join round.
+        """
+        check_name(name)
+        shard = check_int("shard", shard, minimum=0)
+        join_round = check_int("join_round", join_round, minimum=1)
+        with self._transaction() as conn:
+            row = conn.execute("SELECT * FROM organizations WHERE name = ?", (name,)).fetchone()
+            if row is None:
+                conn.execute(
+                    "INSERT INTO organizations (name, shard, join_round) VALUES (?, ?, ?)",
+                    (name, shard, join_round),
+                )
+                return
+        self._refuse_erased(row)
+        if (row["shard"], row["join_round"]) != (shard, join_round):
+            raise RunStateError(
+                f"organization {name!r} is already registered in shard {row['shard']} from round "
+                f"{row['join_round']}, not shard {shard} from round {join_round}; a run's "
+                "topology cannot change: resume with the original assignment or start a new run"
+            )
+
+    @staticmethod
+    def _refuse_erased(row: sqlite3.Row) -> None:
+        if row["status"] == "erased":
+            raise RunStateError(
+                f"organization {row['name']!r} was already erased ({row['erased']}); it cannot "
+                "be registered, store updates or contribute again in this run: enrol it under a "
+                "new name if it rejoins"
+            )
+
+    def organizations(self) -> list[Organization]:
+        """Every registered organization, sorted by name."""
+        rows = self._query("SELECT * FROM organizations ORDER BY name")
+        return [organization_from_row(row) for row in rows]
+
+    def organization(self, name: str) -> Organization:
+        """The organization called ``name`` (:class:`UnknownNameError` lists the valid names)."""
+        return organization_from_row(self._org_row(name))
+
+    def _org_row(self, name: str, conn: sqlite3.Connection | None = None) -> sqlite3.Row:
+        check_name(name)
+        with self._lock:
+            conn = conn or self._db()
+            row = conn.execute("SELECT * FROM organizations WHERE name = ?", (name,)).fetchone()
+            if row is None:
+                names = [r[0] for r in conn.execute("SELECT name FROM organizations")]
+                raise UnknownNameError("organization", name, names)
+            return row
+
+    def members(self, shard: int, round: int) -> list[str]:
+        """Active organizations of ``shard`` that have joined by ``round``, sorted."""
+        shard = check_int("shard", shard, minimum=0)
+        round = check_int("round", round, minimum=0)
+        rows = self._query(
+            "SELECT name FROM organizations WHERE shard = ? AND join_round <= ? "
+            "AND status = 'active' ORDER BY name",
+            (shard, round),
+        )
+        return [r["name"] for r in rows]
+
+    def mark_erased(self, org: str) -> None:
+        """Mark ``org`` erased and shred its key; its stored updates become unreadable.
+
+        Read whatever the erasure needs from the updates (e.g. for subtraction) first.
+        Idempotent: a repeated call finishes an interrupted one.
+        """
+        with self._transaction() as conn:
+            row = self._org_row(org, conn)
+            if row["status"] != "erased":
+                conn.execute(
+                    "UPDATE organizations SET status = 'erased', erased = ? WHERE name = ?",
+                    (utc_now(), org),
+                )
+        self.keys.shred(org)
+
+    # -- tensor states ----------------------------------------------------------------------
+    def put_state(self, state: Mapping[str, torch.Tensor], *, org: str | None = None) -> str:
+        """Store a tensor state and return its identity hash.
+
+        With ``org`` the blob is encrypted with the organization's key (associated data: its
+        name), so shredding the key on erasure makes it unreadable; aggregates are stored in the
+        clear (``org=None``).
+
+        Raises
+        ------
+        UnknownNameError
+            If ``org`` is not registered.
+        RunStateError
+            If ``org`` was erased.
+        """
+        data = state_to_bytes(state)
+        if org is None:
+            return self.blobs.put(data)
+        self._refuse_erased(self._org_row(org))
+        return self.blobs.put(data, key=self.keys.key_for(org), aad=org.encode("utf-8"))
+
+    def get_state(self, digest: str, *, org: str | None = None) -> dict[str, torch.Tensor]:
+        """Load a stored tensor state, verified against ``digest``.
+
+        Raises
+        ------
+        ShreddedError
+            If ``org``'s key was shredded (the organization was erased).
+        IntegrityError
+            If the blob was modified on disk.
+        LedgerError
+            If the blob is missing.
+        """
+        if org is None:
+            return state_from_bytes(self.blobs.get(digest))
+        row = self._org_row(org)
+        if row["status"] == "erased" and not self.keys.is_shredded(org):
+            self.keys.shred(org)  # finish an erasure interrupted between its two steps
+        key = self.keys.key_for(org, create=False)
+        return state_from_bytes(self.blobs.get(digest, key=key, aad=org.encode("utf-8")))
+
+    def has_state(self, digest: str, *, org: str | None = None) -> bool:
+        """Whether a blob for ``digest`` (encrypted for ``org`` if given) is stored."""
+        if org is None:
+            return self.blobs.exists(digest)
+        return self.blobs.exists(digest, encrypted=True, aad=org.encode("utf-8"))
+

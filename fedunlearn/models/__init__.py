@@ -1,0 +1,94 @@
+"""Base causal LM, tokenizer, LoRA adapters, ΔW arithmetic and PEFT export.
+
+* :mod:`~fedunlearn.models.device` — :class:`DeviceSpec`, :func:`pick_device`.
+* :mod:`~fedunlearn.models.tokenizer` — :func:`train_tokenizer` (byte-level BPE).
+* :mod:`~fedunlearn.models.default` — the embedded default model, built locally and cached:
+  :class:`DefaultModelSpec`, :func:`ensure_default_model`, :func:`cache_root`.
+* :mod:`~fedunlearn.models.pretrain` — the short pre-training used by the default build.
+* :mod:`~fedunlearn.models.base` — :func:`load_base_model` from a local folder (never a hub).
+* :mod:`~fedunlearn.models.lora` — :class:`LoraSpec`, :func:`wrap_lora`, canonical LoRA states.
+* :mod:`~fedunlearn.models.delta` — FedAvg and exact (concatenated) ΔW combination, hashing.
+* :mod:`~fedunlearn.models.export` — standard PEFT adapter folders.
+"""
+
+from __future__ import annotations
+
+from fedunlearn.models.base import BaseModel, load_base_model, resolve_model_path
+from fedunlearn.models.default import (
+    BUILD_INFO_FILE,
+    DefaultModelSpec,
+    cache_root,
+    default_model_dir,
+    ensure_default_model,
+)
+from fedunlearn.models.delta import (
+    average_states,
+    combine_exact,
+    delta_weights,
+    lora_modules,
+    state_from_bytes,
+    state_sha256,
+    state_to_bytes,
+)
+from fedunlearn.models.device import DEVICE_CHOICES, DeviceSpec, pick_device
+from fedunlearn.models.export import (
+    ADAPTER_CONFIG_FILE,
+    ADAPTER_WEIGHTS_FILE,
+    adapter_files_sha256,
+    export_adapter,
+    export_combined,
+)
+from fedunlearn.models.lora import (
+    LoraSpec,
+    get_lora_state,
+    lora_state_keys,
+    set_lora_state,
+    wrap_lora,
+)
+from fedunlearn.models.pretrain import PretrainResult, pack_corpus, pretrain
+from fedunlearn.models.tokenizer import (
+    BOS_TOKEN,
+    EOS_TOKEN,
+    PAD_TOKEN,
+    SPECIAL_TOKENS,
+    train_tokenizer,
+)
+
+__all__ = [
+    "ADAPTER_CONFIG_FILE",
+    "ADAPTER_WEIGHTS_FILE",
+    "BOS_TOKEN",
+    "BUILD_INFO_FILE",
+    "BaseModel",
+    "DEVICE_CHOICES",
+    "DefaultModelSpec",
+    "DeviceSpec",
+    "EOS_TOKEN",
+    "LoraSpec",
+    "PAD_TOKEN",
+    "PretrainResult",
+    "SPECIAL_TOKENS",
+    "adapter_files_sha256",
+    "average_states",
+    "cache_root",
+    "combine_exact",
+    "default_model_dir",
+    "delta_weights",
+    "ensure_default_model",
+    "export_adapter",
+    "export_combined",
+    "get_lora_state",
+    "load_base_model",
+    "lora_modules",
+    "lora_state_keys",
+    "pack_corpus",
+    "pick_device",
+    "pretrain",
+    "resolve_model_path",
+    "set_lora_state",
+    "state_from_bytes",
+    "state_sha256",
+    "state_to_bytes",
+    "train_tokenizer",
+    "wrap_lora",
+]

@@ -1,0 +1,165 @@
+"""Export LoRA states as standard PEFT adapter folders.
+
+An exported folder holds ``adapter_config.json`` (written by :class:`peft.LoraConfig` itself, with
+``base_model_name_or_path`` set to the absolute local base folder), ``adapter_model.safetensors``
+(PEFT's key names, i.e. the canonical keys) and a copy of the base tokenizer, so that::
+
+    model = peft.AutoPeftModelForCausalLM.from_pretrained(folder)
+
+serves it in one line with no hub access. The tokenizer copy also keeps PEFT from asking the hub
+whether the folder has one. Folders are written to a temporary sibling and renamed into place, so
+a reader never sees a half-written adapter.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from transformers import AutoTokenizer
+
+from fedunlearn.errors import ModelError
+from fedunlearn.models.base import resolve_model_path
+from fedunlearn.models.delta import combine_exact, lora_modules
+from fedunlearn.models.lora import LoraSpec
+
+__all__ = [
+    "ADAPTER_CONFIG_FILE",
+    "ADAPTER_WEIGHTS_FILE",
+    "adapter_files_sha256",
+    "export_adapter",
+    "export_combined",
+]
+
+ADAPTER_CONFIG_FILE = "adapter_config.json"
+ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
+
+
+def export_adapter(
+    folder: Path, state: Mapping[str, torch.Tensor], *, base_model_path: Path, spec: LoraSpec
+) -> Path:
+    """Write `state` as a PEFT LoRA adapter folder.
+
+    Parameters
+    ----------
+    folder : Path
+        Destination. Replaced atomically if it already holds an adapter; an existing folder with
+        other content is refused.
+    state : mapping of str to torch.Tensor
+        Canonical LoRA state whose rank equals ``spec.r``.
+    base_model_path : Path
+        Local base model folder (with ``config.json`` and tokenizer files).
+    spec : LoraSpec
+        Rank, alpha, dropout and target modules written into ``adapter_config.json``.
+
+    Returns
+    -------
+    Path
+        `folder`, loadable with ``peft.AutoPeftModelForCausalLM.from_pretrained(folder)``.
+
+    Raises
+    ------
+    ModelError
+        If the state's rank differs from ``spec.r``, the base folder is invalid, or `folder`
+        exists with non-adapter content.
+    """
+    folder = Path(folder).expanduser().absolute()
+    base = resolve_model_path(base_model_path)  # ModelError unless a local model folder
+    for prefix, (a, _b) in lora_modules(state).items():  # a: [r, in]
+        if a.shape[0] != spec.r:
+            raise ModelError(
+                f"LoRA state of {prefix!r} has rank {a.shape[0]} but the LoraSpec says r={spec.r}; "
+                "pass the LoraSpec the state was trained with (export_combined scales it itself)"
+            )
+    if folder.exists() and not _replaceable(folder):
+        raise ModelError(
+            f"export folder {str(folder)!r} exists and is not an adapter folder; choose a new or "
+            "empty folder so that nothing else is overwritten"
+        )
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
+    try:
+        config = spec.to_peft_config()
+        config.base_model_name_or_path = str(base)
+        config.save_pretrained(str(staging))
+        tensors = {
+            key: state[key].detach().to("cpu", torch.float32).contiguous() for key in sorted(state)
+        }
+        save_file(tensors, str(staging / ADAPTER_WEIGHTS_FILE), metadata={"format": "pt"})
+        AutoTokenizer.from_pretrained(base, local_files_only=True).save_pretrained(staging)
+        _swap_into_place(staging, folder)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return folder
+
+
+def export_combined(
+    folder: Path,
+    states: Sequence[Mapping[str, torch.Tensor]],
+    weights: Sequence[float],
+    *,
+    base_model_path: Path,
+    spec: LoraSpec,
+) -> Path:
+    """Export the exact ΔW combination ``Σ_s w_s ΔW_s`` of several states as one adapter.
+
+    Uses :func:`~fedunlearn.models.combine_exact`; the adapter has rank ``S·r`` and alpha
+    ``S·alpha`` (so the scaling ``alpha / r`` is unchanged). Weights are used as given.
+
+    Returns
+    -------
+    Path
+        `folder`, as :func:`export_adapter`.
+    """
+    combined = combine_exact(states, weights)
+    count = len(states)
+    wide = dataclasses.replace(spec, r=spec.r * count, alpha=spec.alpha * count)
+    return export_adapter(folder, combined, base_model_path=base_model_path, spec=wide)
+
+
+def adapter_files_sha256(folder: Path) -> dict[str, str]:
+    """Hex SHA-256 of every file in an exported folder, by file name (sorted).
+
+    Raises
+    ------
+    ModelError
+        If `folder` is not an adapter folder.
+    """
+    folder = Path(folder)
+    if not (folder / ADAPTER_CONFIG_FILE).is_file() or not (folder / ADAPTER_WEIGHTS_FILE).is_file():
+        raise ModelError(
+            f"{str(folder)!r} is not an exported adapter folder; expected {ADAPTER_CONFIG_FILE} and "
+            f"{ADAPTER_WEIGHTS_FILE} written by export_adapter()"
+        )
+    return {
+        path.name: hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(folder.iterdir())
+        if path.is_file()
+    }
+
+
+def _replaceable(folder: Path) -> bool:
+    """An existing folder may be replaced if it is an empty folder or an adapter folder."""
+    if not folder.is_dir():
+        return False
+    return (folder / ADAPTER_CONFIG_FILE).is_file() or not any(folder.iterdir())
+
+
+def _swap_into_place(staging: Path, folder: Path) -> None:
+    # rename() cannot replace a non-empty directory, so an old adapter is moved aside first and
+    # deleted after; between the two renames the folder is briefly absent, never half-written.
+    if folder.exists():
+        retired = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old-", dir=folder.parent))
+        os.replace(folder, retired / folder.name)
+        os.replace(staging, folder)
+        shutil.rmtree(retired, ignore_errors=True)
+    else:
+        os.replace(staging, folder)

@@ -1,0 +1,180 @@
+"""An organization's side of the federation: who it is, its data, and the work a message asks for.
+
+The Flower ClientApp (``clients/app.py``) is a thin layer over :class:`OrganizationClient`; unit
+tests use this class directly. Nothing here keeps per-node mutable state in module globals: the
+caches below hold read-only objects keyed by everything that determines them (a Ray actor may host
+several simulated organizations).
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from fedunlearn.config import Settings
+from fedunlearn.data import OrganizationData, generate_consortium, load_organization, load_user_organization
+from fedunlearn.errors import ConfigError, DataError
+from fedunlearn.models import (
+    BaseModel,
+    LoraSpec,
+    get_lora_state,
+    load_base_model,
+    pick_device,
+    set_lora_state,
+    wrap_lora,
+)
+from fedunlearn.training.local import (
+    EncodedData,
+    EvalResult,
+    FitResult,
+    encode_texts,
+    evaluate_local,
+    fit_local,
+    set_cpu_threads,
+)
+
+__all__ = ["OrganizationClient", "lora_spec", "organization_data", "organization_name"]
+
+
+def lora_spec(settings: Settings) -> LoraSpec:
+    """The peft LoRA shape the settings ask for."""
+    return LoraSpec(
+        r=settings.lora.r,
+        alpha=settings.lora.alpha,
+        dropout=settings.lora.dropout,
+        target_modules=settings.lora.modules,
+    )
+
+
+def organization_name(settings: Settings, node_config: Mapping[str, object]) -> str:
+    """The stable organization name of this node.
+
+    Deployment: the SuperNode's ``--node-config 'org="name"'``. Simulation: the scenario's
+    organization list indexed by Flower's ``partition-id``. Never Flower's random node id.
+    """
+    if "org" in node_config:
+        name = str(node_config["org"])
+        if name not in settings.organization_names:
+            raise ConfigError(
+                f"this node is configured as organization {name!r}, which is not in the run's "
+                f"organizations {settings.organization_names}; fix the SuperNode's --node-config or the run config"
+            )
+        return name
+    if "partition-id" in node_config:
+        pid = int(node_config["partition-id"])  # type: ignore[arg-type]
+        names = settings.organization_names
+        if not 0 <= pid < len(names):
+            raise ConfigError(
+                f"simulated node has partition-id {pid} but the run has {len(names)} organizations; "
+                f"start the simulation with num-supernodes = {len(names)}"
+            )
+        return names[pid]
+    raise ConfigError(
+        "this node has no organization identity: start the SuperNode with --node-config 'org=\"NAME\"'"
+    )
+
+
+@functools.lru_cache(maxsize=4)
+def _synthetic(names: tuple[str, ...], data_key: tuple, seed: int):
+    (records, holdout, canaries, repeats, digits, never, public) = data_key
+    return generate_consortium(
+        organizations=names, records_per_org=records, holdout_per_org=holdout, canaries_per_org=canaries,
+        canary_repeats=repeats, canary_digits=digits, never_inserted=never, public_documents=public, seed=seed,
+    )
+
+
+def synthetic_key(settings: Settings) -> tuple:
+    d = settings.data
+    return (d.records_per_org, d.holdout_per_org, d.canaries_per_org, d.canary_repeats, d.canary_digits,
+            d.never_inserted, d.public_documents)
+
+
+def organization_data(settings: Settings, name: str, node_config: Mapping[str, object] | None = None) -> OrganizationData:
+    """Load (or generate) one organization's records and holdout.
+
+    Order of precedence: the node's ``data`` node-config entry (deployment), the organization's
+    ``data`` field in the scenario, ``data.dir/<name>`` (a saved consortium), else the synthetic
+    consortium generated from ``run.seed`` (deterministic, so every node agrees).
+    """
+    node_config = node_config or {}
+    explicit = str(node_config.get("data", "") or settings.organization(name).data or "")
+    if explicit:
+        path = Path(explicit)
+        if (path / "train.jsonl").is_file():
+            return load_organization(path, name)
+        return load_user_organization(path, name, seed=settings.run.seed)
+    if settings.data.dir:
+        folder = Path(settings.data.dir) / name
+        if not folder.is_dir():
+            raise DataError(
+                f"organization {name!r} has no data folder {str(folder)!r} under data.dir; "
+                "expected one sub-folder per organization"
+            )
+        return load_organization(folder, name)
+    return _synthetic(tuple(settings.organization_names), synthetic_key(settings), settings.run.seed).organization(name)
+
+
+@functools.lru_cache(maxsize=2)
+def _base(path: str, device: str, threads: int) -> BaseModel:
+    base = load_base_model(path or None, device=pick_device(device))
+    if base.device.device.type == "cpu":
+        set_cpu_threads(base.model, threads)
+    return base
+
+
+@dataclass
+class OrganizationClient:
+    """One organization's local work on the frozen base model plus a LoRA adapter."""
+
+    settings: Settings
+    name: str
+    data: OrganizationData
+
+    @classmethod
+    def from_node(cls, settings: Settings, node_config: Mapping[str, object]) -> OrganizationClient:
+        name = organization_name(settings, node_config)
+        return cls(settings=settings, name=name, data=organization_data(settings, name, node_config))
+
+    @functools.cached_property
+    def base(self) -> BaseModel:
+        return _base(self.settings.model.path, self.settings.model.device, self.settings.model.threads)
+
+    @functools.cached_property
+    def train_data(self) -> EncodedData:
+        return encode_texts(self.base.tokenizer, self.data.texts("train"), max_length=self.settings.data.max_length)
+
+    @functools.cached_property
+    def holdout_data(self) -> EncodedData:
+        texts = self.data.texts("holdout")
+        if not texts:
+            raise DataError(f"organization {self.name!r} has no holdout records to evaluate on")
+        return encode_texts(self.base.tokenizer, texts, max_length=self.settings.data.max_length)
+
+    def model_with(self, state: Mapping[str, torch.Tensor]):
+        """A fresh copy of the base model wrapped with LoRA and loaded with ``state``."""
+        base = copy.copy(self.base)
+        base.model = copy.deepcopy(self.base.model)
+        model = wrap_lora(base, lora_spec(self.settings), seed=0)
+        set_lora_state(model, state)
+        return model
+
+    def train(self, state: Mapping[str, torch.Tensor], *, seed: int, epochs: int | None = None,
+              lr: float | None = None, batch_size: int | None = None) -> tuple[dict[str, torch.Tensor], FitResult]:
+        """Fit the adapter on this organization's training records; return the new state."""
+        t = self.settings.train
+        model = self.model_with(state)
+        result = fit_local(
+            model, self.train_data,
+            epochs=epochs or t.local_epochs, batch_size=batch_size or t.batch_size, lr=lr or t.lr,
+            seed=seed, weight_decay=t.weight_decay,
+        )
+        return get_lora_state(model), result
+
+    def evaluate(self, state: Mapping[str, torch.Tensor]) -> EvalResult:
+        """Loss and perplexity of the adapter on this organization's holdout."""
+        return evaluate_local(self.model_with(state), self.holdout_data)

@@ -1,0 +1,1 @@
+"""Flower ServerApp of fedunlearn (thin wiring over fedunlearn.federation)."""

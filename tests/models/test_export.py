@@ -1,0 +1,118 @@
+"""PEFT adapter folders: one-line loading and the exactness of the combined export."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from peft import AutoPeftModelForCausalLM
+from transformers import AutoModelForCausalLM
+
+from fedunlearn.errors import ModelError
+from fedunlearn.models import (
+    ADAPTER_CONFIG_FILE,
+    ADAPTER_WEIGHTS_FILE,
+    adapter_files_sha256,
+    delta_weights,
+    export_adapter,
+    export_combined,
+    get_lora_state,
+    set_lora_state,
+    wrap_lora,
+)
+
+IDS = torch.tensor([[0, 17, 42, 99, 7, 250, 3, 64]])  # [1, T]
+
+
+def _logits(model) -> torch.Tensor:
+    model.eval()
+    with torch.no_grad():
+        return model(input_ids=IDS).logits  # [1, T, V]
+
+
+@pytest.fixture()
+def states(tiny_base, small_lora, make_state):
+    like = get_lora_state(wrap_lora(tiny_base, small_lora, seed=0))
+    return [make_state(like, seed=s, scale=0.2) for s in (11, 12, 13)]
+
+
+def test_exported_adapter_loads_in_one_line(tmp_path, tiny_base, small_lora, states):
+    folder = export_adapter(
+        tmp_path / "adapter", states[0], base_model_path=tiny_base.path, spec=small_lora
+    )
+    assert folder == tmp_path / "adapter"
+    config = json.loads((folder / ADAPTER_CONFIG_FILE).read_text())
+    assert config["base_model_name_or_path"] == str(tiny_base.path)
+    assert (config["r"], config["lora_alpha"], config["task_type"]) == (4, 8, "CAUSAL_LM")
+    assert sorted(config["target_modules"]) == ["q_proj", "v_proj"]
+
+    served = AutoPeftModelForCausalLM.from_pretrained(folder)
+
+    trained = wrap_lora(tiny_base, small_lora, seed=0)
+    set_lora_state(trained, states[0])
+    torch.testing.assert_close(_logits(served), _logits(trained), atol=1e-6, rtol=1e-6)
+    assert not torch.allclose(_logits(served), _logits(tiny_base.model), atol=1e-3)
+
+
+def test_combined_export_equals_base_plus_weighted_delta_sum(tmp_path, tiny_base, small_lora, states):
+    weights = [0.5, 0.3, 0.2]
+    folder = export_combined(
+        tmp_path / "served", states, weights, base_model_path=tiny_base.path, spec=small_lora
+    )
+    config = json.loads((folder / ADAPTER_CONFIG_FILE).read_text())
+    assert (config["r"], config["lora_alpha"]) == (12, 24)  # S·r, S·alpha
+    served = AutoPeftModelForCausalLM.from_pretrained(folder)
+
+    # Reference: the frozen base with Σ_s w_s ΔW_s added to each adapted weight.
+    reference = AutoModelForCausalLM.from_pretrained(tiny_base.path, local_files_only=True)
+    deltas = [delta_weights(state, small_lora.scaling) for state in states]
+    with torch.no_grad():
+        for prefix in deltas[0]:
+            module = reference.get_submodule(prefix.removeprefix("base_model.model."))
+            module.weight += sum(w * d[prefix] for d, w in zip(deltas, weights))  # [out, in]
+    torch.testing.assert_close(_logits(served), _logits(reference), atol=1e-5, rtol=1e-5)
+
+
+def test_reexport_replaces_adapter_atomically(tmp_path, tiny_base, small_lora, states):
+    folder = tmp_path / "adapter"
+    export_adapter(folder, states[0], base_model_path=tiny_base.path, spec=small_lora)
+    first = adapter_files_sha256(folder)
+    export_adapter(folder, states[1], base_model_path=tiny_base.path, spec=small_lora)
+    second = adapter_files_sha256(folder)
+    assert first[ADAPTER_WEIGHTS_FILE] != second[ADAPTER_WEIGHTS_FILE]
+    assert first[ADAPTER_CONFIG_FILE] == second[ADAPTER_CONFIG_FILE]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]  # no staging leftovers
+
+
+def test_export_is_deterministic(tmp_path, tiny_base, small_lora, states):
+    a = export_adapter(tmp_path / "a", states[2], base_model_path=tiny_base.path, spec=small_lora)
+    b = export_adapter(tmp_path / "b", states[2], base_model_path=tiny_base.path, spec=small_lora)
+    assert adapter_files_sha256(a) == adapter_files_sha256(b)
+    assert {ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, "tokenizer.json"} <= set(adapter_files_sha256(a))
+
+
+def test_refuses_to_overwrite_other_folders(tmp_path, tiny_base, small_lora, states):
+    (tmp_path / "precious").mkdir()
+    (tmp_path / "precious" / "notes.txt").write_text("keep me")
+    with pytest.raises(ModelError, match="not an adapter folder"):
+        export_adapter(tmp_path / "precious", states[0], base_model_path=tiny_base.path, spec=small_lora)
+    assert (tmp_path / "precious" / "notes.txt").read_text() == "keep me"
+
+
+def test_rank_must_match_spec(tmp_path, tiny_base, small_lora, states):
+    from dataclasses import replace
+
+    with pytest.raises(ModelError, match="rank 4 but the LoraSpec says r=8"):
+        export_adapter(tmp_path / "x", states[0], base_model_path=tiny_base.path, spec=replace(small_lora, r=8))
+    assert not (tmp_path / "x").exists()
+
+
+def test_base_must_be_local_folder(tmp_path, small_lora, states):
+    with pytest.raises(ModelError, match="never downloads"):
+        export_adapter(tmp_path / "x", states[0], base_model_path=tmp_path / "missing", spec=small_lora)
+
+
+def test_sha256_needs_adapter_folder(tmp_path):
+    with pytest.raises(ModelError, match="not an exported adapter folder"):
+        adapter_files_sha256(tmp_path)
