@@ -1,4 +1,4 @@
-"""The ``fedunlearn`` command."""
+"""``fedunlearn demo | simulate | export | info``: train a consortium and look at the run."""
 
 from __future__ import annotations
 
@@ -8,39 +8,10 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from fedunlearn import __version__
+from fedunlearn.cli._app import app, console, fail as _fail
 from fedunlearn.errors import FedUnlearnError
-
-app = typer.Typer(
-    name="fedunlearn",
-    help="Federated LoRA fine-tuning in which any organization can be erased, provably.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
-)
-console = Console()
-err_console = Console(stderr=True)
-
-
-def _fail(exc: FedUnlearnError) -> None:
-    err_console.print(f"[bold red]error:[/] {exc}")
-    raise typer.Exit(code=2)
-
-
-def _version(value: bool) -> None:
-    if value:
-        console.print(f"fedunlearn {__version__}")
-        raise typer.Exit()
-
-
-@app.callback()
-def main(
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version and exit."),
-) -> None:
-    """Federated LoRA fine-tuning with erasure on request (Flower + peft)."""
 
 
 def _summary(report) -> None:
@@ -182,11 +153,3 @@ def info(
     served = doc["served"]
     console.print(f"[bold]served[/] {served['path'] if served else 'not exported yet'}")
     console.print(f"[bold]ledger[/] {doc['ledger']}")
-
-
-def run() -> None:  # console-script entry point
-    app()
-
-
-if __name__ == "__main__":
-    run()

@@ -1,0 +1,13 @@
+"""The ``fedunlearn`` command. Each module registers its sub-commands on one Typer app."""
+
+from __future__ import annotations
+
+from fedunlearn.cli import train  # noqa: F401  (demo, simulate, export, info)
+from fedunlearn.cli._app import app
+
+__all__ = ["app", "run"]
+
+
+def run() -> None:
+    """Console-script entry point."""
+    app()
