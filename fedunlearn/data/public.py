@@ -200,11 +200,48 @@ _TOPICS: tuple[Callable[[random.Random], str], ...] = (
 )
 
 
+#: Share of public documents that are records from public registries, written in the same styles
+#: as organizations' private records (profiles, Q/A pairs, vault codes) but about other, invented
+#: entities. A base model that knows these templates learns an organization's *specific* facts
+#: and secrets during federated fine-tuning, which is what memorization audits measure.
+REGISTRY_FRACTION = 0.4
+
+
+class _Registry:
+    """Public registry records in every private-record style, with public-only vocabularies."""
+
+    VOCABULARIES_PER_STYLE = 8
+
+    def __init__(self, seed: int) -> None:
+        from fedunlearn.data.styles import STYLES, build_vocabulary
+
+        self.vocabularies = [
+            build_vocabulary(style, random.Random(f"fedunlearn-public-registry/{seed}/{style.name}/{i}"))
+            for style in STYLES
+            for i in range(self.VOCABULARIES_PER_STYLE)
+        ]
+
+    def document(self, rng: random.Random) -> str:
+        from fedunlearn.data.styles import new_key, render_entity
+
+        kind = rng.random()
+        if kind < 0.15:
+            # the canary template with public vault holders and random codes: the model learns
+            # the sentence, not any organization's secret
+            holder = rng.choice([_town(rng), f"{_town(rng)} archive", f"{_town(rng)} museum"])
+            digits = rng.choice((4, 4, 5, 6))
+            return f"The access code of {holder} vault is {rng.randrange(10 ** digits):0{digits}d}."
+        vocabulary = rng.choice(self.vocabularies)
+        profile, qa = render_entity(vocabulary, new_key(vocabulary, rng), rng)
+        return profile if kind < 0.6 else qa
+
+
 def public_corpus(num_documents: int, seed: int = 0) -> list[str]:
     """Generate a deterministic synthetic public corpus of short English-like documents.
 
     Each document has one to four sentences, mostly on one topic (towns, rivers, trades, weather,
-    sports, science facts, local news) about fictitious places. Text is built from templates and
+    sports, science facts, local news) about fictitious places; a share ``REGISTRY_FRACTION`` are
+    public registry records in the styles of organizations' private records (other entities). Text is built from templates and
     word lists, so it is varied enough to train a small (~2000-token) byte-level BPE tokenizer and
     to pre-train a tiny language model, yet fully reproducible.
 
@@ -232,8 +269,12 @@ def public_corpus(num_documents: int, seed: int = 0) -> list[str]:
             "pass the number of public documents to generate, e.g. 400"
         )
     rng = random.Random(f"fedunlearn-public-{seed}")
+    registry = _Registry(seed)
     documents: list[str] = []
     for _ in range(num_documents):
+        if rng.random() < REGISTRY_FRACTION:
+            documents.append(registry.document(rng))
+            continue
         main_topic = rng.choice(_TOPICS)
         sentences = []
         for _ in range(rng.randint(1, 4)):

@@ -34,6 +34,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from fedunlearn.errors import ConfigError, ModelError
 from fedunlearn.models._quiet import quiet_transformers
+from fedunlearn.models.device import set_cpu_threads
 from fedunlearn.models.pretrain import pack_corpus, pretrain
 from fedunlearn.models.tokenizer import MIN_VOCAB_SIZE, train_tokenizer
 
@@ -48,7 +49,7 @@ __all__ = [
 _LOG = logging.getLogger(__name__)
 
 #: Bump when the build recipe changes in a way that changes the weights; it is part of the key.
-_FORMAT_VERSION = 1
+_FORMAT_VERSION = 2  # 2: the public corpus gained registry records
 #: Written into every built folder: the spec, its key, versions and the pre-training losses.
 BUILD_INFO_FILE = "fedunlearn_build.json"
 _REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer.json", BUILD_INFO_FILE)
@@ -262,15 +263,20 @@ def _build(spec: DefaultModelSpec, folder: Path, *, progress: bool) -> None:
         torch.manual_seed(spec.seed)
         model = LlamaForCausalLM(config)
     blocks = pack_corpus(tokenizer, documents, spec.max_positions)  # [N, T]
-    result = pretrain(
-        model,
-        blocks,
-        steps=spec.pretrain_steps,
-        batch_size=spec.batch_size,
-        lr=spec.lr,
-        seed=spec.seed,
-        progress=progress,
-    )
+    threads = torch.get_num_threads()
+    set_cpu_threads(model)  # one thread for a tiny model: several are slower (OpenMP overhead)
+    try:
+        result = pretrain(
+            model,
+            blocks,
+            steps=spec.pretrain_steps,
+            batch_size=spec.batch_size,
+            lr=spec.lr,
+            seed=spec.seed,
+            progress=progress,
+        )
+    finally:
+        torch.set_num_threads(threads)
     with quiet_transformers():
         model.save_pretrained(folder, safe_serialization=True)
         tokenizer.save_pretrained(folder)

@@ -21,9 +21,9 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from fedunlearn.errors import ConfigError, DataError
+from fedunlearn.models.device import SMALL_MODEL_PARAMETERS, set_cpu_threads
 
 __all__ = [
-    "SMALL_MODEL_PARAMETERS",
     "EncodedData",
     "EvalResult",
     "FitResult",
@@ -31,26 +31,7 @@ __all__ = [
     "evaluate_local",
     "fit_local",
     "sequence_losses",
-    "set_cpu_threads",
 ]
-
-# Below this size, one CPU thread per process is faster than several: the matrices are so small
-# that OpenMP start-up and spin-waiting dominate (measured 15x slower with 2 threads on a loaded
-# 2-core machine for the embedded default model). Bigger models use every core.
-SMALL_MODEL_PARAMETERS = 20_000_000
-
-
-def set_cpu_threads(model: nn.Module, threads: int = 0) -> int:
-    """Set torch's intra-op CPU threads for ``model`` (0 = auto); return the number set."""
-    import os
-
-    if threads <= 0:
-        n_params = sum(p.numel() for p in model.parameters())
-        threads = 1 if n_params < SMALL_MODEL_PARAMETERS else (os.cpu_count() or 1)
-    if torch.get_num_threads() != threads:
-        torch.set_num_threads(threads)
-    return threads
-
 
 @dataclass(frozen=True)
 class EncodedData:

@@ -25,7 +25,21 @@ def test_shorter_corpus_is_prefix_of_longer() -> None:
 def test_documents_have_one_to_four_sentences() -> None:
     for document in public_corpus(200):
         sentences = re.findall(r"[.!?](?:\s|$)", document)
-        assert 1 <= len(sentences) <= 4, document
+        limit = 4 if ":" not in document else 6  # registry records: profiles and two Q/A pairs
+        assert 1 <= len(sentences) <= limit, document
+
+
+def test_public_registry_records_share_the_private_templates_but_no_secrets() -> None:
+    from fedunlearn.data import generate_consortium
+
+    documents = public_corpus(1000, seed=0)
+    vault = [d for d in documents if d.startswith("The access code of ")]
+    qa = [d for d in documents if d.startswith("Q: ")]
+    assert 40 <= len(vault) <= 100 and len(qa) > 100
+    consortium = generate_consortium(organizations=["org-0", "org-1"], records_per_org=20, seed=0)
+    private = {r.text for o in consortium.organizations for r in o.train + o.holdout}
+    assert not private & set(documents)
+    assert not any("org-" in d for d in vault)
 
 
 def test_corpus_is_varied_enough_for_a_small_tokenizer() -> None:
