@@ -30,7 +30,13 @@ from fedunlearn.models.delta import (
     state_sha256,
     state_to_bytes,
 )
-from fedunlearn.models.device import DEVICE_CHOICES, DeviceSpec, pick_device
+from fedunlearn.models.device import (
+    DEVICE_CHOICES,
+    SMALL_MODEL_PARAMETERS,
+    DeviceSpec,
+    pick_device,
+    set_cpu_threads,
+)
 from fedunlearn.models.export import (
     ADAPTER_CONFIG_FILE,
     ADAPTER_WEIGHTS_FILE,
@@ -67,6 +73,7 @@ __all__ = [
     "LoraSpec",
     "PAD_TOKEN",
     "PretrainResult",
+    "SMALL_MODEL_PARAMETERS",
     "SPECIAL_TOKENS",
     "adapter_files_sha256",
     "average_states",
@@ -85,6 +92,7 @@ __all__ = [
     "pick_device",
     "pretrain",
     "resolve_model_path",
+    "set_cpu_threads",
     "set_lora_state",
     "state_from_bytes",
     "state_sha256",

@@ -103,11 +103,15 @@ def sequence_losses(model: nn.Module, input_ids: torch.Tensor, attention_mask: t
     B, T = input_ids.shape
     position_ids = torch.arange(T, device=input_ids.device).unsqueeze(0).expand(B, T)  # [B, T]
     logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
-    logits = logits[:, :-1, :].float()  # [B, T-1, V] predicts tokens 1..T-1
-    targets = input_ids[:, 1:]  # [B, T-1]
-    tmask = attention_mask[:, 1:].to(logits.dtype)  # [B, T-1]
-    tok = nn.functional.cross_entropy(logits.transpose(1, 2), targets, reduction="none")  # [B, T-1]
-    return (tok * tmask).sum(dim=1) / tmask.sum(dim=1).clamp_min(1.0)  # [B]
+    # Shift the targets, not the logits: slicing [B, T, V] logits would copy them (HF does the same).
+    targets = torch.full_like(input_ids, -100)  # [B, T]; position t predicts token t+1
+    targets[:, :-1] = input_ids[:, 1:].masked_fill(attention_mask[:, 1:] == 0, -100)
+    V = logits.shape[-1]
+    tok = nn.functional.cross_entropy(
+        logits.reshape(B * T, V).float(), targets.reshape(B * T), reduction="none", ignore_index=-100
+    ).view(B, T)  # [B, T], 0 where ignored
+    counts = (targets != -100).sum(dim=1).clamp_min(1).to(tok.dtype)  # [B]
+    return tok.sum(dim=1) / counts  # [B]
 
 
 def fit_local(
