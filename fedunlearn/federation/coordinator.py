@@ -32,7 +32,7 @@ from fedunlearn.progress import LogReporter, Reporter
 from fedunlearn.runs import RunFolder, utc_now
 from fedunlearn.training.client import lora_spec
 
-__all__ = ["Coordinator", "RoundSummary", "initial_state"]
+__all__ = ["Coordinator", "FittedRound", "RoundSummary", "initial_state"]
 
 
 def initial_state(run: RunFolder, shard: int) -> dict[str, torch.Tensor]:
@@ -58,6 +58,16 @@ class RoundSummary:
     bytes_sent: int = 0
 
 
+@dataclass
+class FittedRound:
+    """A trained but uncommitted round: the stored aggregate and what went into it."""
+
+    aggregate: dict[str, torch.Tensor]
+    aggregate_hash: str
+    contributions: list[Contribution]
+    summary: RoundSummary
+
+
 def _nbytes(state: Mapping[str, torch.Tensor]) -> int:
     return sum(t.numel() * t.element_size() for t in state.values())
 
@@ -77,8 +87,14 @@ class Coordinator:
 
     # -- set-up -----------------------------------------------------------------------------
     def enrol(self) -> None:
-        """Register every organization (shard, join round) in the ledger; idempotent on resume."""
+        """Register every organization (shard, join round) in the ledger; idempotent on resume.
+
+        Erased organizations are skipped: they stay erased and are never addressed again.
+        """
+        erased = {o.name for o in self.ledger.organizations() if o.status == "erased"}
         for org in self.settings.organizations:
+            if org.name in erased:
+                continue
             self.ledger.register_organization(
                 org.name, shard=self.topology.shard_of(org.name), join_round=org.join_round
             )
@@ -108,7 +124,22 @@ class Coordinator:
         if not members:
             self.ledger.commit_round(shard=shard, round=rnd, aggregate_hash=head.hash, contributions=[], parent_id=head.id)
             return summary
-        state = self.ledger.get_state(head.hash)
+        fitted = self.fit_round(shard, rnd, self.ledger.get_state(head.hash), list(members))
+        self.ledger.commit_round(shard=shard, round=rnd, aggregate_hash=fitted.aggregate_hash,
+                                 contributions=fitted.contributions, parent_id=head.id)
+        summary = fitted.summary
+        summary.seconds = time.perf_counter() - start
+        return summary
+
+    def fit_round(self, shard: int, rnd: int, state: Mapping[str, torch.Tensor], members: list[str]) -> FittedRound:
+        """Train round ``rnd`` of ``shard`` from ``state`` with ``members``, without committing it.
+
+        The members' updates (encrypted) and the aggregate are stored as blobs, which are harmless
+        orphans until a commit references them. :meth:`train_round` commits the result at once;
+        an erasure collects whole retrained chains first and switches heads only at the end.
+        """
+        start = time.perf_counter()
+        summary = RoundSummary(shard=shard, round=rnd, members=list(members))
         t = self.settings.train
         contents = {
             org: protocol.make_content(
@@ -144,10 +175,8 @@ class Coordinator:
                                       num_examples=c.num_examples, metrics=c.metrics) for c in contributions]
         aggregate = average_states(states, weights)
         digest = self.ledger.put_state(aggregate)
-        self.ledger.commit_round(shard=shard, round=rnd, aggregate_hash=digest, contributions=contributions,
-                                 parent_id=head.id)
         summary.seconds = time.perf_counter() - start
-        return summary
+        return FittedRound(aggregate=aggregate, aggregate_hash=digest, contributions=contributions, summary=summary)
 
     def evaluate(self, rnd: int) -> dict[str, float]:
         """Each active organization evaluates its shard's current adapter on its own holdout."""

@@ -10,19 +10,26 @@ from __future__ import annotations
 
 import importlib
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fedunlearn.config import Settings, settings_to_flat
 from fedunlearn.errors import FederationError, RunStateError
 from fedunlearn.federation.workflow import TrainReport
 from fedunlearn.progress import Reporter
 
+if TYPE_CHECKING:
+    from fedunlearn.unlearning import EraseRequest, UnlearnResult
+
 __all__ = [
     "CLIENT_APP_FACTORY",
     "SERVER_APP_FACTORY",
     "prepare_simulation",
     "quiet_flower",
+    "run_apps",
     "simulate",
+    "simulate_erasure",
     "stop_ray",
 ]
 
@@ -149,9 +156,6 @@ def simulate(settings: Settings, run_dir: Path, *, reporter: Reporter | None = N
     Resumes when ``run_dir`` holds an interrupted run with the same settings.
     """
     quiet_flower()
-    import torch
-    from flwr.simulation import run_simulation
-
     if (Path(run_dir) / "run.json").exists():
         from fedunlearn.runs import RunFolder
 
@@ -160,9 +164,29 @@ def simulate(settings: Settings, run_dir: Path, *, reporter: Reporter | None = N
         settings = settings.replace(model={"path": existing.model.path or settings.model.path},
                                     data={"dir": existing.data.dir or settings.data.dir})
     settings = prepare_simulation(settings, run_dir, reporter=reporter)
+    results = run_apps(settings, reporter=reporter)
+    if not results:
+        raise RunStateError(
+            f"the simulation ended without finishing the run in {str(run_dir)!r}; see the log above. "
+            "Run the same command again to resume from the last committed round"
+        )
+    return results[0]
+
+
+def run_apps(settings: Settings, *, reporter: Reporter | None = None, workflow: Callable[..., object] | None = None) -> list:
+    """Run the ServerApp (with ``workflow``, default training) and one ClientApp per organization.
+
+    Returns what the workflow returned (a one-element list), or an empty list when the ServerApp
+    failed: Flower logs a ServerApp's exception instead of raising it.
+    """
+    quiet_flower()
+    import torch
+    from flwr.simulation import run_simulation
+
     overrides = settings_to_flat(settings)
-    results: list[TrainReport] = []
-    server_app = _load(SERVER_APP_FACTORY)(overrides, reporter=reporter, results=results)
+    results: list = []
+    extra = {"workflow": workflow} if workflow is not None else {}
+    server_app = _load(SERVER_APP_FACTORY)(overrides, reporter=reporter, results=results, **extra)
     client_app = _load(CLIENT_APP_FACTORY)(overrides)
     cpus = max(1, os.cpu_count() or 1)
     gpus = 1 if torch.cuda.is_available() else 0
@@ -175,9 +199,30 @@ def simulate(settings: Settings, run_dir: Path, *, reporter: Reporter | None = N
     with _Descendants():
         run_simulation(server_app=server_app, client_app=client_app,
                        num_supernodes=len(settings.organizations), backend_config=backend)
+    return results
+
+
+def simulate_erasure(run_dir: Path, request: EraseRequest, *, reporter: Reporter | None = None,
+                     discovery_timeout: float = 120.0) -> UnlearnResult:
+    """Erase ``request.subjects`` from the run in ``run_dir``, retraining in Flower's simulation engine.
+
+    Every organization's node starts (simulation numbers nodes by the scenario's list), but the
+    erasure sends work only to the remaining members of the affected shards. A run stopped midway
+    is left as it was before; run the same erasure again to complete it. ``discovery_timeout``
+    (at least the run's own) covers Ray's start-up while the nodes register.
+    """
+    from fedunlearn.federation.erase import erasure_workflow, prepare_erasure
+    from fedunlearn.runs import RunFolder
+
+    prepare_erasure(run_dir, request)  # refuse bad input before Ray starts
+    settings = RunFolder.open(run_dir).settings
+    settings = settings.replace(run={"dir": str(Path(run_dir).resolve()),
+                                     "discovery_timeout": max(discovery_timeout, settings.run.discovery_timeout)})
+    results = run_apps(settings, reporter=reporter, workflow=erasure_workflow(request))
     if not results:
         raise RunStateError(
-            f"the simulation ended without finishing the run in {str(run_dir)!r}; see the log above. "
-            "Run the same command again to resume from the last committed round"
+            f"the erasure of {list(request.subjects)} from {str(run_dir)!r} did not finish; see the log above. "
+            "The served model and ledger are as before (or the erasure is journaled): run the same erasure "
+            "again to complete it"
         )
     return results[0]

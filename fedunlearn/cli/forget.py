@@ -1,0 +1,61 @@
+"""``fedunlearn forget``: erase organizations from a run (SISA, S = N drop, or full retraining)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import typer
+from fedunlearn.cli._app import app, console, fail
+from fedunlearn.errors import FedUnlearnError
+
+
+def _print(result) -> None:
+    console.print(f"[bold]erased[/] {', '.join(result.subjects)} with {result.method} "
+                  f"(guarantee: {result.guarantee})")
+    for label, cost in (("this erasure", result.cost), ("full retraining", result.full_retrain_cost)):
+        who = ", ".join(cost.organizations) or "none"
+        console.print(f"[bold]{label}[/]: {cost.client_steps} client-steps, {cost.wall_seconds:.2f} s, "
+                      f"{cost.rounds} rounds ({cost.aggregations} shard aggregations), {cost.bytes_sent} bytes "
+                      f"sent; organizations taking part: {who}" + (f" ({cost.basis})" if cost.estimated else ""))
+    for note in result.notes:
+        console.print(f"  {note}")
+    console.print(f"[bold]served model[/] {result.served_path}  (sha256 {result.served_hash[:16]}…, "
+                  f"was {(result.previous_served_hash or '-')[:16]}…)")
+
+
+@app.command()
+def forget(
+    run: Path = typer.Option(..., "--run", help="Run folder."),
+    org: list[str] = typer.Option(..., "--org", help="Organization to erase (repeat for several)."),
+    method: str = typer.Option("sisa", "--method", help="sisa | drop | retrain (see fedunlearn.unlearning)."),
+    requested_by: str = typer.Option("", "--requested-by", help="Who asked (kept in the run's erasure log)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Erase organizations from the served model; exact methods retrain through Flower when needed.
+
+    Running the same command again completes an erasure that was interrupted.
+    """
+    from fedunlearn.federation.erase import erase, prepare_erasure
+    from fedunlearn.progress import RichReporter
+    from fedunlearn.unlearning import EraseRequest
+
+    try:
+        request = EraseRequest(tuple(org), method=method, requested_by=requested_by)
+        needs_flower = prepare_erasure(run, request)  # every check before anything starts
+        reporter = RichReporter()
+        if needs_flower:
+            from fedunlearn.federation.simulation import simulate_erasure
+
+            console.print(f"retraining through Flower's simulation engine without {', '.join(request.subjects)} …")
+            result = simulate_erasure(run, request, reporter=reporter)
+        else:
+            result = erase(run, request, reporter=reporter)
+    except FedUnlearnError as exc:
+        fail(exc)
+        return
+    if as_json:
+        sys.stdout.write(json.dumps(result.to_dict(), indent=2) + "\n")
+        return
+    _print(result)

@@ -1,0 +1,77 @@
+"""The erasure workflow the ServerApp runs, and the Python API around it.
+
+``erase_workflow(grid, run, request)`` opens the run's ledger and hands the request to the
+registered unlearner, which retrains through ``grid`` (addressing only the organizations it
+needs). :func:`erase` is the same without Flower, for erasures that train nothing (an S = N drop)
+or with any grid the caller brings; :func:`prepare_erasure` checks a request and says whether it
+needs Flower, before anything starts; :func:`erasure_workflow` adapts a request to the ServerApp's
+``workflow=`` hook (see ``server/app.py`` and :func:`~fedunlearn.federation.simulation.simulate_erasure`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+
+from flwr.serverapp import Grid
+
+from fedunlearn.config import Settings
+from fedunlearn.ledger import Ledger
+from fedunlearn.progress import LogReporter, Reporter
+from fedunlearn.runs import RunFolder
+from fedunlearn.unlearning import EraseRequest, Federation, UnlearnResult, check_request, get_unlearner, pending_erasure
+
+__all__ = ["erase", "erase_workflow", "erasure_workflow", "prepare_erasure"]
+
+
+def prepare_erasure(run_dir: Path, request: EraseRequest) -> bool:
+    """Check ``request`` against the run without changing anything; return whether it needs Flower.
+
+    Raises
+    ------
+    RunStateError
+        Not a run folder, another format, a subject already erased, or nobody would remain.
+    UnknownNameError
+        Unknown method or organization (the message lists the valid ones).
+    ConfigError
+        The method cannot serve the run's topology.
+    """
+    run = RunFolder.open(run_dir)
+    unlearner = get_unlearner(request.method)
+    with Ledger.open(run.path) as ledger:
+        pending = pending_erasure(ledger)
+        same = pending is not None and pending["subjects"] == list(request.subjects)
+        check_request(request, ledger, resuming=same)
+        unlearner.check(run)
+        return unlearner.needs_grid(request, ledger, run)
+
+
+def erase_workflow(grid: Grid | None, run: RunFolder, request: EraseRequest, reporter: Reporter | None = None) -> UnlearnResult:
+    """Erase ``request.subjects`` from ``run`` with the requested method, retraining over ``grid``."""
+    unlearner = get_unlearner(request.method)
+    with Ledger.open(run.path) as ledger:
+        federation = Federation(run=run, ledger=ledger, grid=grid, reporter=reporter or LogReporter())
+        return unlearner.unlearn(request, federation)
+
+
+def erase(run_dir: Path, request: EraseRequest, *, grid: Grid | None = None,
+          reporter: Reporter | None = None) -> UnlearnResult:
+    """Python API: erase from the run folder ``run_dir`` (``grid=None`` unless training is needed)."""
+    return erase_workflow(grid, RunFolder.open(run_dir), request, reporter)
+
+
+def erasure_workflow(request: EraseRequest) -> Callable[..., UnlearnResult]:
+    """A ServerApp workflow ``(grid, settings, *, reporter) -> UnlearnResult`` erasing ``request``.
+
+    The run folder is ``settings.run.dir``; the run's own settings are used, except for the
+    operational time-outs (``run.round-timeout``, ``run.discovery-timeout``) of ``settings``.
+    """
+
+    def workflow(grid: Grid, settings: Settings, *, reporter: Reporter | None = None) -> UnlearnResult:
+        run = RunFolder.open(Path(settings.run.dir))
+        timeouts = {"round_timeout": settings.run.round_timeout, "discovery_timeout": settings.run.discovery_timeout}
+        run = dataclasses.replace(run, settings=run.settings.replace(run=timeouts))
+        return erase_workflow(grid, run, request, reporter)
+
+    return workflow

@@ -1,0 +1,119 @@
+"""Exactness, the strongest test we have: SISA erasure equals training without the subject.
+
+With fixed seeds every (shard, round, organization) gets the same seed whoever else trains, so a
+shard replayed from the checkpoint before the subject joined must be bit-identical to the same
+shard trained from scratch in a run where the subject never took part (here: the coordinator's own
+rounds with the subject left out of every member list), and the served model must equal ``retrain``'s.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+from fedunlearn.federation.erase import erase
+from fedunlearn.federation import protocol
+from fedunlearn.ledger import Ledger, ShreddedError
+from fedunlearn.unlearning import EraseRequest
+from tests.unlearning.conftest import SHARDED, base_settings, copy_run, grid_for
+
+def _heads(run_dir) -> dict[int, dict[str, torch.Tensor]]:
+    with Ledger.open(run_dir) as ledger:
+        shards = len(ledger.stats()["rounds_per_shard"])
+        return {s: ledger.get_state(ledger.head(s).hash) for s in range(shards)}
+
+
+def _assert_same_states(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def _served_hash(run_dir) -> str:
+    with Ledger.open(run_dir) as ledger:
+        return ledger.served()["served_hash"]
+
+
+def _train_messages_to(grid, org_index: int) -> list:
+    node = list(grid.contexts)[org_index]
+    return [m for m in grid.sent if m.metadata.dst_node_id == node and m.metadata.message_type == protocol.TRAIN]
+
+
+def test_sisa_late_joiner_equals_training_without_it(run_factory, tiny_model_dir, tmp_path):
+    run = copy_run(run_factory("sharded", **SHARDED), tmp_path / "sisa")
+    never = run_factory("sharded-without-2", without=("org-2",), **SHARDED)
+    before = _heads(run)
+    settings = base_settings(tiny_model_dir, **SHARDED)
+    grid = grid_for(settings)
+
+    result = erase(run, EraseRequest(("org-2",), method="sisa"), grid=grid)
+
+    after, reference = _heads(run), _heads(never)
+    _assert_same_states(after[0], reference[0])  # the retrained shard, bit for bit
+    _assert_same_states(after[1], before[1])  # the other shard was not touched
+    assert result.served_hash == _served_hash(never) == _served_hash(run)
+    assert result.previous_served_hash != result.served_hash
+    assert result.recomputed == {0: (2,)}  # rolled back to round 1: org-2 joined at round 2
+    assert result.organizations == ("org-0",)
+    assert _train_messages_to(grid, 2) == []  # the subject was never sent work
+    assert result.guarantee == "exact"
+    assert result.cost.client_steps > 0 and result.cost.rounds == 1 and result.cost.aggregations == 1
+    assert result.cost.bytes_sent > 0 and not result.cost.estimated
+    full = result.full_retrain_cost
+    assert full.estimated and full.rounds == 2 and full.aggregations == 4
+    assert full.organizations == ("org-0", "org-1") and full.client_steps > result.cost.client_steps
+    with Ledger.open(run) as ledger:
+        assert ledger.dependents("org-2") == []
+        assert ledger.organization("org-2").status == "erased"
+        digest = ledger.update_hashes("org-2")[0]
+        with pytest.raises(ShreddedError):
+            ledger.get_state(digest, org="org-2")
+        assert ledger.meta.get("erasure.pending", "") == ""
+
+
+def test_sisa_equals_retrain_reference(run_factory, tiny_model_dir, tmp_path):
+    src = run_factory("sharded", **SHARDED)
+    settings = base_settings(tiny_model_dir, **SHARDED)
+    sisa = erase(copy_run(src, tmp_path / "sisa"), EraseRequest(("org-0",), method="sisa"), grid=grid_for(settings))
+    ref = erase(copy_run(src, tmp_path / "retrain"), EraseRequest(("org-0",), method="retrain"),
+                grid=grid_for(settings))
+    assert sisa.served_hash == ref.served_hash
+    assert sisa.heads == ref.heads
+    assert sisa.recomputed == {0: (2,)}  # round 1 had no member left: a carry-over, no training
+    assert ref.recomputed == {0: (2,), 1: (1, 2)}
+    # retrain's cost is measured, and it is what sisa's ledger estimate predicted (but the time)
+    assert not ref.full_retrain_cost.estimated and ref.full_retrain_cost == ref.cost
+    for field in ("client_steps", "rounds", "aggregations", "bytes_sent", "organizations"):
+        assert getattr(sisa.full_retrain_cost, field) == getattr(ref.cost, field), field
+
+
+def test_several_subjects_at_once(run_factory, tiny_model_dir, tmp_path):
+    run = copy_run(run_factory("sharded", **SHARDED), tmp_path / "run")
+    never = run_factory("sharded-without-0-1", without=("org-0", "org-1"), **SHARDED)
+    grid = grid_for(base_settings(tiny_model_dir, **SHARDED))
+    result = erase(run, EraseRequest(("org-1", "org-0"), method="sisa"), grid=grid)
+    assert result.subjects == ("org-0", "org-1")
+    assert result.served_hash == _served_hash(never)
+    _assert_same_states(_heads(run)[0], _heads(never)[0])
+    assert result.organizations == ("org-2",)
+    assert _train_messages_to(grid, 0) == [] and _train_messages_to(grid, 1) == []
+    with Ledger.open(run) as ledger:
+        assert ledger.dependents("org-0") == ledger.dependents("org-1") == []
+        assert [o.status for o in ledger.organizations()] == ["erased", "erased", "active"]
+
+
+def test_one_shard_per_organization_drops_the_adapter_without_training(run_factory, tmp_path):
+    run = copy_run(run_factory("s-eq-n", shards=3), tmp_path / "run")
+    never = run_factory("s-eq-n-without-1", without=("org-1",), shards=3)
+    start = time.perf_counter()
+    result = erase(run, EraseRequest(("org-1",), method="drop"))  # no grid: nothing is trained
+    seconds = time.perf_counter() - start
+    assert seconds < 1.0, seconds
+    assert result.served_hash == _served_hash(never)
+    assert result.cost.client_steps == 0 and result.cost.rounds == 0 and result.organizations == ()
+    assert result.recomputed == {1: ()}
+    with Ledger.open(run) as ledger:
+        assert ledger.head(1).round == 2 and ledger.contributions(ledger.head(1).id) == []
+        assert ledger.served()["components"] == [ledger.head(0).id, ledger.head(2).id]
