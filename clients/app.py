@@ -48,6 +48,10 @@ def make_app(overrides: Mapping[str, object] | None = None) -> ClientApp:
             "train-loss-first": fit.loss_first_epoch, "steps": fit.steps, "tokens": fit.tokens,
             "seconds": fit.seconds,
         }
+        if getattr(fit, "dp_steps", 0):  # record-level DP-SGD: the mechanism and this node's ε so far
+            from fedunlearn.training.dp import dp_reply_metrics
+
+            metrics.update(dp_reply_metrics(fit, context.state, delta=org.settings.dp.delta))
         return Message(protocol.reply_content(state=new_state, metrics=metrics), reply_to=msg)
 
     @client.evaluate()

@@ -22,6 +22,7 @@ from fedunlearn.errors import ConfigError
 
 __all__ = [
     "DataSettings",
+    "DpSettings",
     "LedgerSettings",
     "LoraSettings",
     "ModelSettings",
@@ -160,6 +161,61 @@ class LedgerSettings:
 
 
 @dataclass(frozen=True)
+class DpSettings:
+    """Differential privacy, off by default.
+
+    Record level (``record-level``): each organization trains with DP-SGD (Opacus) on its LoRA
+    parameters: Poisson sampling of records with rate ``batch-size / records``, per-record
+    gradients clipped to ``max-grad-norm``, Gaussian noise ``noise-multiplier * max-grad-norm``.
+
+    Client level (``client-level``): DP-FedAvg on the server (McMahan et al., ICLR 2018). Each
+    round every eligible organization of a shard is sampled independently with probability
+    ``client-sample-rate``; each sampled update delta is clipped to L2 norm ``client-clip``; the
+    sum gets Gaussian noise of std ``client-noise-multiplier * client-clip`` and is divided by the
+    expected number of participants.
+
+    ``max-epsilon`` (0 = no budget) stops training before any organization's ε at ``delta``
+    would exceed it. ε is computed with Opacus' PRV accountant (RDP kept as a cross-check).
+    """
+
+    record_level: bool = False
+    noise_multiplier: float = 1.0  # record-level DP-SGD noise (std / max-grad-norm)
+    max_grad_norm: float = 1.0  # per-record gradient clipping norm
+    client_level: bool = False
+    client_noise_multiplier: float = 1.0  # DP-FedAvg noise (std / client-clip)
+    client_clip: float = 0.1  # L2 norm bound of each organization's update delta
+    client_sample_rate: float = 1.0  # Poisson probability that an eligible organization takes part
+    delta: float = 1e-5
+    max_epsilon: float = 0.0  # 0 = no budget
+
+    def __post_init__(self) -> None:
+        _positive("dp", "max-grad-norm", self.max_grad_norm)
+        _positive("dp", "client-clip", self.client_clip)
+        _positive("dp", "max-epsilon", self.max_epsilon, zero=True)
+        for name, on in (("noise_multiplier", self.record_level), ("client_noise_multiplier", self.client_level)):
+            value = getattr(self, name)
+            _positive("dp", name.replace("_", "-"), value, zero=True)
+            if on and value == 0:
+                raise ConfigError(
+                    f"dp.{name.replace('_', '-')} = 0 gives no privacy (ε is infinite): expected a "
+                    "value > 0, e.g. 1.0, or turn the DP level off"
+                )
+        if not 0.0 < self.client_sample_rate <= 1.0:
+            raise ConfigError(
+                f"dp.client-sample-rate = {self.client_sample_rate!r} is invalid: expected 0 < rate <= 1"
+            )
+        if not 0.0 < self.delta < 1.0:
+            raise ConfigError(
+                f"dp.delta = {self.delta!r} is invalid: expected 0 < delta < 1, well below "
+                "1 / (number of organizations or records), e.g. 1e-5"
+            )
+
+    @property
+    def enabled(self) -> bool:
+        return self.record_level or self.client_level
+
+
+@dataclass(frozen=True)
 class OrganizationSettings:
     """One organization of the consortium."""
 
@@ -193,6 +249,7 @@ class Settings:
     train: TrainSettings = field(default_factory=TrainSettings)
     topology: TopologySettings = field(default_factory=TopologySettings)
     ledger: LedgerSettings = field(default_factory=LedgerSettings)
+    dp: DpSettings = field(default_factory=DpSettings)
     organizations: tuple[OrganizationSettings, ...] = field(default_factory=_default_organizations)
 
     def __post_init__(self) -> None:
@@ -245,7 +302,7 @@ class Settings:
         return dataclasses.replace(self, **changes)
 
 
-_SECTIONS = ("run", "model", "lora", "data", "train", "topology", "ledger")
+_SECTIONS = ("run", "model", "lora", "data", "train", "topology", "ledger", "dp")
 
 
 def _kebab(name: str) -> str:

@@ -168,6 +168,16 @@ class OrganizationClient:
         """Fit the adapter on this organization's training records; return the new state."""
         t = self.settings.train
         model = self.model_with(state)
+        if self.settings.dp.record_level:  # DP-SGD: secret sampling and noise (see training.dp)
+            from fedunlearn.training.dp import fit_local_dp
+
+            result: FitResult = fit_local_dp(
+                model, self.train_data,
+                epochs=epochs or t.local_epochs, batch_size=batch_size or t.batch_size, lr=lr or t.lr,
+                seed=seed, weight_decay=t.weight_decay, noise_multiplier=self.settings.dp.noise_multiplier,
+                max_grad_norm=self.settings.dp.max_grad_norm,
+            )
+            return get_lora_state(model), result
         result = fit_local(
             model, self.train_data,
             epochs=epochs or t.local_epochs, batch_size=batch_size or t.batch_size, lr=lr or t.lr,
