@@ -11,6 +11,7 @@ what was expected and how to fix it::
     ├── LedgerError            lineage database or blob store problems
     │   └── IntegrityError     a stored blob or log entry does not match its hash or signature
     ├── RunStateError          a run folder in the wrong state (other version, unfinished, erased org)
+    ├── AuthorizationError     an erasure request not signed by its subject or the coordinator
     └── FederationError        Flower-side problems: nodes missing, bad replies, timeouts
 """
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 __all__ = [
+    "AuthorizationError",
     "ConfigError",
     "DataError",
     "FedUnlearnError",
@@ -71,6 +73,10 @@ class IntegrityError(LedgerError):
 
 class RunStateError(FedUnlearnError):
     """A run folder is in a state that forbids the operation (version, progress, erasure)."""
+
+
+class AuthorizationError(FedUnlearnError):
+    """A request was refused: bad signature, unknown signer, wrong run, replay (it is logged)."""
 
 
 class FederationError(FedUnlearnError):

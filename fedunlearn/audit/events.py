@@ -11,6 +11,7 @@ enrolment           an organization joined the federation (keyed-hash id, shard)
 round-commit        an aggregate was committed (round, shard, contributors, adapter hash)
 erasure-request     an organization asked to be erased
 erasure-applied     an unlearner produced new adapter(s) without the subject
+export              the served model was exported (served hash, sha256 of every exported file)
 certificate         a signed erasure certificate was issued (its hash)
 key-rotation        the log or certificate signing key changed (new verifier key)
 refusal             a request was refused, with the reason
@@ -34,6 +35,7 @@ EVENT_TYPES = frozenset(
         "enrolment",
         "erasure-applied",
         "erasure-request",
+        "export",
         "key-rotation",
         "refusal",
         "round-commit",

@@ -17,12 +17,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from flwr.serverapp import Grid
 
+from fedunlearn.certify.budget import check_budget
+from fedunlearn.certify.runaudit import RunAudit
 from fedunlearn.federation import protocol
+from fedunlearn.federation.dpfedavg import dp_fedavg, poisson_sample
 from fedunlearn.federation.nodes import discover, exchange
 from fedunlearn.federation.serving import export_served
 from fedunlearn.federation.topology import Topology, derive_seed
@@ -75,7 +78,9 @@ def _nbytes(state: Mapping[str, torch.Tensor]) -> int:
 class Coordinator:
     """Drives federated training of a run over a Flower grid."""
 
-    def __init__(self, grid: Grid, run: RunFolder, ledger: Ledger, *, reporter: Reporter | None = None) -> None:
+    def __init__(self, grid: Grid, run: RunFolder, ledger: Ledger, *, reporter: Reporter | None = None,
+                 audit: RunAudit | None = None) -> None:
+        self.audit = audit  # the run's signed audit log (fedunlearn.certify.RunAudit); None = none
         self.grid = grid
         self.run = run
         self.ledger = ledger
@@ -98,6 +103,9 @@ class Coordinator:
             self.ledger.register_organization(
                 org.name, shard=self.topology.shard_of(org.name), join_round=org.join_round
             )
+        if self.audit is not None:  # keyed hashes + RUN_DIR/org-keys/<org>.pub when present
+            self.audit.enrol_from_folder((o.name, o.shard, o.join_round) for o in self.ledger.organizations()
+                                         if o.status == "active")
 
     def connect(self) -> dict[str, int]:
         """Map every active organization's name to its node id."""
@@ -113,6 +121,8 @@ class Coordinator:
                 state = initial_state(self.run, shard)
                 digest = self.ledger.put_state(state)
                 self.ledger.commit_round(shard=shard, round=0, aggregate_hash=digest, contributions=[], parent_id=None)
+        if self.audit is not None:
+            self.audit.sync(self.ledger, self.settings.dp)
 
     # -- training ---------------------------------------------------------------------------
     def train_round(self, shard: int, rnd: int, *, members: list[str] | None = None) -> RoundSummary:
@@ -139,6 +149,9 @@ class Coordinator:
         an erasure collects whole retrained chains first and switches heads only at the end.
         """
         start = time.perf_counter()
+        eligible = len(members)
+        if self.settings.dp.client_level:  # DP-FedAvg: a secret Poisson sample of the members
+            members = poisson_sample(members, self.settings.dp.client_sample_rate)
         summary = RoundSummary(shard=shard, round=rnd, members=list(members))
         t = self.settings.train
         contents = {
@@ -173,7 +186,12 @@ class Coordinator:
         total = sum(weights)
         contributions = [Contribution(org=c.org, update_hash=c.update_hash, weight=c.weight / total,
                                       num_examples=c.num_examples, metrics=c.metrics) for c in contributions]
-        aggregate = average_states(states, weights)
+        if self.settings.dp.client_level:  # clipped deltas, noise z*C, fixed denominator q*|eligible|
+            dp_round = dp_fedavg(state, states, eligible=eligible, dp=self.settings.dp)
+            aggregate = dp_round.state
+            contributions = [replace(c, weight=1.0 / (dp_round.sample_rate * eligible)) for c in contributions]
+        else:
+            aggregate = average_states(states, weights)
         digest = self.ledger.put_state(aggregate)
         summary.seconds = time.perf_counter() - start
         return FittedRound(aggregate=aggregate, aggregate_hash=digest, contributions=contributions, summary=summary)
@@ -205,9 +223,13 @@ class Coordinator:
         with self.reporter.task("federated training", total=len(todo) + done_before) as advance:
             advance(done_before)
             for r in sorted({r for _, r in todo}):
+                if not self._within_budget(r):
+                    break
                 round_summaries = []
                 for s in sorted(s for s, rr in todo if rr == r):
                     summary = self.train_round(s, r)
+                    if self.audit is not None:  # round-commit event + signed checkpoint
+                        self.audit.sync(self.ledger, self.settings.dp)
                     round_summaries.append(summary)
                     self.summaries.append(summary)
                     mean = (sum(summary.train_loss.values()) / len(summary.train_loss)) if summary.train_loss else float("nan")
@@ -219,4 +241,18 @@ class Coordinator:
 
     def export(self):
         """Combine the shard heads into the served model and export it (see serving.export_served)."""
-        return export_served(self.run, self.ledger)
+        served = export_served(self.run, self.ledger)
+        if self.audit is not None:
+            self.audit.log_export(served.hash, [served.path, *served.shard_paths.values()])
+            self.audit.checkpoint()
+        return served
+
+    def _within_budget(self, rnd: int) -> bool:
+        """False (and a message) when round ``rnd`` would exceed ``dp.max-epsilon`` for someone."""
+        if self.audit is None or self.settings.dp.max_epsilon <= 0 or not self.settings.dp.enabled:
+            return True
+        eligible = [m for s in range(self.topology.shards) for m in self.ledger.members(s, rnd)]
+        check = check_budget(self.audit, eligible, self.settings.dp)
+        if not check.ok:
+            self.reporter.message(check.reason)
+        return check.ok

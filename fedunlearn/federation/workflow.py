@@ -7,6 +7,7 @@ from pathlib import Path
 
 from flwr.serverapp import Grid
 
+from fedunlearn.certify.runaudit import RunAudit
 from fedunlearn.config import Settings
 from fedunlearn.federation.coordinator import Coordinator, RoundSummary
 from fedunlearn.federation.serving import ServedModel
@@ -43,8 +44,8 @@ def train_workflow(grid: Grid, settings: Settings, *, reporter: Reporter | None 
     run_dir = Path(settings.run.dir) if settings.run.dir else default_run_dir(settings)
     base = resolve_model_path(settings.model.path or None)
     run = RunFolder.create_or_resume(run_dir, settings, base)
-    with open_or_create_ledger(run) as ledger:
-        coord = Coordinator(grid, run, ledger, reporter=reporter)
+    with open_or_create_ledger(run) as ledger, RunAudit.open(run.path) as audit:
+        coord = Coordinator(grid, run, ledger, reporter=reporter, audit=audit)
         coord.enrol()
         coord.initialize()
         coord.connect()

@@ -1,0 +1,226 @@
+"""Signed erasure requests and their authorization.
+
+A request names the run (the audit log's origin), the subjects (organization names), the method
+and a random nonce, and is signed with Ed25519 over::
+
+    b"fedunlearn erasure request v1\\n" || canonical_json(request)
+
+It is authorized only when the signature verifies and the signer is either the coordinator
+(``RUN_DIR/audit.pub``) or the organization being erased, with the key it enrolled (an
+``enrolment`` event of the audit log; an organization may ask only for its own erasure). Anything
+else is refused, and the refusal is logged (a ``refusal`` event, keyed hashes only) and signed.
+A request already logged is a replay and is refused too.
+
+The request file itself holds organization names and stays with the coordinator; the log gets
+its SHA-256, the signer's role and key ID, and the subjects' keyed hashes.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import secrets
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from fedunlearn.audit import SigningKey, VerifierKey, canonical_json
+from fedunlearn.errors import AuthorizationError, ConfigError, IntegrityError
+
+__all__ = ["REQUEST_FORMAT", "Authorization", "SignedRequest", "authorize_request", "sign_request"]
+
+REQUEST_FORMAT = "fedunlearn-erasure-request/1"
+_DOMAIN = b"fedunlearn erasure request v1\n"
+
+
+@dataclass(frozen=True)
+class SignedRequest:
+    """An erasure request with its signer's verifier key and Ed25519 signature (base64)."""
+
+    request: dict[str, Any]
+    signer: str
+    signature: str
+
+    @property
+    def digest(self) -> str:
+        """SHA-256 hex of the canonical signed request (its identity in the audit log)."""
+        return hashlib.sha256(canonical_json(self.to_dict())).hexdigest()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"request": self.request, "signer": self.signer, "signature": self.signature}
+
+    def to_json(self) -> bytes:
+        return canonical_json(self.to_dict())
+
+    def write(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.write_bytes(self.to_json() + b"\n")
+        return path
+
+    @classmethod
+    def parse(cls, data: str | bytes | Mapping[str, Any] | SignedRequest) -> SignedRequest:
+        """Read a signed request (its JSON text, a mapping, or a path's bytes)."""
+        if isinstance(data, SignedRequest):
+            return data
+        if isinstance(data, (str, bytes)):
+            try:
+                data = json.loads(data)
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                raise ConfigError(f"erasure request is not JSON: {exc}") from exc
+        if not isinstance(data, Mapping) or set(data) != {"request", "signer", "signature"}:
+            raise ConfigError(
+                "erasure request must be an object with exactly 'request', 'signer' and 'signature'; "
+                "make one with `fedunlearn keys sign-request`"
+            )
+        if not isinstance(data["request"], Mapping) or not all(isinstance(data[k], str) for k in ("signer", "signature")):
+            raise ConfigError("erasure request: 'request' must be an object, 'signer' and 'signature' strings")
+        return cls(dict(data["request"]), data["signer"], data["signature"])
+
+    @classmethod
+    def read(cls, path: str | Path) -> SignedRequest:
+        try:
+            return cls.parse(Path(path).read_bytes())
+        except OSError as exc:
+            raise ConfigError(f"cannot read erasure request {str(path)!r}: {exc}") from exc
+
+
+def sign_request(
+    key: SigningKey,
+    *,
+    run: str,
+    subjects: Sequence[str],
+    method: str = "sisa",
+    records: Sequence[str] = (),
+    nonce: str | None = None,
+) -> SignedRequest:
+    """Sign an erasure request for ``subjects`` of the run whose audit origin is ``run``.
+
+    ``run`` is the name in ``RUN_DIR/audit.pub`` (``fedunlearn keys sign-request`` reads it).
+    """
+    if isinstance(subjects, str) or not subjects or not all(isinstance(s, str) and s for s in subjects):
+        raise ConfigError(f"subjects {subjects!r}: expected a non-empty list of organization names")
+    request = {
+        "format": REQUEST_FORMAT, "run": run, "subjects": sorted(set(subjects)), "method": str(method).lower(),
+        "records": list(records), "nonce": nonce or secrets.token_hex(16),
+        "issued": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+    signature = key.sign(_DOMAIN + canonical_json(request))
+    return SignedRequest(request, key.verifier.vkey, base64.b64encode(signature).decode("ascii"))
+
+
+@dataclass(frozen=True)
+class Authorization:
+    """An authorized request, as logged.
+
+    Attributes
+    ----------
+    request : SignedRequest
+    subjects : tuple of str
+        Organization names (sorted).
+    method : str
+    records : tuple of str
+    signer_role : str
+        ``"subject"`` or ``"coordinator"``.
+    key_id : str
+        Hex C2SP key ID of the signer.
+    log_index : int
+        Index of the ``erasure-request`` event.
+    """
+
+    request: SignedRequest
+    subjects: tuple[str, ...]
+    method: str
+    records: tuple[str, ...]
+    signer_role: str
+    key_id: str
+    log_index: int
+
+    def to_erase_request(self) -> Any:
+        """The :class:`fedunlearn.unlearning.base.EraseRequest` to hand to an unlearner."""
+        from fedunlearn.unlearning.base import EraseRequest
+
+        return EraseRequest(subjects=self.subjects, method=self.method, records=self.records,
+                            requested_by=f"{self.signer_role} key {self.key_id}")
+
+
+def _refuse(audit: Any, signed: SignedRequest | None, subjects: Sequence[str], reason: str) -> AuthorizationError:
+    event: dict[str, Any] = {"type": "refusal", "what": "erasure-request", "reason": reason,
+                             "subjects": sorted(audit.subject(s) for s in subjects)}
+    if signed is not None:
+        event["request"] = signed.digest
+    audit.append(event)
+    audit.checkpoint()
+    return AuthorizationError(f"erasure request refused (logged): {reason}")
+
+
+def authorize_request(audit: Any, request: SignedRequest | Mapping[str, Any] | str | bytes) -> Authorization:
+    """Check a signed erasure request against the run's audit log; log the outcome.
+
+    Parameters
+    ----------
+    audit : RunAudit
+        The run's open audit log (:class:`fedunlearn.certify.RunAudit`).
+    request : SignedRequest, mapping or JSON text
+        The signed request (see :func:`sign_request`).
+
+    Returns
+    -------
+    Authorization
+        After an ``erasure-request`` event and a signed checkpoint were added to the log.
+
+    Raises
+    ------
+    AuthorizationError
+        When the request is malformed, for another run, badly signed, signed by neither the
+        coordinator nor the subject's enrolled key, names an organization that never enrolled,
+        or was already used; a ``refusal`` event is logged and signed first.
+    """
+    try:
+        signed = SignedRequest.parse(request)
+    except ConfigError as exc:
+        raise _refuse(audit, None, [], f"malformed request: {exc}") from exc
+    body = signed.request
+    subjects = body.get("subjects")
+    if body.get("format") != REQUEST_FORMAT or not isinstance(subjects, list) or not subjects \
+            or not all(isinstance(s, str) and s for s in subjects):
+        raise _refuse(audit, signed, [], f"not a {REQUEST_FORMAT} request with a list of subjects")
+    if body.get("run") != audit.origin:
+        raise _refuse(audit, signed, subjects, f"request is for run {body.get('run')!r:.80}, not this run "
+                      f"{audit.origin!r}; sign it with the origin in RUN_DIR/audit.pub")
+    try:
+        signer = VerifierKey.parse(signed.signer)
+        sig = base64.b64decode(signed.signature, validate=True)
+        message = _DOMAIN + canonical_json(body)
+    except (ConfigError, IntegrityError, binascii.Error) as exc:
+        raise _refuse(audit, signed, subjects, f"unreadable signer key or signature: {exc}") from exc
+    if not signer.verify(sig, message):
+        raise _refuse(audit, signed, subjects, "the signature does not verify under the signer key it names; "
+                      "the request was altered or signed with another key")
+    unknown = [s for s in subjects if not audit.is_enrolled(s)]
+    if unknown:
+        raise _refuse(audit, signed, subjects, f"{len(unknown)} subject(s) never enrolled in this run "
+                      f"({', '.join(audit.subject(s)[:16] for s in unknown)})")
+    if signer.raw == audit.verifier.raw:
+        role = "coordinator"
+    else:
+        enrolled = [audit.enrolled_key(s) for s in subjects]
+        if not all(k is not None and k.raw == signer.raw for k in enrolled):
+            raise _refuse(audit, signed, subjects, f"signer key {signer.key_id.hex()} is neither the coordinator's "
+                          "nor the enrolled key of every subject; an organization may only ask for its own "
+                          "erasure, with the key it enrolled")
+        role = "subject"
+    if any(e.get("request") == signed.digest for _, e in audit.events("erasure-request")):
+        raise _refuse(audit, signed, subjects, f"request {signed.digest[:16]} was already used (replay); sign a new one")
+    index = audit.append({
+        "type": "erasure-request", "request": signed.digest, "subjects": sorted(audit.subject(s) for s in subjects),
+        "method": str(body.get("method", "")), "records": len(body.get("records") or []), "signer": role,
+        "key_id": signer.key_id.hex(),
+    })
+    audit.checkpoint()
+    return Authorization(request=signed, subjects=tuple(sorted(subjects)), method=str(body.get("method", "sisa")),
+                         records=tuple(body.get("records") or ()), signer_role=role, key_id=signer.key_id.hex(),
+                         log_index=index)

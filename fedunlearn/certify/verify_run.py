@@ -1,0 +1,173 @@
+"""Verify a run folder as an outside auditor: log, checkpoints, certificates, exported artifacts.
+
+Checks, each failure reported with what failed:
+
+1. the audit log: every leaf hash recomputed from its entry, every checkpoint's signature and
+   root, consistency of consecutive checkpoints (RFC 9162), with every certificate's receipt
+   checkpoint as a known checkpoint (which exposes a rolled-back log);
+2. each certificate: byte-for-byte canonical JSON, signed by the pinned coordinator key, its
+   receipt's checkpoint signed, its ``certificate`` event included at the stated index (proof
+   checked against the signed root, never a size taken from the proof), and the event holding the
+   SHA-256 of the certificate body;
+3. exported artifacts: the latest ``export`` event's files re-hashed; the ledger's served hash
+   equal to the logged one; every readable ledger blob re-hashed.
+
+The coordinator's public key should be pinned out of band (``--public-key``); by default the run
+folder's ``audit.pub`` is used, which only shows the folder is self-consistent.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fedunlearn.audit import AuditLog, VerifierKey, load_public_key, parse_canonical_json, verify_entry_in_checkpoint
+from fedunlearn.certify.certificate import Certificate, signed_message
+from fedunlearn.certify.runaudit import AUDIT_FILE, PUBLIC_KEY_FILE, file_sha256
+from fedunlearn.errors import FedUnlearnError, IntegrityError
+
+__all__ = ["RunVerification", "verify_certificate", "verify_run"]
+
+
+@dataclass
+class RunVerification:
+    """Outcome of :func:`verify_run`: ``ok`` iff ``problems`` is empty; ``checked`` lists what passed."""
+
+    problems: list[str] = field(default_factory=list)
+    checked: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def _b64(text: object) -> bytes:
+    """Decode canonical standard base64 only (a flipped padding bit must not pass)."""
+    raw = base64.b64decode(str(text), validate=True)
+    if base64.b64encode(raw).decode("ascii") != text:
+        raise binascii.Error(f"{str(text)[:20]!r} is not canonical base64")
+    return raw
+
+
+def verify_certificate(cert: Certificate, key: VerifierKey, log: AuditLog) -> list[str]:
+    """Problems with one certificate (empty list: it verifies); see the module docstring."""
+    where = f"certificate {cert.path.name if cert.path else ''}".strip()
+    problems = []
+    sig = cert.signature if isinstance(cert.signature, dict) else {}
+    if sig.get("vkey") != key.vkey:
+        problems.append(f"{where}: signed by {str(sig.get('vkey'))[:60]!r}, not the pinned coordinator key {key.vkey[:60]!r}")
+    try:
+        raw = _b64(sig.get("sig", ""))
+    except binascii.Error:
+        raw = b""
+    if not key.verify(raw, signed_message(cert.body)):
+        problems.append(f"{where}: the Ed25519 signature does not verify: the certificate body or signature was altered")
+    if cert.body.get("run") != log.origin:
+        problems.append(f"{where}: issued for run {cert.body.get('run')!r}, not this log's {log.origin!r}")
+    receipt = cert.receipt if isinstance(cert.receipt, dict) else {}
+    try:
+        index = receipt["index"]
+        proof = [_b64(p) for p in receipt["proof"]]
+        note = receipt["checkpoint"]
+        if not isinstance(index, int) or not 0 <= index < log.size:
+            raise IntegrityError(f"index {index!r} is not an entry of the log (size {log.size})")
+        entry = log.entries(index, index + 1)[0]
+        cp = verify_entry_in_checkpoint(entry, index, proof, note, key, key.name)
+        if cp.size != receipt.get("tree_size"):
+            raise IntegrityError(f"tree size {receipt.get('tree_size')!r} differs from the signed checkpoint's {cp.size}")
+        event = parse_canonical_json(entry)
+        if event.get("type") != "certificate" or event.get("certificate") != cert.digest:
+            raise IntegrityError(f"log entry {index} does not hold this certificate's hash {cert.digest[:16]}...")
+    except (KeyError, TypeError, binascii.Error, FedUnlearnError) as exc:
+        problems.append(f"{where}: receipt does not verify: {exc}")
+    return problems
+
+
+def _artifacts(run_dir: Path, log: AuditLog, report: RunVerification) -> None:
+    exports = [parse_canonical_json(e) for e in log.entries()]
+    exports = [e for e in exports if isinstance(e, dict) and e.get("type") == "export"]
+    if not exports:
+        report.checked.append("artifacts: no export event in the log (nothing exported yet)")
+        return
+    latest = exports[-1]
+    for rel, want in sorted(latest.get("files", {}).items()):
+        path = run_dir / rel
+        if not path.is_file():
+            report.problems.append(f"artifact {rel}: missing (the log records sha256 {want[:16]}...)")
+        elif file_sha256(path) != want:
+            report.problems.append(f"artifact {rel}: sha256 {file_sha256(path)[:16]}... differs from the logged {want[:16]}...")
+    report.checked.append(f"artifacts: {len(latest.get('files', {}))} exported files re-hashed")
+    if (run_dir / "ledger.sqlite").exists():
+        from fedunlearn.ledger import Ledger
+
+        try:
+            with Ledger.open(run_dir) as ledger:
+                served = ledger.served()
+                if served is None or served["served_hash"] != latest.get("served_hash"):
+                    report.problems.append(
+                        f"ledger: served hash {None if served is None else served['served_hash'][:16]} differs from the "
+                        f"logged export's {str(latest.get('served_hash'))[:16]}"
+                    )
+                report.problems.extend(f"ledger blob: {p}" for p in ledger.verify_blobs())
+        except FedUnlearnError as exc:
+            report.problems.append(f"ledger: cannot be read: {exc}")
+        report.checked.append("ledger: served hash and blobs re-hashed")
+
+
+def verify_run(
+    run_dir: str | Path, *, public_key: VerifierKey | str | Path | None = None,
+    certificates: list[Path] | None = None,
+) -> RunVerification:
+    """Verify the audit log, certificates and exported artifacts of a run folder.
+
+    Parameters
+    ----------
+    run_dir : str or Path
+    public_key : VerifierKey, verifier-key string or file, optional
+        The pinned coordinator key (default: ``RUN_DIR/audit.pub``).
+    certificates : list of Path, optional
+        Certificates to check (default: every ``RUN_DIR/certificates/*.json``).
+    """
+    run_dir = Path(run_dir)
+    report = RunVerification()
+    try:
+        if public_key is None:
+            key = load_public_key(run_dir / PUBLIC_KEY_FILE)
+        elif isinstance(public_key, VerifierKey):
+            key = public_key
+        elif isinstance(public_key, Path) or (isinstance(public_key, str) and Path(public_key).is_file()):
+            key = load_public_key(Path(public_key))
+        else:
+            key = VerifierKey.parse(str(public_key))
+        log = AuditLog.open(run_dir / AUDIT_FILE, origin=key.name, create=False)
+    except FedUnlearnError as exc:
+        report.problems.append(f"audit log: cannot be opened with the coordinator key: {exc}")
+        return report
+    with log:
+        paths = certificates if certificates is not None else sorted((run_dir / "certificates").glob("*.json"))
+        certs = []
+        for path in paths:
+            try:
+                certs.append(Certificate.read(path))
+            except FedUnlearnError as exc:
+                report.problems.append(f"certificate {Path(path).name}: {exc}")
+        notes = [c.receipt["checkpoint"] for c in certs
+                 if isinstance(c.receipt, dict) and isinstance(c.receipt.get("checkpoint"), str)]
+        log_report = log.verify(key, known_checkpoints=notes)
+        report.problems.extend(f"audit log: {p}" for p in log_report.problems)
+        report.checked.append(f"audit log: {log_report.size} entries, {log_report.checkpoints} signed checkpoints "
+                              f"(signed up to {log_report.signed_size})")
+        if log_report.checkpoints == 0:
+            report.problems.append("audit log: no signed checkpoint; nothing is covered by a signature")
+        elif log_report.signed_size < log_report.size:
+            report.problems.append(f"audit log: entries {log_report.signed_size}-{log_report.size - 1} are not covered "
+                                   "by any signed checkpoint")
+        for cert in certs:
+            problems = verify_certificate(cert, key, log)
+            report.problems.extend(problems)
+            if not problems:
+                report.checked.append(f"certificate {cert.path.name if cert.path else ''}: signature and inclusion")
+        _artifacts(run_dir, log, report)
+    return report

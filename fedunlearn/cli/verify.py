@@ -1,0 +1,117 @@
+"""``fedunlearn verify`` and ``fedunlearn keys``: audit a run; make keys and signed erasure requests."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from fedunlearn.cli._app import app, console, err_console, fail
+from fedunlearn.errors import FedUnlearnError
+
+keys_app = typer.Typer(help="Ed25519 keys of organizations and coordinators; signed erasure requests.",
+                       no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+
+@app.command()
+def verify(
+    run: Path = typer.Option(..., "--run", help="Run folder."),
+    certificate: Optional[list[Path]] = typer.Option(None, "--certificate", help="Certificate file(s) to check "
+                                                     "(default: every RUN/certificates/*.json)."),
+    public_key: Optional[Path] = typer.Option(None, "--public-key", help="The coordinator's pinned verifier key "
+                                              "(default: RUN/audit.pub, which only shows self-consistency)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Check the audit log, its signed checkpoints, certificates and exported artifacts; exit 1 on any failure."""
+    from fedunlearn.certify.verify_run import verify_run
+
+    try:
+        report = verify_run(run, public_key=public_key, certificates=list(certificate) if certificate else None)
+    except FedUnlearnError as exc:
+        fail(exc)
+        return
+    if as_json:
+        console.print_json(json.dumps({"ok": report.ok, "problems": report.problems, "checked": report.checked}))
+    else:
+        if public_key is None:
+            err_console.print("[yellow]note:[/] using RUN/audit.pub; pass --public-key with a key obtained out of band")
+        for line in report.checked:
+            console.print(f"[green]ok[/]    {line}")
+        for line in report.problems:
+            console.print(f"[bold red]FAIL[/]  {line}", soft_wrap=True)
+        console.print("[bold green]verified[/]" if report.ok else f"[bold red]{len(report.problems)} problem(s)[/]")
+    if not report.ok:
+        raise typer.Exit(code=1)
+
+
+@keys_app.command("generate")
+def keys_generate(
+    name: str = typer.Option(..., "--name", help="Key name, e.g. 'hospital-a.example/erasure'."),
+    out: Path = typer.Option(..., "--out", help="Folder for NAME.pem (private, 0600) and NAME.pub."),
+    stem: str = typer.Option("", "--stem", help="File name stem (default: the last part of --name)."),
+) -> None:
+    """Generate an Ed25519 key pair (an organization's request key, or a coordinator key)."""
+    from fedunlearn.audit import generate_signing_key, save_private_key, save_public_key
+
+    try:
+        key = generate_signing_key(name)
+        out.mkdir(parents=True, exist_ok=True)
+        base = stem or name.rstrip("/").split("/")[-1]
+        private = save_private_key(key, out / f"{base}.pem")
+        public = save_public_key(key, out / f"{base}.pub")
+    except FedUnlearnError as exc:
+        fail(exc)
+        return
+    console.print(f"private key {private} (keep it secret)\npublic key  {public}: {key.verifier.vkey}")
+
+
+@keys_app.command("enrol")
+def keys_enrol(
+    run: Path = typer.Option(..., "--run", help="Run folder."),
+    org: str = typer.Option(..., "--org", help="Organization name."),
+    public_key: Path = typer.Option(..., "--public-key", help="The organization's .pub file."),
+) -> None:
+    """Enrol an organization's public key in a run (copied to RUN/org-keys/, logged, signed)."""
+    from fedunlearn.audit import load_public_key, save_public_key
+    from fedunlearn.certify.runaudit import RunAudit
+    from fedunlearn.ledger import Ledger
+
+    try:
+        key = load_public_key(public_key)
+        with Ledger.open(run) as ledger:
+            o = ledger.organization(org)
+        (run / "org-keys").mkdir(exist_ok=True)
+        save_public_key(key, run / "org-keys" / f"{org}.pub")
+        with RunAudit.open(run) as audit:
+            index = audit.enrol(org, shard=o.shard, join_round=o.join_round, public_key=key)
+            audit.checkpoint()
+    except FedUnlearnError as exc:
+        fail(exc)
+        return
+    console.print(f"enrolled key {key.key_id.hex()} of {org!r}" + ("" if index is None else f" (log entry {index})"))
+
+
+@keys_app.command("sign-request")
+def keys_sign_request(
+    key: Path = typer.Option(..., "--key", help="Private key (.pem) of the subject organization or coordinator."),
+    name: str = typer.Option(..., "--name", help="The key's name (as in its .pub file)."),
+    run: Path = typer.Option(..., "--run", help="Run folder (its audit.pub names the run), or a run's audit.pub."),
+    subject: list[str] = typer.Option(..., "--subject", help="Organization to erase (repeatable)."),
+    method: str = typer.Option("sisa", "--method", help="Unlearning method."),
+    out: Path = typer.Option(..., "--out", help="Where to write the signed request (JSON)."),
+) -> None:
+    """Sign an erasure request for a run."""
+    from fedunlearn.audit import load_public_key, load_signing_key
+    from fedunlearn.certify.authorize import sign_request
+
+    try:
+        origin = load_public_key(run / "audit.pub" if run.is_dir() else run).name
+        signed = sign_request(load_signing_key(key, name=name), run=origin, subjects=subject, method=method)
+        signed.write(out)
+    except FedUnlearnError as exc:
+        fail(exc)
+        return
+    console.print(f"signed request {signed.digest[:16]}… written to {out}")
