@@ -44,6 +44,12 @@ def quiet_flower() -> None:
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    if not os.environ.get("FEDUNLEARN_VERBOSE"):
+        import logging
+
+        # run_simulation's deprecation notice and Ray's start-up chatter; errors still show
+        logging.getLogger("flwr").setLevel(logging.ERROR)
 
 
 def _load(ref: str):
