@@ -1,0 +1,120 @@
+"""The evaluation suite's metrics: is an erased organization really gone, and at what cost?
+
+* :mod:`~fedunlearn.evaluate.scores` — per-record membership scores (loss, zlib, Min-K%, Min-K%++).
+* :mod:`~fedunlearn.evaluate.mia` — ROC curve, AUC, TPR at low FPR, MUSE's PrivLeak.
+* :mod:`~fedunlearn.evaluate.exposure` — canary exposure over the whole candidate space.
+* :mod:`~fedunlearn.evaluate.memorization` — greedy continuations: exact match and ROUGE-L.
+* :mod:`~fedunlearn.evaluate.utility` — perplexity on retained organizations and public text.
+* :mod:`~fedunlearn.evaluate.fidelity` — next-token KL to retrained models and their spread.
+* :mod:`~fedunlearn.evaluate.lower_bound` — empirical ε lower bounds; certificate checks.
+
+Every function takes a model and its tokenizer (or plain scores) and returns a frozen dataclass.
+"""
+
+from __future__ import annotations
+
+from fedunlearn.evaluate.exposure import (
+    ExposureReport,
+    ExposureResult,
+    SecretRank,
+    candidate_losses,
+    candidate_tokens,
+    canary_exposure,
+    exposure_from_losses,
+    exposure_report,
+)
+from fedunlearn.evaluate.fidelity import (
+    FidelityResult,
+    KlDivergence,
+    RetrainSpread,
+    fidelity_to_retrain,
+    mean_next_token_kl,
+    retrain_spread,
+)
+from fedunlearn.evaluate.lower_bound import (
+    CertificateCheck,
+    ClopperPearsonBound,
+    OneRunBound,
+    check_certificate,
+    clopper_pearson_upper,
+    epsilon_lower_bound,
+    epsilon_lower_bound_from_scores,
+    one_run_lower_bound,
+    one_run_lower_bound_from_scores,
+    one_run_p_value,
+)
+from fedunlearn.evaluate.memorization import (
+    MemorizationResult,
+    RougeL,
+    greedy_continuations,
+    lcs_length,
+    memorization,
+    rouge_l,
+)
+from fedunlearn.evaluate.mia import (
+    MiaResult,
+    RocCurve,
+    mia_results,
+    privleak,
+    roc_auc,
+    roc_curve,
+    tpr_at_fpr,
+)
+from fedunlearn.evaluate.scores import (
+    SCORE_NAMES,
+    SequenceScores,
+    TokenStatistics,
+    score_texts,
+    token_statistics,
+    zlib_entropy,
+)
+from fedunlearn.evaluate.utility import Perplexity, UtilityReport, perplexity, utility_report
+
+__all__ = [
+    "CertificateCheck",
+    "ClopperPearsonBound",
+    "ExposureReport",
+    "ExposureResult",
+    "FidelityResult",
+    "KlDivergence",
+    "MemorizationResult",
+    "MiaResult",
+    "OneRunBound",
+    "Perplexity",
+    "RetrainSpread",
+    "RocCurve",
+    "RougeL",
+    "SCORE_NAMES",
+    "SecretRank",
+    "SequenceScores",
+    "TokenStatistics",
+    "UtilityReport",
+    "canary_exposure",
+    "candidate_losses",
+    "candidate_tokens",
+    "check_certificate",
+    "clopper_pearson_upper",
+    "epsilon_lower_bound",
+    "epsilon_lower_bound_from_scores",
+    "exposure_from_losses",
+    "exposure_report",
+    "fidelity_to_retrain",
+    "greedy_continuations",
+    "lcs_length",
+    "mean_next_token_kl",
+    "memorization",
+    "mia_results",
+    "one_run_lower_bound",
+    "one_run_lower_bound_from_scores",
+    "one_run_p_value",
+    "perplexity",
+    "privleak",
+    "retrain_spread",
+    "roc_auc",
+    "roc_curve",
+    "score_texts",
+    "token_statistics",
+    "tpr_at_fpr",
+    "utility_report",
+    "zlib_entropy",
+]

@@ -1,0 +1,464 @@
+"""Canary exposure over the whole candidate space (Carlini et al. 2019, "The Secret Sharer").
+
+A canary is a sentence ``prefix + secret + suffix`` whose secret is drawn uniformly from a space
+``R`` of candidates (e.g. every 4-digit string). Its **exposure** is
+
+    exposure = log2 |R| − log2 rank(secret),
+
+where the rank orders every candidate by the model's negative log-likelihood of the full sentence
+(rank 1 = most likely). A model that never saw the secret ranks it uniformly at random: exposure
+is then about 1.4 bits on average (E[log2|R| − log2 U] for U uniform on 1..|R|); a model that
+memorized it ranks it first: exposure ``log2 |R|`` (13.3 bits for 10^4 candidates).
+
+Exact ranks (the paper's §4.2 enumeration rather than its extrapolation) are affordable because
+every candidate shares the prefix: its keys and values are computed once (KV cache) and only the
+few continuation tokens of each candidate are scored, in large batches. Tokens before the first
+position where candidates differ contribute the same log-likelihood to every candidate, so
+ranking by the continuation alone equals ranking by the full sentence.
+
+The reference distribution comes from **never-inserted** canaries (same template, secrets absent
+from all training data): an inserted canary is memorized when its exposure is far above theirs.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from fedunlearn.data.records import Canary, CanarySpace
+from fedunlearn.errors import ConfigError, DataError
+from fedunlearn.evaluate._common import (
+    cache_argument,
+    check_positive_int,
+    encode_batched,
+    model_device,
+    returned_cache,
+)
+
+__all__ = [
+    "ExposureReport",
+    "ExposureResult",
+    "SecretRank",
+    "candidate_losses",
+    "candidate_tokens",
+    "canary_exposure",
+    "exposure_from_losses",
+    "exposure_report",
+]
+
+
+@dataclass(frozen=True)
+class ExposureResult:
+    """Exposure of one canary.
+
+    Attributes
+    ----------
+    canary_id : str
+    secret : str
+    rank : float
+        Rank of the secret among all candidates, 1 = most likely; ties count half (mid-rank).
+    exposure : float
+        ``log2(candidates) − log2(rank)``, in bits, in ``[0, max_exposure]``.
+    max_exposure : float
+        ``log2(candidates)``.
+    secret_nll : float
+        Negative log-likelihood (nats) of the secret's tokens after the shared prefix.
+    candidates : int
+        Size of the candidate space ``|R|``.
+    seconds : float
+        Wall time of scoring every candidate.
+    """
+
+    canary_id: str
+    secret: str
+    rank: float
+    exposure: float
+    max_exposure: float
+    secret_nll: float
+    candidates: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class ExposureReport:
+    """Inserted canaries' exposures against never-inserted ones.
+
+    Attributes
+    ----------
+    inserted : tuple of ExposureResult
+        The subject's canaries.
+    baseline : tuple of ExposureResult
+        Never-inserted canaries (what exposure looks like without memorization).
+    mean_exposure : float
+        Mean exposure of the inserted canaries.
+    baseline_mean, baseline_p95 : float
+        Mean and 95th percentile of the baseline exposures (NaN without baseline canaries).
+    p_values : tuple of float
+        Per inserted canary, ``(1 + #{baseline >= exposure}) / (1 + #baseline)``: the chance a
+        never-inserted canary reaches its exposure (an empirical permutation p-value).
+    """
+
+    inserted: tuple[ExposureResult, ...]
+    baseline: tuple[ExposureResult, ...]
+    mean_exposure: float
+    baseline_mean: float
+    baseline_p95: float
+    p_values: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class SecretRank:
+    """Where the true secret stands among all candidates.
+
+    Attributes
+    ----------
+    rank : float
+        1 = most likely; candidates exactly as likely as the secret count half (mid-rank).
+    exposure : float
+        ``log2(candidates) − log2(rank)``, bits.
+    """
+
+    rank: float
+    exposure: float
+
+
+def exposure_from_losses(losses: np.ndarray, secret_index: int) -> SecretRank:
+    """Mid-rank and exposure of ``losses[secret_index]`` among ``losses`` (lower = more likely).
+
+    Parameters
+    ----------
+    losses : np.ndarray
+        ``[|R|]`` NLL of every candidate.
+    secret_index : int
+        Position of the true secret.
+
+    Returns
+    -------
+    SecretRank
+
+    Raises
+    ------
+    ConfigError
+        If there are fewer than 2 candidates or ``secret_index`` is out of range.
+    """
+    losses = np.asarray(losses, dtype=np.float64)
+    if losses.ndim != 1 or losses.size < 2:
+        raise ConfigError(f"losses has shape {losses.shape}; expected a 1-D array of at least 2 candidates")
+    if not 0 <= secret_index < losses.size:
+        raise ConfigError(f"secret_index = {secret_index} is outside 0..{losses.size - 1}")
+    secret = losses[secret_index]
+    better = int(np.sum(losses < secret))
+    ties = int(np.sum(losses == secret)) - 1  # other candidates exactly as likely
+    rank = 1.0 + better + 0.5 * ties
+    return SecretRank(rank=rank, exposure=float(np.log2(losses.size) - np.log2(rank)))
+
+
+def candidate_losses(
+    model: nn.Module,
+    tokenizer: object,
+    prefix: str,
+    secrets: Sequence[str],
+    suffix: str,
+    *,
+    max_length: int = 64,
+    batch_size: int = 256,
+) -> np.ndarray:
+    """Negative log-likelihood (nats) of each ``prefix + secret + suffix`` after the shared tokens.
+
+    Sentences are tokenized as in training (``<bos> text <eos>``). The longest token prefix common
+    to all candidates goes through the model once; its KV cache is repeated over each batch of
+    candidates, which then only process their own few tokens.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Causal LM supporting a KV cache (every Hugging Face decoder does).
+    tokenizer : PreTrainedTokenizerBase
+    prefix, suffix : str
+        Canary template around the secret.
+    secrets : Sequence[str]
+        Candidate secrets (usually ``CanarySpace.candidates()``), at least 2.
+    max_length : int, default 64
+        As in training; a canary cut short by it is an error.
+    batch_size : int, default 256
+        Candidates per forward pass (on CPU, 256 was faster than 1024).
+
+    Returns
+    -------
+    np.ndarray
+        ``[len(secrets)]`` NLL in nats, comparable across candidates (not across templates).
+
+    Raises
+    ------
+    ConfigError
+        If there are fewer than 2 candidates, or truncation to ``max_length`` makes candidates
+        identical.
+    """
+    check_positive_int("batch_size", batch_size, hint="use e.g. 256")
+    if len(secrets) < 2:
+        raise ConfigError(f"{len(secrets)} candidate secrets given; expected at least 2 (the whole space)")
+    rows = candidate_tokens(tokenizer, prefix, secrets, suffix, max_length=max_length)
+    return _score_rows(model, rows, batch_size=batch_size, what=prefix + secrets[0] + suffix, max_length=max_length)
+
+
+@torch.no_grad()
+def _score_rows(model: nn.Module, rows: list[list[int]], *, batch_size: int, what: str, max_length: int) -> np.ndarray:
+    lengths = np.array([len(r) for r in rows])
+    pad = -1
+    grid = np.full((len(rows), int(lengths.max())), pad, dtype=np.int64)  # [N, W]
+    for i, row in enumerate(rows):
+        grid[i, : len(row)] = row
+    if len(np.unique(grid, axis=0)) != len(rows):
+        raise ConfigError(
+            f"max_length = {max_length} truncates the canary {what!r} so that different secrets "
+            "give the same tokens; expected max_length to cover the whole canary: raise "
+            "max_length (the run's data.max-length)"
+        )
+    differs = np.any(grid != grid[:1], axis=0)  # [W] columns where some candidate differs
+    shared = int(np.argmax(differs))  # first differing column = shared prefix length P >= 1 (bos)
+    if shared == 0:
+        raise ConfigError(
+            f"candidates of {what!r} share no first token; expected a tokenizer with a bos token "
+            "or a non-empty canary prefix"
+        )
+    device = model_device(model)
+    cache_arg = cache_argument(model)
+    was_training = model.training
+    model.eval()
+    try:
+        head = torch.as_tensor(grid[:1, :shared], device=device)  # [1, P]
+        out = model(
+            input_ids=head,
+            attention_mask=torch.ones_like(head),
+            position_ids=torch.arange(shared, device=device).unsqueeze(0),
+            use_cache=True,
+        )
+        first_logp = torch.log_softmax(out.logits[0, -1].float(), dim=-1)  # [V] predicts column P
+        prefix_cache = returned_cache(out)
+        if prefix_cache is None:
+            raise ConfigError(
+                f"{type(model).__name__} returned no KV cache for use_cache=True; expected a "
+                "Hugging Face causal LM (exposure scores the shared prefix once and reuses its cache)"
+            )
+        tail = grid[:, shared:]  # [N, L] continuation tokens, -1 padded
+        losses = np.empty(len(rows))
+        for start in range(0, len(rows), batch_size):
+            block = torch.as_tensor(tail[start : start + batch_size], device=device)  # [b, L]
+            valid = block >= 0  # [b, L]
+            tokens = block.clamp_min(0)  # [b, L] padding -> token 0, masked out below
+            nll = -first_logp[tokens[:, 0]]  # [b]
+            if tokens.shape[1] > 1:
+                b, steps = tokens.shape[0], tokens.shape[1] - 1
+                cache = copy.deepcopy(prefix_cache)  # forward() appends to the cache it is given
+                cache.batch_repeat_interleave(b)
+                mask = torch.cat(
+                    [torch.ones(b, shared, dtype=torch.long, device=device), valid[:, :steps].long()], dim=1
+                )  # [b, P + L-1]
+                positions = (shared + torch.arange(steps, device=device)).unsqueeze(0).expand(b, steps)
+                step_out = model(
+                    input_ids=tokens[:, :steps],
+                    attention_mask=mask,
+                    position_ids=positions,
+                    use_cache=True,
+                    **{cache_arg: cache},
+                )
+                logp = torch.log_softmax(step_out.logits.float(), dim=-1)  # [b, L-1, V]
+                token_logp = logp.gather(-1, tokens[:, 1:].unsqueeze(-1)).squeeze(-1)  # [b, L-1]
+                nll = nll - (token_logp * valid[:, 1:]).sum(dim=1)
+            losses[start : start + len(block)] = nll.double().cpu().numpy()
+    finally:
+        model.train(was_training)
+    return losses
+
+
+def candidate_tokens(
+    tokenizer: object,
+    prefix: str,
+    secrets: Sequence[str],
+    suffix: str,
+    *,
+    max_length: int,
+    memo: dict[tuple[str, str], list[list[int]]] | None = None,
+) -> list[list[int]]:
+    """Training tokenization (``<bos> text <eos>``) of every ``prefix + secret + suffix``.
+
+    Tokenizing 10^4 sentences costs about a second, several times the scoring itself. A byte-level
+    BPE never merges across its pre-tokenizer's boundaries, so the sentences are cut one
+    pre-token before the secret: the head is tokenized once and only the short tails per
+    candidate. The cut is checked against full tokenization on 64 spread-out candidates; on any
+    difference (or a tokenizer without a pre-tokenizer, or with a normalizer) every sentence is
+    tokenized whole. ``memo`` (a dict owned by the caller, for one tokenizer and one list of
+    secrets) keeps tail tokenizations across canaries of the same template.
+    """
+    full = [prefix + s + suffix for s in secrets]
+    cut = _pretoken_cut(tokenizer, full[0], len(prefix))
+    if cut <= 0:
+        return encode_batched(tokenizer, full, max_length=max_length)
+    head = _ids(tokenizer, [prefix[:cut]])[0]
+    key = (prefix[cut:], suffix)
+    if memo is not None and key in memo:
+        tails = memo[key]
+    else:
+        tails = _ids(tokenizer, [prefix[cut:] + s + suffix for s in secrets])
+        if memo is not None:
+            memo[key] = tails
+    bos = tokenizer.bos_token_id  # type: ignore[attr-defined]
+    eos = tokenizer.eos_token_id  # type: ignore[attr-defined]
+    start = ([bos] if bos is not None else []) + head
+    rows = [(start + t)[: max_length - 1] + ([eos] if eos is not None else []) for t in tails]
+    probe = np.unique(np.linspace(0, len(full) - 1, num=min(64, len(full))).astype(int))
+    reference = encode_batched(tokenizer, [full[i] for i in probe], max_length=max_length)
+    if any(rows[i] != ref for i, ref in zip(probe, reference)):
+        return encode_batched(tokenizer, full, max_length=max_length)
+    return rows
+
+
+def _ids(tokenizer: object, texts: list[str]) -> list[list[int]]:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:  # the Rust tokenizer directly: ~3x faster than __call__ for 10^4 texts
+        return [e.ids for e in backend.encode_batch(texts, add_special_tokens=False)]
+    return [list(r) for r in tokenizer(texts, add_special_tokens=False)["input_ids"]]  # type: ignore[operator]
+
+
+def _pretoken_cut(tokenizer: object, text: str, secret_start: int) -> int:
+    """Character offset one pre-token before the one holding ``text[secret_start - 1]``; 0 = none."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None or backend.pre_tokenizer is None or backend.normalizer is not None:
+        return 0
+    starts = [span[0] for _, span in backend.pre_tokenizer.pre_tokenize_str(text)]
+    before = [s for s in starts if s <= max(secret_start - 1, 0)]
+    return before[-2] if len(before) >= 2 else 0
+
+
+def canary_exposure(
+    model: nn.Module,
+    tokenizer: object,
+    canary: Canary,
+    space: CanarySpace,
+    *,
+    max_length: int = 64,
+    batch_size: int = 256,
+    candidates: Sequence[str] | None = None,
+    memo: dict[tuple[str, str], list[list[int]]] | None = None,
+) -> ExposureResult:
+    """Exposure of one canary over every candidate secret of ``space``.
+
+    Parameters
+    ----------
+    model, tokenizer
+        The audited causal LM and its tokenizer.
+    canary : Canary
+    space : CanarySpace
+        The space the secret was drawn from.
+    max_length, batch_size
+        See :func:`candidate_losses`.
+    candidates : Sequence[str], optional
+        ``space.candidates()``, precomputed when scoring many canaries.
+    memo : dict, optional
+        Tokenization memo shared across canaries, see :func:`candidate_tokens`.
+
+    Returns
+    -------
+    ExposureResult
+
+    Raises
+    ------
+    DataError
+        If the canary's secret is not in the candidate space.
+    """
+    secrets = candidates if candidates is not None else space.candidates()
+    if len(canary.secret) != space.digits or not canary.secret.isdigit():
+        raise DataError(
+            f"canary {canary.id!r} has secret {canary.secret!r}, which is not a {space.digits}-digit "
+            "string of its canary space; pass the CanarySpace the consortium was generated with"
+        )
+    index = int(canary.secret)
+    if index >= len(secrets) or secrets[index] != canary.secret:
+        raise ConfigError(
+            f"candidates[{index}] is not {canary.secret!r}; expected candidates = space.candidates()"
+        )
+    check_positive_int("batch_size", batch_size, hint="use e.g. 256")
+    start = time.perf_counter()
+    rows = candidate_tokens(tokenizer, canary.prefix, secrets, canary.suffix, max_length=max_length, memo=memo)
+    if rows[index] != encode_batched(tokenizer, [canary.text], max_length=max_length)[0]:
+        # Cannot happen with a consistent tokenizer; guards the scoring against a silent mismatch.
+        raise ConfigError(
+            f"canary {canary.id!r} tokenizes differently inside the candidate list than alone; "
+            "expected a deterministic tokenizer: report this with the tokenizer's name"
+        )
+    losses = _score_rows(model, rows, batch_size=batch_size, what=canary.text, max_length=max_length)
+    ranked = exposure_from_losses(losses, index)
+    return ExposureResult(
+        canary_id=canary.id,
+        secret=canary.secret,
+        rank=ranked.rank,
+        exposure=ranked.exposure,
+        max_exposure=float(np.log2(len(secrets))),
+        secret_nll=float(losses[index]),
+        candidates=len(secrets),
+        seconds=time.perf_counter() - start,
+    )
+
+
+def exposure_report(
+    model: nn.Module,
+    tokenizer: object,
+    canaries: Sequence[Canary],
+    never_inserted: Sequence[Canary],
+    space: CanarySpace,
+    *,
+    max_length: int = 64,
+    batch_size: int = 256,
+) -> ExposureReport:
+    """Exposures of ``canaries`` and of the never-inserted baseline under one model.
+
+    Parameters
+    ----------
+    canaries : Sequence[Canary]
+        The subject's inserted canaries (at least one).
+    never_inserted : Sequence[Canary]
+        ``Consortium.never_inserted`` (may be empty; the baseline fields are then NaN).
+    space : CanarySpace
+
+    Returns
+    -------
+    ExposureReport
+
+    Raises
+    ------
+    DataError
+        If ``canaries`` is empty.
+    """
+    if not canaries:
+        raise DataError(
+            "no canaries to audit; expected the subject organization's inserted canaries: "
+            "generate the consortium with data.canaries-per-org >= 1"
+        )
+    candidates = space.candidates()
+    memo: dict[tuple[str, str], list[list[int]]] = {}
+
+    def run(items: Sequence[Canary]) -> tuple[ExposureResult, ...]:
+        return tuple(
+            canary_exposure(model, tokenizer, c, space, max_length=max_length, batch_size=batch_size,
+                            candidates=candidates, memo=memo)
+            for c in items
+        )
+
+    inserted = run(canaries)
+    baseline = run(never_inserted)
+    base = np.array([r.exposure for r in baseline])
+    p_values = tuple(float((1 + np.sum(base >= r.exposure)) / (1 + base.size)) for r in inserted)
+    return ExposureReport(
+        inserted=inserted,
+        baseline=baseline,
+        mean_exposure=float(np.mean([r.exposure for r in inserted])),
+        baseline_mean=float(base.mean()) if base.size else float("nan"),
+        baseline_p95=float(np.percentile(base, 95)) if base.size else float("nan"),
+        p_values=p_values,
+    )
