@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from fedunlearn import __version__
 from fedunlearn.errors import FedUnlearnError
@@ -23,7 +24,7 @@ err_console = Console(stderr=True)
 
 def fail(exc: FedUnlearnError) -> None:
     """Print a fedunlearn error (it names the bad value and the fix) and exit with status 2."""
-    err_console.print(f"[bold red]error:[/] {exc}")
+    err_console.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True, highlight=False)
     raise typer.Exit(code=2)
 
 
