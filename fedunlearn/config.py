@@ -435,7 +435,7 @@ def load_scenario(path: str | Path, *, base: Settings | None = None) -> Settings
             )
         for sub, v in value.items():
             flat[f"{key}.{sub}"] = v
-    for key in ("data.dir", "model.path"):  # relative paths are relative to the scenario file
+    for key in ("data.dir", "model.path", "run.dir"):  # relative paths are relative to the scenario file
         if flat.get(key) and isinstance(flat[key], str) and not Path(flat[key]).is_absolute():
             flat[key] = str((path.parent / flat[key]).resolve())
     if "organizations" in doc:
