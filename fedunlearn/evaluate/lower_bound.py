@@ -5,7 +5,7 @@ membership test can beat a trade-off set by ε and δ. Observing a test that doe
 with statistical confidence — *refutes* the claim. Two estimators:
 
 * **Clopper-Pearson** (Jagielski, Ullman, Oprea 2020, "Auditing Differentially Private Machine
-  Learning: How Private is Private SGD?", §4 / Algorithm 2). For any (ε, δ)-DP mechanism and any
+  Learning: How Private is Private SGD?"). For any (ε, δ)-DP mechanism and any
   test, ``FPR + e^ε·FNR >= 1 − δ`` and ``FNR + e^ε·FPR >= 1 − δ``. With one-sided Clopper-Pearson
   upper bounds ``FPR_ub``, ``FNR_ub`` on the observed rates,
   ``ε_lb = max(log((1 − δ − FNR_ub)/FPR_ub), log((1 − δ − FPR_ub)/FNR_ub))``.
@@ -14,7 +14,7 @@ with statistical confidence — *refutes* the claim. Two estimators:
   counted data: :func:`epsilon_lower_bound_from_scores` chooses it on one half and counts on the
   other.
 * **One run** (Steinke, Nasr, Jagielski 2023, "Privacy Auditing with One (1) Training Run",
-  Theorem 3.1 for δ = 0 and the δ > 0 extension of its §5 / Algorithm in Appendix D). ``m``
+  its main theorem for δ = 0 and the paper's p-value computation for δ > 0). ``m``
   canaries are each included independently with probability ½ in a single training run; the
   auditor guesses the inclusion of ``r`` of them and gets ``v`` right. Under (ε, δ)-DP,
   ``P[V >= v] <= P[Binomial(r, e^ε/(1+e^ε)) >= v] + 2mδ·α`` with
@@ -27,6 +27,7 @@ protects, and that the test was fixed before looking at the data it is scored on
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -208,7 +209,7 @@ def _bound_at(pos: np.ndarray, neg: np.ndarray, threshold: float, delta: float, 
     fp = int(np.sum(neg >= threshold))
     fn = int(np.sum(pos < threshold))
     bound = epsilon_lower_bound(fp, neg.size, fn, pos.size, delta=delta, confidence=confidence)
-    return ClopperPearsonBound(**{**bound.__dict__, "threshold": float(threshold)})
+    return dataclasses.replace(bound, threshold=float(threshold))
 
 
 def epsilon_lower_bound_from_scores(

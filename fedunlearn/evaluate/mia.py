@@ -7,7 +7,7 @@ First Principles", we report the true-positive rate at a low false-positive rate
 AUC: an attack that confidently identifies a few members matters even when its AUC is modest.
 
 For unlearning, MUSE (Shi et al. 2024, "MUSE: Machine Unlearning Six-Way Evaluation for Language
-Models", §3) compares the AUC on the forgotten data against that of a model retrained without it:
+Models") compares the AUC on the forgotten data against that of a model retrained without it:
 ``PrivLeak = 100 · (AUC_unlearned − AUC_retrain) / AUC_retrain``. Near 0 is good; large positive
 values mean under-unlearning (members still stand out), large negative values over-unlearning
 (members now stand out as *less* likely, which is itself a membership signal).

@@ -6,7 +6,7 @@ Four reference-free scores from the literature are computed in one forward pass 
 
 * **loss** — mean next-token negative log-likelihood in nats (Yeom et al. 2018). Lower for members.
 * **zlib ratio** — loss divided by the zlib-compressed length of the text in bytes (Carlini et al.
-  2021, "Extracting Training Data from Large Language Models", §5.1): text that is merely simple
+  2021, "Extracting Training Data from Large Language Models"): text that is merely simple
   (compresses well) is discounted. Lower for members.
 * **Min-K%** — mean log-probability of the ``k`` fraction of tokens with the lowest log-probability
   (Shi et al. 2024, "Detecting Pretraining Data from Large Language Models"). Members have few
@@ -14,7 +14,7 @@ Four reference-free scores from the literature are computed in one forward pass 
 * **Min-K%++** — as Min-K%, on each token's log-probability standardized by the next-token
   distribution: ``(log p(x_t) - μ_t) / σ_t`` with ``μ_t = E_{z~p(·|x_<t)}[log p(z)]`` and
   ``σ_t² = E[(log p(z))²] - μ_t²`` (Zhang et al. 2024, "Min-K%++: Improved Baseline for Detecting
-  Pre-Training Data from Large Language Models", eq. 3). Training drives inputs towards local
+  Pre-Training Data from Large Language Models"). Training drives inputs towards local
   maxima of the likelihood, i.e. tokens that are likely *relative to the alternatives*. Higher for
   members.
 

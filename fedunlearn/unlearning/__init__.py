@@ -33,16 +33,16 @@ from fedunlearn.unlearning.retrain import RetrainUnlearner
 from fedunlearn.unlearning.sisa import SisaUnlearner
 
 __all__ = [
-    "GUARANTEES",
-    "UNLEARNERS",
     "Cost",
     "DropUnlearner",
     "EraseRequest",
     "Federation",
+    "GUARANTEES",
     "ReplayUnlearner",
     "RetrainUnlearner",
     "ShardPlan",
     "SisaUnlearner",
+    "UNLEARNERS",
     "UnlearnResult",
     "Unlearner",
     "check_request",

@@ -26,10 +26,10 @@ from fedunlearn.progress import LogReporter, Reporter
 from fedunlearn.runs import RunFolder
 
 __all__ = [
-    "GUARANTEES",
     "Cost",
     "EraseRequest",
     "Federation",
+    "GUARANTEES",
     "UnlearnResult",
     "Unlearner",
     "check_request",

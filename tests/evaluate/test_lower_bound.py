@@ -64,7 +64,7 @@ def test_jagielski_bound_by_hand() -> None:
 
 
 def test_one_run_pure_dp_is_a_binomial_tail() -> None:
-    # δ = 0: the p-value is P[Bin(r, e^ε/(1+e^ε)) >= v] (Steinke et al. 2023, Theorem 3.1).
+    # δ = 0: the p-value is P[Bin(r, e^ε/(1+e^ε)) >= v] (Steinke et al. 2023).
     assert one_run_p_value(100, 50, 40, 1.0) == pytest.approx(binom.sf(39, 50, expit(1.0)))
     bound = one_run_lower_bound(100, 50, 40, confidence=0.95)
     assert one_run_p_value(100, 50, 40, bound.epsilon) == pytest.approx(0.05, abs=1e-4)
