@@ -1,7 +1,7 @@
 """Tokenize every candidate canary of a template quickly, exactly as training would.
 
-Scoring 10^4 candidates takes seconds; tokenizing their 10^4 sentences one by one would take about
-as long again. :func:`candidate_tokens` tokenizes the shared head once and only the short tails.
+Scoring 10^4 candidates takes 2-3 s on a loaded 2-core CPU; tokenizing their 10^4 whole sentences
+would add about 1 s more. :func:`candidate_tokens` tokenizes the shared head once and only the short tails.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ def candidate_tokens(
 ) -> list[list[int]]:
     """Training tokenization (``<bos> text <eos>``) of every ``prefix + secret + suffix``.
 
-    Tokenizing 10^4 sentences costs about a second, several times the scoring itself. A byte-level
+    Tokenizing 10^4 whole sentences costs about a second, a third of scoring them on CPU. A byte-level
     BPE never merges across its pre-tokenizer's boundaries, so the sentences are cut one
     pre-token before the secret: the head is tokenized once and only the short tails per
     candidate. The cut is checked against full tokenization on 64 spread-out candidates; on any
