@@ -13,9 +13,11 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from safetensors.torch import load_file
+
 from fedunlearn.errors import RunStateError
 from fedunlearn.ledger import Ledger
-from fedunlearn.models import export_adapter, export_combined, state_sha256, combine_exact
+from fedunlearn.models import ADAPTER_WEIGHTS_FILE, combine_exact, export_adapter, export_combined, state_sha256
 from fedunlearn.runs import RunFolder, utc_now
 from fedunlearn.training.client import lora_spec
 
@@ -59,7 +61,13 @@ def export_served(run: RunFolder, ledger: Ledger) -> ServedModel:
     states = {s: ledger.get_state(h.hash) for s, h in heads.items()}
     shard_paths = {}
     for s, state in states.items():
+        if _holds(run.shard_dir(s), heads[s].hash):  # unchanged since the last export (e.g. after an erasure)
+            shard_paths[s] = run.shard_dir(s)
+            continue
         shard_paths[s] = export_adapter(run.shard_dir(s), state, base_model_path=run.base_model, spec=spec)
+    for s in range(shards):  # a shard no longer served (all its members erased) leaves no adapter behind
+        if s not in states and run.shard_dir(s).exists():
+            shutil.rmtree(run.shard_dir(s))
     order = sorted(states)
     combined = combine_exact([states[s] for s in order], [weights[s] for s in order])
     digest = state_sha256(combined)
@@ -77,6 +85,12 @@ def export_served(run: RunFolder, ledger: Ledger) -> ServedModel:
                          weights=[weights[s] for s in order], path=str(path))
     return ServedModel(path=path, hash=digest, components={s: heads[s].id for s in order}, weights=weights,
                        shard_paths=shard_paths)
+
+
+def _holds(folder: Path, digest: str) -> bool:
+    """Whether ``folder`` is an exported adapter whose weights hash to ``digest``."""
+    weights = folder / ADAPTER_WEIGHTS_FILE
+    return weights.is_file() and state_sha256(load_file(str(weights))) == digest
 
 
 def copy_served(run: RunFolder, out: Path) -> Path:

@@ -114,6 +114,8 @@ def test_one_shard_per_organization_drops_the_adapter_without_training(run_facto
     assert result.served_hash == _served_hash(never)
     assert result.cost.client_steps == 0 and result.cost.rounds == 0 and result.organizations == ()
     assert result.recomputed == {1: ()}
+    assert not (run / "export" / "shard-1").exists()  # the dropped adapter is not left on disk
+    assert (run / "export" / "shard-0" / "adapter_model.safetensors").is_file()
     with Ledger.open(run) as ledger:
         assert ledger.head(1).round == 2 and ledger.contributions(ledger.head(1).id) == []
         assert ledger.served()["components"] == [ledger.head(0).id, ledger.head(2).id]
