@@ -10,6 +10,7 @@ from fedunlearn.errors import (
     IntegrityError,
     LedgerError,
     ModelError,
+    NodesMissingError,
     RunStateError,
     UnknownNameError,
 )
@@ -24,6 +25,7 @@ __all__ = [
     "IntegrityError",
     "LedgerError",
     "ModelError",
+    "NodesMissingError",
     "RunStateError",
     "UnknownNameError",
     "__version__",

@@ -13,6 +13,7 @@ what was expected and how to fix it::
     ├── RunStateError          a run folder in the wrong state (other version, unfinished, erased org)
     ├── AuthorizationError     an erasure request not signed by its subject or the coordinator
     └── FederationError        Flower-side problems: nodes missing, bad replies, timeouts
+        └── NodesMissingError  expected organizations never connected
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ __all__ = [
     "IntegrityError",
     "LedgerError",
     "ModelError",
+    "NodesMissingError",
     "RunStateError",
     "UnknownNameError",
 ]
@@ -81,3 +83,7 @@ class AuthorizationError(FedUnlearnError):
 
 class FederationError(FedUnlearnError):
     """Flower-side failure: organizations missing, malformed replies, time-outs."""
+
+
+class NodesMissingError(FederationError):
+    """Some organizations' nodes never connected (nothing was trained or changed)."""

@@ -34,7 +34,7 @@ def small_settings(tiny_model_dir, tmp_path):
 
     s = Settings(organizations=tuple(OrganizationSettings(name=f"org-{i}") for i in range(3)))
     return s.replace(
-        run={"dir": str(tmp_path / "run"), "discovery_timeout": 30.0},
+        run={"dir": str(tmp_path / "run"), "discovery_timeout": 180.0},
         model={"path": str(tiny_model_dir), "device": "cpu"},
         data={"records_per_org": 24, "holdout_per_org": 8, "canaries_per_org": 1, "canary_repeats": 2,
               "never_inserted": 5, "public_documents": 20, "max_length": 48},

@@ -13,10 +13,10 @@ from collections.abc import Mapping, Sequence
 from flwr.app import Message
 from flwr.serverapp import Grid
 
-from fedunlearn.errors import FederationError
+from fedunlearn.errors import FederationError, NodesMissingError
 from fedunlearn.federation import protocol
 
-__all__ = ["discover", "exchange"]
+__all__ = ["discover", "exchange", "exchange_partial"]
 
 
 def discover(grid: Grid, expected: Sequence[str], *, timeout: float, poll: float = 0.5) -> dict[str, int]:
@@ -56,7 +56,7 @@ def discover(grid: Grid, expected: Sequence[str], *, timeout: float, poll: float
             return found
         if time.monotonic() > deadline:
             detail = "; ".join(f"node {n}: {r}" for n, r in refused.items())
-            raise FederationError(
+            raise NodesMissingError(
                 f"organizations {missing} did not connect within {timeout:.0f} s (found {sorted(found)})"
                 + (f"; nodes that refused to identify: {detail}" if detail else "")
                 + ". Start their SuperNodes or raise run.discovery-timeout"
@@ -74,7 +74,31 @@ def exchange(
     timeout: float,
     expect_state: bool,
 ) -> dict[str, protocol.Reply]:
-    """Send ``contents[org]`` to each organization's node and collect validated replies by name."""
+    """Send ``contents[org]`` to each organization's node and collect validated replies by name.
+
+    Raises FederationError naming every organization without a valid reply (see
+    :func:`exchange_partial` for the replies that did arrive).
+    """
+    out, failed = exchange_partial(grid, nodes, contents, message_type=message_type, group_id=group_id,
+                                   timeout=timeout, expect_state=expect_state)
+    if failed:
+        detail = "; ".join(f"{org}: {why}" for org, why in sorted(failed.items()))
+        raise FederationError(f"{message_type} ({group_id}) failed for organizations {sorted(failed)}: {detail}")
+    return out
+
+
+def exchange_partial(
+    grid: Grid,
+    nodes: Mapping[str, int],
+    contents: Mapping[str, object],
+    *,
+    message_type: str,
+    group_id: str,
+    timeout: float,
+    expect_state: bool,
+) -> tuple[dict[str, protocol.Reply], dict[str, str]]:
+    """Like :func:`exchange`, but return ``(replies, failed)``: valid replies and, for every other
+    organization, why it has none (an error reply, an invalid reply, or no reply in time)."""
     by_node = {nodes[org]: org for org in contents}
     msgs = [
         Message(contents[org], dst_node_id=nodes[org], message_type=message_type, group_id=group_id)
@@ -82,7 +106,7 @@ def exchange(
     ]
     replies = list(grid.send_and_receive(msgs, timeout=timeout))
     out: dict[str, protocol.Reply] = {}
-    errors = []
+    failed: dict[str, str] = {}
     for reply in replies:
         org = by_node.get(reply.metadata.src_node_id)
         if org is None:
@@ -90,9 +114,8 @@ def exchange(
         try:
             out[org] = protocol.parse_reply(reply, expect_state=expect_state)
         except FederationError as exc:
-            errors.append(f"{org}: {exc}")
-    missing = sorted(set(contents) - set(out))
-    if missing:
-        detail = "; ".join(errors) if errors else f"no reply within {timeout:.0f} s"
-        raise FederationError(f"{message_type} ({group_id}) failed for organizations {missing}: {detail}")
-    return out
+            failed[org] = str(exc)
+    for org in contents:
+        if org not in out and org not in failed:
+            failed[org] = f"no reply within {timeout:.0f} s"
+    return out, failed

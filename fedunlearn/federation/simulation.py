@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fedunlearn.config import Settings, settings_to_flat
-from fedunlearn.errors import FederationError, RunStateError
+from fedunlearn.errors import FederationError, NodesMissingError, RunStateError
 from fedunlearn.federation.workflow import TrainReport
 from fedunlearn.progress import Reporter
 
@@ -202,9 +202,19 @@ def run_apps(settings: Settings, *, reporter: Reporter | None = None, workflow: 
         "init_args": {"num_cpus": cpus, "num_gpus": gpus, "include_dashboard": False,
                       "logging_level": "ERROR", "log_to_driver": True},
     }
-    with _Descendants():
-        run_simulation(server_app=server_app, client_app=client_app,
-                       num_supernodes=len(settings.organizations), backend_config=backend)
+    for attempt in (1, 2):
+        try:
+            with _Descendants():
+                run_simulation(server_app=server_app, client_app=client_app,
+                               num_supernodes=len(settings.organizations), backend_config=backend)
+            return results
+        except NodesMissingError as exc:
+            # Seen on a loaded 2-core machine: a Ray helper process aborts at start-up and the
+            # simulated nodes never answer. Nothing was trained yet, so one fresh start is safe.
+            if attempt == 2:
+                raise
+            if reporter:
+                reporter.message(f"simulated organizations did not start ({exc}); restarting Ray once")
     return results
 
 
