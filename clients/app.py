@@ -42,6 +42,7 @@ def make_app(overrides: Mapping[str, object] | None = None) -> ClientApp:
         new_state, fit = org.train(
             protocol.state_of(msg), seed=int(cfg["seed"]), epochs=int(cfg.get("epochs", 0)) or None,
             lr=float(cfg.get("lr", 0.0)) or None, batch_size=int(cfg.get("batch-size", 0)) or None,
+            exclude=[i for i in str(cfg.get("exclude-records", "")).split("\n") if i],
         )
         metrics = {
             "num-examples": fit.num_examples, "train-loss": fit.loss_last_epoch,
@@ -61,6 +62,43 @@ def make_app(overrides: Mapping[str, object] | None = None) -> ClientApp:
         metrics = {"num-examples": result.num_examples, "eval-loss": result.loss,
                    "eval-perplexity": result.perplexity, "tokens": result.tokens}
         return Message(protocol.reply_content(metrics=metrics), reply_to=msg)
+
+    @client.query("grad")
+    def grad(msg: Message, context: Context) -> Message:
+        org = OrganizationClient.from_node(_settings(context, overrides), context.node_config)
+        result = org.gradient(protocol.state_of(msg))
+        metrics = {"num-examples": result.num_examples, "train-loss": result.loss}
+        return Message(protocol.reply_content(state=result.gradient, metrics=metrics), reply_to=msg)
+
+    @client.query("hvp")
+    def hvp(msg: Message, context: Context) -> Message:
+        org = OrganizationClient.from_node(_settings(context, overrides), context.node_config)
+        arrays = protocol.state_of(msg)
+        n = len(protocol.VECTOR_PREFIX)
+        vector = {k[n:]: v for k, v in arrays.items() if k.startswith(protocol.VECTOR_PREFIX)}
+        state = {k: v for k, v in arrays.items() if not k.startswith(protocol.VECTOR_PREFIX)}
+        product = org.hvp(state, vector)
+        return Message(protocol.reply_content(state=product, metrics={"num-examples": len(org.train_data)}),
+                       reply_to=msg)
+
+    @client.train("forget")
+    def forget(msg: Message, context: Context) -> Message:
+        org = OrganizationClient.from_node(_settings(context, overrides), context.node_config)
+        cfg = protocol.config_of(msg)
+        if cfg.get("org") not in (None, org.name):
+            raise FederationError(f"forget message for {cfg.get('org')!r} reached organization {org.name!r}")
+        ids = [i for i in str(cfg.get("records", "")).split("\n") if i]
+        new_state, res = org.forget(
+            protocol.state_of(msg), ids, method=str(cfg["method"]), seed=int(cfg["seed"]),
+            epochs=int(cfg["epochs"]), lr=float(cfg["lr"]), beta=float(cfg.get("beta", 0.1)),
+            retain_weight=float(cfg.get("retain-weight", 1.0)),
+        )
+        metrics = {"num-examples": res.num_forget, "steps": res.steps, "seconds": res.seconds,
+                   "num-retain": res.num_retain, "forget-loss-before": res.forget_loss_before,
+                   "forget-loss-after": res.forget_loss_after,
+                   "retain-loss-before": res.retain_loss_before if res.num_retain else 0.0,
+                   "retain-loss-after": res.retain_loss_after if res.num_retain else 0.0}
+        return Message(protocol.reply_content(state=new_state, metrics=metrics), reply_to=msg)
 
     return client
 

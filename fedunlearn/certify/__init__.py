@@ -6,6 +6,7 @@ accounting   ε of subsampled Gaussian mechanisms (Opacus PRV, RDP cross-check);
 budget       per-organization accounts read from the audit log; the ε budget that stops training
 runaudit     ``RunAudit``: RUN_DIR/audit.sqlite, the coordinator key, keyed subject hashes
 authorize    signed erasure requests; ``authorize_request`` (refusals are logged)
+removal      Gaussian noise for a Newton-step removal (Guo et al. 2020) and its assumptions
 certificate  ``certify_erasure``: canonical JSON, Ed25519-signed, logged with an inclusion receipt
 verify_run   ``verify_run``: what ``fedunlearn verify`` checks
 """
@@ -16,6 +17,7 @@ from fedunlearn.certify.accounting import AccountantReport, account, client_leve
 from fedunlearn.certify.authorize import Authorization, SignedRequest, authorize_request, sign_request
 from fedunlearn.certify.budget import BudgetCheck, check_budget, privacy_accounts
 from fedunlearn.certify.certificate import Certificate, certify_erasure, served_lineage_orgs
+from fedunlearn.certify.removal import RemovalNoise, removal_noise
 from fedunlearn.certify.runaudit import RunAudit, subject_hash
 from fedunlearn.certify.verify_run import RunVerification, verify_certificate, verify_run
 
@@ -24,6 +26,7 @@ __all__ = [
     "Authorization",
     "BudgetCheck",
     "Certificate",
+    "RemovalNoise",
     "RunAudit",
     "RunVerification",
     "SignedRequest",
@@ -34,6 +37,7 @@ __all__ = [
     "client_level_epsilon",
     "epsilon",
     "privacy_accounts",
+    "removal_noise",
     "served_lineage_orgs",
     "sign_request",
     "subject_hash",

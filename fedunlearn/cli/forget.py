@@ -1,4 +1,4 @@
-"""``fedunlearn forget``: erase organizations from a run (SISA, S = N drop, or full retraining)."""
+"""``fedunlearn forget``: erase organizations (exact or approximate methods) or some of one's records."""
 
 from __future__ import annotations
 
@@ -25,11 +25,37 @@ def _print(result) -> None:
                   f"was {(result.previous_served_hash or '-')[:16]}…)")
 
 
+def _read_ids(path: Path) -> tuple[str, ...]:
+    from fedunlearn.errors import DataError
+
+    try:
+        ids = tuple(line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
+    except OSError as exc:
+        raise DataError(f"cannot read the record-id file {str(path)!r}: {exc}; expected one record id per line") from None
+    if not ids:
+        raise DataError(f"the record-id file {str(path)!r} is empty; expected one record id per line")
+    return ids
+
+
+def _pair(text: str) -> tuple[str, str]:
+    from fedunlearn.errors import ConfigError
+
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"--option {text!r} is not KEY=VALUE; e.g. --option damping=0.1")
+    return key.strip(), value.strip()
+
+
 @app.command()
 def forget(
     run: Path = typer.Option(..., "--run", help="Run folder."),
     org: list[str] = typer.Option(..., "--org", help="Organization to erase (repeat for several)."),
-    method: str = typer.Option("sisa", "--method", help="sisa | drop | retrain (see fedunlearn.unlearning)."),
+    method: str = typer.Option("sisa", "--method", help="sisa | drop | retrain | influence | subtract | negate; "
+                               "with --records: npo | graddiff | ga | sisa (see fedunlearn.unlearning)."),
+    records: Path | None = typer.Option(None, "--records", help="File of record ids to forget (one per line; "
+                                        "needs exactly one --org, which stays in the federation)."),
+    option: list[str] = typer.Option([], "--option", help="Method parameter KEY=VALUE, e.g. damping=0.1 "
+                                     "(see fedunlearn.unlearning.ApproxOptions); repeatable."),
     requested_by: str = typer.Option("", "--requested-by", help="Who asked (kept in the run's erasure log)."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
@@ -42,7 +68,12 @@ def forget(
     from fedunlearn.unlearning import EraseRequest
 
     try:
-        request = EraseRequest(tuple(org), method=method, requested_by=requested_by)
+        ids: tuple[str, ...] = ()
+        if records is not None:
+            ids = _read_ids(records)
+            method = "sisa-records" if method == "sisa" else method
+        opts = dict(_pair(o) for o in option)
+        request = EraseRequest(tuple(org), method=method, records=ids, requested_by=requested_by, options=opts)
         needs_flower = prepare_erasure(run, request)  # every check before anything starts
         reporter = RichReporter()
         if needs_flower:

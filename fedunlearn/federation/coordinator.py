@@ -141,8 +141,12 @@ class Coordinator:
         summary.seconds = time.perf_counter() - start
         return summary
 
-    def fit_round(self, shard: int, rnd: int, state: Mapping[str, torch.Tensor], members: list[str]) -> FittedRound:
+    def fit_round(self, shard: int, rnd: int, state: Mapping[str, torch.Tensor], members: list[str],
+                  *, extra_config: Mapping[str, Mapping[str, object]] | None = None) -> FittedRound:
         """Train round ``rnd`` of ``shard`` from ``state`` with ``members``, without committing it.
+
+        ``extra_config[org]`` is merged into that organization's train instructions (e.g.
+        ``exclude-records`` for a record-level SISA retrain).
 
         The members' updates (encrypted) and the aggregate are stored as blobs, which are harmless
         orphans until a commit references them. :meth:`train_round` commits the result at once;
@@ -161,6 +165,7 @@ class Coordinator:
                     "round": rnd, "shard": shard, "org": org,
                     "seed": derive_seed(self.settings.run.seed, "train", shard, rnd, org),
                     "epochs": t.local_epochs, "lr": t.lr, "batch-size": t.batch_size,
+                    **dict((extra_config or {}).get(org, {})),
                 },
             )
             for org in members

@@ -42,7 +42,12 @@ def prepare_erasure(run_dir: Path, request: EraseRequest) -> bool:
     with Ledger.open(run.path) as ledger:
         pending = pending_erasure(ledger)
         same = pending is not None and pending["subjects"] == list(request.subjects)
-        check_request(request, ledger, resuming=same)
+        if unlearner.level == "record":  # one organization forgets some records and stays
+            from fedunlearn.unlearning.records import check_record_request
+
+            check_record_request(request, ledger)
+        else:
+            check_request(request, ledger, resuming=same)
         unlearner.check(run)
         return unlearner.needs_grid(request, ledger, run)
 

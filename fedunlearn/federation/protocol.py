@@ -12,6 +12,9 @@ Message types (Flower accepts ``train``, ``evaluate`` and ``query`` with an opti
 ``query.identify``  which organization runs on this node (from its node config)
 ``train``           local LoRA fit starting from the sent adapter; reply: new adapter
 ``evaluate``        loss and perplexity of the sent adapter on the local holdout
+``query.grad``      gradient of the local training loss at the sent adapter (reply: arrays)
+``query.hvp``       Hessian of the local training loss at the sent adapter times ``vector/*``
+``train.forget``    record-level forgetting (GA, GradDiff, NPO) of listed records; reply: adapter
 =================== ===================================================================
 """
 
@@ -28,7 +31,10 @@ from fedunlearn.errors import FederationError
 
 __all__ = [
     "EVALUATE",
+    "FORGET",
     "IDENTIFY",
+    "QUERY_GRAD",
+    "QUERY_HVP",
     "TRAIN",
     "Reply",
     "config_of",
@@ -41,6 +47,11 @@ __all__ = [
 TRAIN = "train"
 EVALUATE = "evaluate"
 IDENTIFY = "query.identify"
+QUERY_GRAD = "query.grad"
+QUERY_HVP = "query.hvp"
+FORGET = "train.forget"
+VECTOR_PREFIX = "vector/"
+"""Keys of the ``arrays`` record that carry a query's vector (next to the adapter's own keys)."""
 
 
 def make_content(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 import functools
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,7 +38,16 @@ from fedunlearn.training.local import (
     set_cpu_threads,
 )
 
-__all__ = ["OrganizationClient", "lora_spec", "organization_data", "organization_name"]
+__all__ = ["OrganizationClient", "RecordSplit", "lora_spec", "organization_data", "organization_name"]
+
+
+@dataclass(frozen=True)
+class RecordSplit:
+    """An organization's training records split by a forget request (record ids matched)."""
+
+    forget: EncodedData
+    retain: EncodedData | None
+    forget_ids: tuple[str, ...]
 
 
 def lora_spec(settings: Settings) -> LoraSpec:
@@ -164,22 +173,27 @@ class OrganizationClient:
         return model
 
     def train(self, state: Mapping[str, torch.Tensor], *, seed: int, epochs: int | None = None,
-              lr: float | None = None, batch_size: int | None = None) -> tuple[dict[str, torch.Tensor], FitResult]:
-        """Fit the adapter on this organization's training records; return the new state."""
+              lr: float | None = None, batch_size: int | None = None,
+              exclude: Sequence[str] = ()) -> tuple[dict[str, torch.Tensor], FitResult]:
+        """Fit the adapter on this organization's training records; return the new state.
+
+        ``exclude``: record ids left out (record-level erasure by retraining, see :meth:`split_records`).
+        """
         t = self.settings.train
         model = self.model_with(state)
+        train_data = self.split_records(exclude).retain if exclude else self.train_data
         if self.settings.dp.record_level:  # DP-SGD: secret sampling and noise (see training.dp)
             from fedunlearn.training.dp import fit_local_dp
 
             result: FitResult = fit_local_dp(
-                model, self.train_data,
+                model, train_data,
                 epochs=epochs or t.local_epochs, batch_size=batch_size or t.batch_size, lr=lr or t.lr,
                 seed=seed, weight_decay=t.weight_decay, noise_multiplier=self.settings.dp.noise_multiplier,
                 max_grad_norm=self.settings.dp.max_grad_norm,
             )
             return get_lora_state(model), result
         result = fit_local(
-            model, self.train_data,
+            model, train_data,
             epochs=epochs or t.local_epochs, batch_size=batch_size or t.batch_size, lr=lr or t.lr,
             seed=seed, weight_decay=t.weight_decay,
         )
@@ -188,3 +202,59 @@ class OrganizationClient:
     def evaluate(self, state: Mapping[str, torch.Tensor]) -> EvalResult:
         """Loss and perplexity of the adapter on this organization's holdout."""
         return evaluate_local(self.model_with(state), self.holdout_data)
+
+    # -- unlearning: record selection, gradients, Hessian-vector products, local forgetting ----------
+    def split_records(self, record_ids: Sequence[str]) -> RecordSplit:
+        """Split the training records into those named by ``record_ids`` and the rest.
+
+        A record matches an id equal to its own or to its base before ``#`` (``canary-org-0-1``
+        names every inserted copy ``canary-org-0-1#k``).
+
+        Raises
+        ------
+        DataError
+            If an id matches no training record (the message shows some valid ids).
+        """
+        wanted = set(record_ids)
+        matched = {w: False for w in wanted}
+        forget, retain = [], []
+        for r in self.data.train:
+            hit = [w for w in (r.id, r.id.split("#", 1)[0]) if w in wanted]
+            for w in hit:
+                matched[w] = True
+            (forget if hit else retain).append(r)
+        unknown = sorted(w for w, ok in matched.items() if not ok)
+        if unknown:
+            raise DataError(
+                f"organization {self.name!r} has no training records with ids {unknown[:5]}; expected ids "
+                f"such as {[r.id for r in self.data.train[:3]]}: list the ids of records it trained on"
+            )
+        max_length = self.settings.data.max_length
+        encode = functools.partial(encode_texts, self.base.tokenizer, max_length=max_length)
+        return RecordSplit(forget=encode([r.text for r in forget]),
+                           retain=encode([r.text for r in retain]) if retain else None,
+                           forget_ids=tuple(r.id for r in forget))
+
+    def gradient(self, state: Mapping[str, torch.Tensor]):
+        """Gradient of the mean training loss at ``state`` (see :mod:`fedunlearn.training.secondorder`)."""
+        from fedunlearn.training.secondorder import loss_gradient
+
+        return loss_gradient(self.model_with(state), self.train_data)
+
+    def hvp(self, state: Mapping[str, torch.Tensor], vector: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Hessian of the mean training loss at ``state`` times ``vector``."""
+        from fedunlearn.training.secondorder import hessian_vector_product
+
+        return hessian_vector_product(self.model_with(state), self.train_data, vector)
+
+    def forget(self, state: Mapping[str, torch.Tensor], record_ids: Sequence[str], *, method: str, seed: int,
+               epochs: int, lr: float, beta: float, retain_weight: float):
+        """Forget ``record_ids`` locally (GA / GradDiff / NPO); return the new state and the report."""
+        from fedunlearn.training.forget import forget_local
+
+        split = self.split_records(record_ids)
+        model = self.model_with(state)
+        result = forget_local(model, split.forget, split.retain, method=method, epochs=epochs,
+                              batch_size=self.settings.train.batch_size, lr=lr, seed=seed, beta=beta,
+                              retain_weight=retain_weight)
+        return get_lora_state(model), result

@@ -8,6 +8,11 @@ name       guarantee what it does
 ``sisa``   exact     roll back the shards that saw the subject, retrain them without it (Flower)
 ``drop``   exact     S = N: drop the subject's own adapter and recombine (no training)
 ``retrain`` exact    the reference: retrain every shard from round 0 without the subject
+``influence`` empirical one damped Newton step; gradients and HVPs by query messages (Flower)
+``subtract`` empirical FedEraser: replay stored history without the subject, K calibrated rounds
+``negate`` empirical task-vector negation of the subject's stored contributions (no training)
+``ga`` ``graddiff`` ``npo`` empirical record-level: the organization forgets some of its records
+``sisa-records`` exact record-level: retrain its shard, the organization without those records
 ========== ========= ==========================================================================
 
 Add a method: subclass :class:`Unlearner` (or :class:`ReplayUnlearner`), then
@@ -31,17 +36,35 @@ from fedunlearn.unlearning.drop import DropUnlearner
 from fedunlearn.unlearning.replay import ReplayUnlearner, ShardPlan, pending_erasure
 from fedunlearn.unlearning.retrain import RetrainUnlearner
 from fedunlearn.unlearning.sisa import SisaUnlearner
+from fedunlearn.unlearning.approx import ApproximateUnlearner, ApproxOptions
+from fedunlearn.unlearning.influence import InfluenceUnlearner
+from fedunlearn.unlearning.records import (
+    GradAscentUnlearner,
+    GradDiffUnlearner,
+    NpoUnlearner,
+    RecordSisaUnlearner,
+)
+from fedunlearn.unlearning.subtract import NegateUnlearner, SubtractUnlearner
 
 __all__ = [
+    "ApproxOptions",
+    "ApproximateUnlearner",
     "Cost",
     "DropUnlearner",
     "EraseRequest",
     "Federation",
     "GUARANTEES",
+    "GradAscentUnlearner",
+    "GradDiffUnlearner",
+    "InfluenceUnlearner",
+    "NegateUnlearner",
+    "NpoUnlearner",
+    "RecordSisaUnlearner",
     "ReplayUnlearner",
     "RetrainUnlearner",
     "ShardPlan",
     "SisaUnlearner",
+    "SubtractUnlearner",
     "UNLEARNERS",
     "UnlearnResult",
     "Unlearner",
@@ -66,5 +89,6 @@ def get_unlearner(name: str) -> Unlearner:
     return UNLEARNERS.get(name)()
 
 
-for _cls in (SisaUnlearner, DropUnlearner, RetrainUnlearner):
+for _cls in (SisaUnlearner, DropUnlearner, RetrainUnlearner, InfluenceUnlearner, SubtractUnlearner,
+             NegateUnlearner, GradAscentUnlearner, GradDiffUnlearner, NpoUnlearner, RecordSisaUnlearner):
     register_unlearner(_cls.name, _cls)

@@ -11,7 +11,7 @@ bound with stated assumptions; ``empirical``: audits only).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,12 +53,16 @@ class EraseRequest:
         Record ids for record-level methods; organization-level methods refuse a non-empty value.
     requested_by : str
         Free text for the audit trail (who asked), never personal data.
+    options : tuple of (str, value) pairs
+        Method parameters (e.g. ``{"damping": 0.01}`` for ``influence``; see
+        :class:`~fedunlearn.unlearning.approx.ApproxOptions`); a mapping is accepted and stored sorted.
     """
 
     subjects: tuple[str, ...]
     method: str = "sisa"
     records: tuple[str, ...] = ()
     requested_by: str = ""
+    options: tuple[tuple[str, Any], ...] = ()
 
     def __post_init__(self) -> None:
         subjects = (self.subjects,) if isinstance(self.subjects, str) else tuple(self.subjects)
@@ -70,6 +74,8 @@ class EraseRequest:
         object.__setattr__(self, "subjects", tuple(sorted(set(subjects))))
         object.__setattr__(self, "records", tuple(self.records))
         object.__setattr__(self, "method", str(self.method).lower())
+        options = self.options.items() if isinstance(self.options, Mapping) else self.options
+        object.__setattr__(self, "options", tuple(sorted((str(k), v) for k, v in options)))
 
 
 @dataclass(frozen=True)
@@ -229,6 +235,7 @@ class Unlearner(ABC):
 
     name: str = ""
     guarantee: str = "exact"
+    level: str = "organization"  # "record": forgets request.records of one organization that stays
 
     def supports(self, run: RunFolder) -> str | None:
         """``None`` when this method can serve ``run``; else the reason it cannot (one sentence)."""

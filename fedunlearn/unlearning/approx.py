@@ -1,0 +1,235 @@
+"""Shared engine of the approximate methods (``influence``, ``subtract``, ``negate``, record-level).
+
+An approximate erasure does not rebuild the lineage: it computes a new adapter for each affected
+shard from the current head and commits it as one more checkpoint on top of it (round ``head + 1``).
+The old chain stays its ancestry, so :meth:`~fedunlearn.ledger.Ledger.dependents` still names the
+subject: the lineage never claims an absence that an approximate method cannot prove. The subject is
+then marked erased (its stored updates crypto-shredded) and the served model re-exported.
+
+Method parameters travel in :attr:`EraseRequest.options <fedunlearn.unlearning.EraseRequest>` and
+are validated into :class:`ApproxOptions`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from abc import abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from fedunlearn.errors import ConfigError
+from fedunlearn.federation import protocol
+from fedunlearn.federation.nodes import exchange
+from fedunlearn.federation.serving import export_served
+from fedunlearn.ledger import Contribution, Ledger
+from fedunlearn.runs import utc_now
+from fedunlearn.unlearning.base import Cost, EraseRequest, Federation, Unlearner, UnlearnResult, check_request
+from fedunlearn.unlearning.cost import estimate_full_retrain
+
+__all__ = ["ApproxOptions", "ApproxOutcome", "ApproximateUnlearner", "Queries", "add", "nbytes", "scale", "shard_weights", "sub"]
+
+State = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class ApproxOptions:
+    """Parameters of the approximate methods (``EraseRequest.options`` keys, ``-`` or ``_`` alike).
+
+    Attributes
+    ----------
+    solver, damping, iterations, lissa_scale, tolerance
+        ``influence``: ``"cg"`` or ``"lissa"``, λ of ``(H + λI) x = g``, Hessian-vector products at
+        most, LiSSA's scale ``s``, relative residual to stop at.
+    gradient
+        ``influence``: where the subject's gradient comes from: ``"subject"`` (it answers
+        ``query.grad``), ``"stored"`` (reconstructed from its last stored update) or ``"auto"``.
+    noise_epsilon, noise_delta
+        ``influence``: Gaussian noise on the result for this (ε, δ) (:func:`~fedunlearn.certify.removal_noise`);
+        ``noise_epsilon = 0`` adds none.
+    calibration_rounds, calibration_epochs
+        ``subtract``: K replayed rounds calibrated by the remaining organizations (0 = pure
+        subtraction) and the local epochs of each calibration fit (FedEraser uses half the original).
+    negate_scale
+        ``negate``: α in ``θ − α τ_subject``.
+    forget_rounds, forget_epochs, forget_lr, npo_beta, retain_weight
+        Record-level methods: federated rounds of local forgetting, passes over the forget set per
+        round, AdamW step (0 = ``train.lr``), NPO's β, γ of the retain term.
+    """
+
+    solver: str = "cg"
+    damping: float = 1.0
+    iterations: int = 10
+    lissa_scale: float = 10.0
+    tolerance: float = 1e-3
+    gradient: str = "auto"
+    noise_epsilon: float = 0.0
+    noise_delta: float = 1e-5
+    calibration_rounds: int = 1
+    calibration_epochs: int = 1
+    negate_scale: float = 1.0
+    forget_rounds: int = 1
+    forget_epochs: int = 10
+    forget_lr: float = 0.0
+    npo_beta: float = 0.1
+    retain_weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, (int, float)) and (not math.isfinite(v) or v < 0):
+                raise ConfigError(f"option {f.name} = {v!r}: expected a finite number >= 0")
+        if self.solver not in ("cg", "lissa"):
+            raise ConfigError(f"option solver = {self.solver!r}: expected 'cg' or 'lissa'")
+        if self.gradient not in ("auto", "subject", "stored"):
+            raise ConfigError(f"option gradient = {self.gradient!r}: expected 'auto', 'subject' or 'stored'")
+        if self.iterations < 1 or self.forget_rounds < 1 or self.forget_epochs < 1 or self.calibration_epochs < 1:
+            raise ConfigError("options iterations, forget-rounds, forget-epochs and calibration-epochs must be >= 1")
+
+    @classmethod
+    def from_request(cls, request: EraseRequest) -> ApproxOptions:
+        """Validate ``request.options``; an unknown key lists the valid ones."""
+        valid = {f.name: f for f in dataclasses.fields(cls)}
+        values: dict[str, Any] = {}
+        for key, value in request.options:
+            name = key.replace("-", "_")
+            if name not in valid:
+                raise ConfigError(f"erase option {key!r} is unknown: expected one of "
+                                  f"{sorted(n.replace('_', '-') for n in valid)}")
+            kind = type(valid[name].default)
+            try:
+                values[name] = kind(value)
+            except (TypeError, ValueError):
+                raise ConfigError(f"erase option {key} = {value!r}: expected a {kind.__name__}") from None
+        return cls(**values)
+
+
+def add(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> State:
+    return {k: a[k] + b[k] for k in a}
+
+
+def sub(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> State:
+    return {k: a[k] - b[k] for k in a}
+
+
+def scale(c: float, a: Mapping[str, torch.Tensor]) -> State:
+    return {k: c * v for k, v in a.items()}
+
+
+def nbytes(state: Mapping[str, torch.Tensor]) -> int:
+    return sum(t.numel() * t.element_size() for t in state.values())
+
+
+@dataclass
+class Queries:
+    """Counts what federated queries cost, for :class:`Cost`; sends through ``exchange``."""
+
+    federation: Federation
+    nodes: dict[str, int]
+    batch_size: int = 32
+    client_steps: int = 0
+    bytes_sent: int = 0
+    rounds: int = 0
+    organizations: set[str] = field(default_factory=set)
+
+    def ask(self, message_type: str, contents: Mapping[str, Any], *, group_id: str, passes: int = 1,
+            sizes: Mapping[str, int] | None = None) -> dict[str, protocol.Reply]:
+        """One federated round; ``passes`` forward-backward passes per batch (an HVP is about 2)."""
+        timeout = self.federation.run.settings.run.round_timeout
+        replies = exchange(self.federation.grid, {o: self.nodes[o] for o in contents}, contents,
+                           message_type=message_type, group_id=group_id, timeout=timeout, expect_state=True)
+        self.rounds += 1
+        for org, reply in replies.items():
+            n = int(reply.metrics.get("num-examples", 0))
+            self.client_steps += int(reply.metrics.get("steps", 0)) or passes * math.ceil(n / self.batch_size)
+            self.bytes_sent += (sizes or {}).get(org, 0) + nbytes(reply.state or {})
+            self.organizations.add(org)
+        return replies
+
+
+@dataclass
+class ApproxOutcome:
+    """What :meth:`ApproximateUnlearner.compute` produced: new shard states and how."""
+
+    states: dict[int, State]
+    contributions: dict[int, list[Contribution]] = field(default_factory=dict)
+    client_steps: int = 0
+    bytes_sent: int = 0
+    rounds: int = 0
+    organizations: tuple[str, ...] = ()
+    notes: list[str] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)
+    guarantee: str | None = None
+
+
+class ApproximateUnlearner(Unlearner):
+    """Template: subclasses give :meth:`compute`; :meth:`unlearn` commits, exports and marks erased."""
+
+    guarantee = "empirical"
+
+    @abstractmethod
+    def compute(self, request: EraseRequest, federation: Federation, options: ApproxOptions) -> ApproxOutcome:
+        """New adapters for the affected shards (nothing committed yet)."""
+
+    def validate(self, request: EraseRequest, ledger: Ledger) -> None:
+        check_request(request, ledger)
+
+    def affected_shards(self, ledger: Ledger, subjects: Sequence[str]) -> list[int]:
+        return sorted({d.shard for s in subjects for d in ledger.dependents(s)})
+
+    def unlearn(self, request: EraseRequest, federation: Federation) -> UnlearnResult:
+        start = time.perf_counter()
+        run, ledger = federation.run, federation.ledger
+        options = ApproxOptions.from_request(request)
+        self.validate(request, ledger)
+        self.check(run)
+        previous = ledger.served()
+        full = estimate_full_retrain(ledger, run, request.subjects if self.level == "organization" else ())
+        outcome = self.compute(request, federation, options)
+        recomputed = {}
+        for shard, state in sorted(outcome.states.items()):
+            head = ledger.head(shard)
+            digest = ledger.put_state(state)
+            ledger.commit_round(shard=shard, round=head.round + 1, aggregate_hash=digest,
+                                contributions=outcome.contributions.get(shard, []), parent_id=head.id)
+            recomputed[shard] = (head.round + 1,)
+        served = export_served(run, ledger)
+        if self.level == "organization":
+            for subject in request.subjects:
+                ledger.mark_erased(subject)
+        cost = Cost(client_steps=outcome.client_steps, wall_seconds=time.perf_counter() - start,
+                    rounds=outcome.rounds, aggregations=len(outcome.states), bytes_sent=outcome.bytes_sent,
+                    organizations=tuple(sorted(outcome.organizations)),
+                    basis=f"measured during this erasure; {self.cost_basis}")
+        result = UnlearnResult(
+            method=self.name, subjects=request.subjects, guarantee=outcome.guarantee or self.guarantee,
+            served_hash=served.hash, served_path=served.path,
+            previous_served_hash=(previous or {}).get("served_hash"),
+            heads={s: ledger.head(s).hash for s in range(run.settings.topology.shards)},
+            recomputed=recomputed, organizations=cost.organizations, cost=cost, full_retrain_cost=full,
+            notes=tuple(outcome.notes),
+        )
+        record = {"time": utc_now(), "requested_by": request.requested_by, "options": dict(request.options),
+                  "records": len(request.records), "details": outcome.details, **result.to_dict()}
+        with open(run.path / "erasures.jsonl", "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(record, sort_keys=True, default=str) + "\n")
+        federation.reporter.message(f"{self.name}: served model {served.hash[:16]}… ({result.guarantee})")
+        self.details = outcome.details  # for callers that want residuals etc. (benchmarks, tests)
+        return result
+
+    cost_basis: str = "client-steps count local batches processed"
+
+
+def shard_weights(ledger: Ledger, shard: int) -> dict[str, float]:
+    """Each contributor's share of examples in the shard's last round that had contributions."""
+    for ckpt in reversed(ledger.chain(shard)):
+        contribs = ledger.contributions(ckpt.id)
+        if contribs:
+            total = sum(c.num_examples for c in contribs)
+            return {c.org: c.num_examples / total for c in contribs}
+    return {}
