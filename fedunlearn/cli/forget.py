@@ -49,7 +49,8 @@ def _pair(text: str) -> tuple[str, str]:
 @app.command()
 def forget(
     run: Path = typer.Option(..., "--run", help="Run folder."),
-    org: list[str] = typer.Option(..., "--org", help="Organization to erase (repeat for several)."),
+    org: list[str] = typer.Option([], "--org", help="Organization to erase (repeat for several); taken from "
+                                  "--request when one is given."),
     method: str = typer.Option("sisa", "--method", help="sisa | drop | retrain | influence | subtract | negate; "
                                "with --records: npo | graddiff | ga | sisa (see fedunlearn.unlearning)."),
     records: Path | None = typer.Option(None, "--records", help="File of record ids to forget (one per line; "
@@ -57,6 +58,9 @@ def forget(
     option: list[str] = typer.Option([], "--option", help="Method parameter KEY=VALUE, e.g. damping=0.1 "
                                      "(see fedunlearn.unlearning.ApproxOptions); repeatable."),
     requested_by: str = typer.Option("", "--requested-by", help="Who asked (kept in the run's erasure log)."),
+    request_file: Path | None = typer.Option(None, "--request", help="Erasure request signed by the subject's "
+                                             "enrolled key or the coordinator's (`fedunlearn keys sign-request`). "
+                                             "Without it the coordinator signs the request itself."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Erase organizations from the served model; exact methods retrain through Flower when needed.
@@ -73,8 +77,13 @@ def forget(
             ids = _read_ids(records)
             method = "sisa-records" if method == "sisa" else method
         opts = dict(_pair(o) for o in option)
-        request = EraseRequest(tuple(org), method=method, records=ids, requested_by=requested_by, options=opts)
-        needs_flower = prepare_erasure(run, request)  # every check before anything starts
+        signed = _signed_request(run, request_file, tuple(org), method, ids)
+        body = signed.request
+        ids = tuple(body.get("records") or ()) or ids
+        request = EraseRequest(tuple(body["subjects"]), method=str(body.get("method", method)), records=ids,
+                               requested_by=requested_by, options=opts)
+        needs_flower = prepare_erasure(run, request)  # every check before anything is logged or changed
+        authorization = _authorize(run, signed)
         reporter = RichReporter()
         if needs_flower:
             from fedunlearn.federation.simulation import simulate_erasure
@@ -83,10 +92,54 @@ def forget(
             result = simulate_erasure(run, request, reporter=reporter)
         else:
             result = erase(run, request, reporter=reporter)
+        certificate = _certify(run, authorization, result)
     except FedUnlearnError as exc:
         fail(exc)
         return
     if as_json:
-        sys.stdout.write(json.dumps(result.to_dict(), indent=2) + "\n")
+        sys.stdout.write(json.dumps({**result.to_dict(), "certificate": str(certificate)}, indent=2) + "\n")
         return
     _print(result)
+    console.print(f"[bold]certificate[/] {certificate}  (check it: fedunlearn verify --run {run} "
+                  f"--certificate {certificate})")
+
+
+def _signed_request(run: Path, request_file: Path | None, orgs: tuple[str, ...], method: str,
+                    records: tuple[str, ...]):
+    """The signed request: read from ``--request``, or signed now with the coordinator's key."""
+    from fedunlearn.certify import RunAudit, SignedRequest, sign_request
+    from fedunlearn.errors import ConfigError
+    from fedunlearn.runs import RunFolder
+
+    RunFolder.open(run)  # a clear error for a folder that is not a run, before any log is created
+    if request_file is not None:
+        signed = SignedRequest.read(request_file)
+        if orgs and sorted(set(orgs)) != sorted(signed.request.get("subjects") or []):
+            raise ConfigError(
+                f"--org {sorted(set(orgs))} differs from the signed request's subjects "
+                f"{signed.request.get('subjects')}; drop --org or pass the matching request"
+            )
+        if not signed.request.get("subjects"):
+            raise ConfigError(f"the request {str(request_file)!r} names no subjects")
+        return signed
+    if not orgs:
+        raise ConfigError("no organization to erase: pass --org NAME or --request FILE")
+    with RunAudit.open(run) as audit:
+        return sign_request(audit.signer, run=audit.origin, subjects=orgs, method=method, records=records)
+
+
+def _authorize(run: Path, signed):
+    """Check the signature against the run's enrolled keys and log the request (or the refusal)."""
+    from fedunlearn.certify import RunAudit, authorize_request
+
+    with RunAudit.open(run) as audit:
+        return authorize_request(audit, signed)
+
+
+def _certify(run: Path, authorization, result) -> Path:
+    """Issue the signed certificate of the applied erasure; return its file."""
+    from fedunlearn.certify import certify_erasure
+    from fedunlearn.runs import RunFolder
+
+    certificate = certify_erasure(RunFolder.open(run), authorization, result)
+    return Path(certificate.path) if getattr(certificate, "path", None) else Path(run) / "certificates"

@@ -44,3 +44,48 @@ def test_forget_prints_the_cost_table(run_factory, tmp_path):
     text = " ".join(out.output.split())
     assert "this erasure: 0 client-steps" in text and "full retraining:" in text and "estimated" in text
     assert "served model" in text
+
+
+def test_forget_is_authorized_certified_and_verifiable(run_factory, tmp_path):
+    """The whole chain: signed request -> erasure -> signed certificate -> `fedunlearn verify`."""
+    run = copy_run(run_factory("s-eq-n", shards=3), tmp_path / "run")
+    keys = tmp_path / "keys"
+    for org in ("org-1", "org-2"):
+        out = runner.invoke(app, ["keys", "generate", "--name", f"{org}.example/erasure", "--out", str(keys),
+                                  "--stem", org])
+        assert out.exit_code == 0, out.output
+        out = runner.invoke(app, ["keys", "enrol", "--run", str(run), "--org", org,
+                                  "--public-key", str(keys / f"{org}.pub")])
+        assert out.exit_code == 0, out.output
+    # org-2 may not ask for org-1's erasure: refused, logged, nothing changed
+    forged = tmp_path / "forged.json"
+    out = runner.invoke(app, ["keys", "sign-request", "--key", str(keys / "org-2.pem"), "--name",
+                              "org-2.example/erasure", "--run", str(run), "--subject", "org-1", "--method", "drop",
+                              "--out", str(forged)])
+    assert out.exit_code == 0, out.output
+    out = runner.invoke(app, ["forget", "--run", str(run), "--request", str(forged)])
+    assert out.exit_code == 2, out.output
+    with Ledger.open(run) as ledger:
+        assert ledger.organization("org-1").status == "active"
+    # org-1's own signed request goes through and is certified
+    own = tmp_path / "own.json"
+    out = runner.invoke(app, ["keys", "sign-request", "--key", str(keys / "org-1.pem"), "--name",
+                              "org-1.example/erasure", "--run", str(run), "--subject", "org-1", "--method", "drop",
+                              "--out", str(own)])
+    assert out.exit_code == 0, out.output
+    out = runner.invoke(app, ["forget", "--run", str(run), "--request", str(own), "--json"])
+    assert out.exit_code == 0, out.output
+    doc = json.loads(out.stdout)
+    assert doc["guarantee"] == "exact"
+    certificate = doc["certificate"]
+    out = runner.invoke(app, ["verify", "--run", str(run), "--certificate", certificate])
+    assert out.exit_code == 0, out.output
+    cert = json.loads(open(certificate).read())
+    text = json.dumps(cert)
+    assert "org-1" not in text  # the subject appears only as a keyed hash
+    # one changed byte of the certificate makes verify fail, naming it
+    data = bytearray(open(certificate, "rb").read())
+    data[len(data) // 2] ^= 0x01
+    open(certificate, "wb").write(bytes(data))
+    out = runner.invoke(app, ["verify", "--run", str(run), "--certificate", certificate])
+    assert out.exit_code != 0
