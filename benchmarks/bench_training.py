@@ -49,6 +49,7 @@ def machine() -> dict:
         "cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
         "transformers": transformers.__version__, "peft": peft.__version__, "flwr": flwr.__version__,
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
     }
 
 
@@ -157,7 +158,8 @@ def main() -> None:
         "# Local training throughput and Flower round overhead",
         "",
         f"Measured {result['date']} on {m['cpu']} ({m['cores']} cores), Python {m['python']}, torch {m['torch']}, "
-        f"transformers {m['transformers']}, peft {m['peft']}, flwr {m['flwr']}; GPU: {m['cuda'] or 'none'}.",
+        f"transformers {m['transformers']}, peft {m['peft']}, flwr {m['flwr']}; GPU: {m['cuda'] or 'none'}; "
+        f"load average at start {m['load_average_at_start']} (other work shared the 2 cores).",
         "Command: `./dev python benchmarks/bench_training.py`. Model: the embedded default (0.39M parameters), "
         f"LoRA r=8 on q/k/v/o; one organization's {loc['records']} records, {loc['epochs']} epochs, batch "
         f"{loc['batch_size']}, torch threads {loc['threads']}.",
