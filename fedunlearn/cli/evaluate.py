@@ -1,0 +1,75 @@
+"""``fedunlearn evaluate`` and ``fedunlearn report``: audit an erasure; write a self-contained HTML page."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from fedunlearn.cli._app import app, console, fail
+from fedunlearn.errors import FedUnlearnError
+
+
+@app.command()
+def evaluate(
+    run: Path = typer.Option(..., "--run", help="Run folder."),
+    org: str = typer.Option(..., "--org", help="The erased organization to audit."),
+    out: Optional[Path] = typer.Option(None, "--json", help="Write the results as JSON to this file "
+                                       "(default: RUN/evaluation/<org>.json)."),
+    retrain_seeds: int = typer.Option(3, "--retrain-seeds", help="Retrains without the subject (spread)."),
+    baseline_canaries: int = typer.Option(10, "--baseline-canaries", help="Never-inserted canaries per model."),
+    relearn_steps: int = typer.Option(20, "--relearn-steps", help="Steps of the relearning attack."),
+    certify: bool = typer.Option(True, "--certify/--no-certify", help="Re-issue the erasure's certificate with "
+                                 "the evaluation summary (when it has one)."),
+) -> None:
+    """Evaluate the erasure of ORG: MIAs, canary exposure, memorization, utility, fidelity, attacks."""
+    from fedunlearn.certify.amend import find_certificate, reissue_with_evaluation
+    from fedunlearn.evaluate.suite import EvaluationOptions, evaluate_erasure, summary_for_certificate
+
+    try:
+        options = EvaluationOptions(retrain_seeds=retrain_seeds, baseline_canaries=baseline_canaries,
+                                    relearn_steps=relearn_steps)
+        result = evaluate_erasure(run, org, options)
+        doc = result.to_dict()
+        path = out or run / "evaluation" / f"{org}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(doc, indent=1, allow_nan=False) + "\n", encoding="utf-8")
+        certified = None
+        if certify:
+            for erasure in result.erasures:
+                cert = find_certificate(run, str(erasure["served_hash"]))
+                if cert is not None:
+                    certified = reissue_with_evaluation(run, cert, summary_for_certificate(result))
+    except FedUnlearnError as exc:
+        fail(exc)
+        return
+    for m in result.models:
+        auc = m.mia["loss"].auc
+        exp = "-" if m.exposure is None else f"{m.exposure.mean_exposure:.2f}"
+        util = "-" if m.utility is None else f"{m.utility.mean_holdout_loss:.3f}"
+        kl = "-" if m.kl_to_retrain is None else f"{m.kl_to_retrain:.4f}"
+        console.print(f"{m.name:18s} loss-MIA AUC {auc:.3f}  exposure {exp:>6s}  holdout loss {util:>6s}  "
+                      f"KL to retrain {kl}")
+    if result.spread is not None:
+        console.print(f"retrain spread (KL between seeds): mean {result.spread.mean:.4f}, max {result.spread.max:.4f}")
+    console.print(f"results: {path}  ({sum(result.timings.values()):.1f} s)")
+    if certified is not None:
+        console.print(f"certificate re-issued with the evaluation: {certified.path}")
+
+
+@app.command()
+def report(
+    run: Path = typer.Option(..., "--run", help="Run folder (its RUN/evaluation/*.json are reported)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="HTML file (default: RUN/report.html)."),
+) -> None:
+    """Write a self-contained HTML report (ROC curves, exposure, cost, utility, certificates)."""
+    from fedunlearn.evaluate.report import write_report
+
+    try:
+        path = write_report(run, out or run / "report.html")
+    except FedUnlearnError as exc:
+        fail(exc)
+        return
+    console.print(f"report: {path}")

@@ -1,0 +1,160 @@
+"""``fedunlearn report``: one self-contained HTML page from a run's evaluation results.
+
+Plots are inline SVG written here (no plotting library needed, nothing fetched by the browser):
+ROC curves of the loss MIA per model, canary exposure per model against the never-inserted
+baseline, erasure cost against full retraining, utility per retained organization, and a summary
+of every certificate. Reads ``RUN_DIR/evaluation/*.json`` (written by ``fedunlearn evaluate``) and
+``RUN_DIR/certificates/*.json``.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from fedunlearn.errors import RunStateError
+
+__all__ = ["bar_chart", "line_chart", "render_report", "write_report"]
+
+_COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#17becf")
+_W, _H, _PAD = 420, 300, 40
+
+
+def line_chart(title: str, series: Sequence[tuple[str, Sequence[float], Sequence[float]]], *,
+               diagonal: bool = False) -> str:
+    """An SVG line chart on [0, 1]² (e.g. ROC curves): ``series`` = (label, xs, ys)."""
+    sx = lambda x: _PAD + float(x) * (_W - 2 * _PAD)  # noqa: E731
+    sy = lambda y: _H - _PAD - float(y) * (_H - 2 * _PAD)  # noqa: E731
+    parts = [_frame(title, "FPR", "TPR")]
+    if diagonal:
+        parts.append(f'<line x1="{sx(0)}" y1="{sy(0)}" x2="{sx(1)}" y2="{sy(1)}" stroke="#bbb" stroke-dasharray="4"/>')
+    for i, (label, xs, ys) in enumerate(series):
+        points = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in zip(xs, ys))
+        color = _COLORS[i % len(_COLORS)]
+        parts.append(f'<polyline class="series" fill="none" stroke="{color}" stroke-width="2" points="{points}"/>')
+        parts.append(f'<text x="{_W - _PAD - 150}" y="{_PAD + 14 * i}" font-size="11" fill="{color}">'
+                     f'{html.escape(label)}</text>')
+    return _svg(parts)
+
+
+def bar_chart(title: str, labels: Sequence[str], groups: Sequence[tuple[str, Sequence[float]]], *,
+              ylabel: str = "") -> str:
+    """An SVG grouped bar chart: one group of bars per label, one bar per (name, values) series."""
+    values = [v for _, vs in groups for v in vs if v is not None]
+    top = max(values + [1e-9]) * 1.1
+    n, k = max(len(labels), 1), max(len(groups), 1)
+    slot = (_W - 2 * _PAD) / n
+    width = slot * 0.8 / k
+    parts = [_frame(title, "", ylabel)]
+    for j, (name, vs) in enumerate(groups):
+        color = _COLORS[j % len(_COLORS)]
+        for i, v in enumerate(vs):
+            if v is None:
+                continue
+            h = (float(v) / top) * (_H - 2 * _PAD)
+            x = _PAD + i * slot + slot * 0.1 + j * width
+            parts.append(f'<rect class="bar" x="{x:.1f}" y="{_H - _PAD - h:.1f}" width="{width:.1f}" height="{h:.1f}" '
+                         f'fill="{color}"><title>{html.escape(name)}: {float(v):.4g}</title></rect>')
+        parts.append(f'<text x="{_W - _PAD - 150}" y="{_PAD + 14 * j}" font-size="11" fill="{color}">'
+                     f'{html.escape(name)}</text>')
+    for i, label in enumerate(labels):
+        parts.append(f'<text x="{_PAD + (i + 0.5) * slot:.1f}" y="{_H - _PAD + 14}" font-size="10" '
+                     f'text-anchor="middle">{html.escape(label)}</text>')
+    parts.append(f'<text x="{_PAD - 4}" y="{_PAD}" font-size="10" text-anchor="end">{top:.3g}</text>')
+    return _svg(parts)
+
+
+def _frame(title: str, xlabel: str, ylabel: str) -> str:
+    return (f'<rect x="0" y="0" width="{_W}" height="{_H}" fill="white"/>'
+            f'<text x="{_W / 2}" y="16" font-size="13" text-anchor="middle" font-weight="bold">{html.escape(title)}</text>'
+            f'<line x1="{_PAD}" y1="{_H - _PAD}" x2="{_W - _PAD}" y2="{_H - _PAD}" stroke="black"/>'
+            f'<line x1="{_PAD}" y1="{_PAD}" x2="{_PAD}" y2="{_H - _PAD}" stroke="black"/>'
+            f'<text x="{_W / 2}" y="{_H - 8}" font-size="11" text-anchor="middle">{html.escape(xlabel)}</text>'
+            f'<text x="12" y="{_H / 2}" font-size="11" transform="rotate(-90 12 {_H / 2})" '
+            f'text-anchor="middle">{html.escape(ylabel)}</text>')
+
+
+def _svg(parts: list[str]) -> str:
+    return (f'<svg xmlns="http://www.w3.org/2000/svg" class="plot" width="{_W}" height="{_H}" '
+            f'viewBox="0 0 {_W} {_H}">' + "".join(parts) + "</svg>")
+
+
+def _evaluation_section(doc: dict[str, Any]) -> str:
+    models = doc["models"]
+    roc = line_chart(f"Loss MIA ROC: {doc['subject']} (members vs holdout)",
+                     [(f"{m['name']} AUC {m['mia']['loss']['auc']:.3f}", m["mia"]["loss"]["roc"]["fpr"],
+                       m["mia"]["loss"]["roc"]["tpr"]) for m in models if m["kind"] != "relearn"], diagonal=True)
+    with_exp = [m for m in models if m.get("exposure")]
+    exposure = bar_chart("Canary exposure (bits)", [m["name"] for m in with_exp], [
+        ("inserted (mean)", [m["exposure"]["mean"] for m in with_exp]),
+        ("never inserted (p95)", [m["exposure"]["baseline_p95"] for m in with_exp])], ylabel="bits")
+    with_util = [m for m in models if m.get("utility")]
+    orgs = sorted({o for m in with_util for o in m["utility"]["holdout"]})
+    utility = bar_chart("Holdout loss per retained organization", orgs, [
+        (m["name"], [m["utility"]["holdout"].get(o, {}).get("loss") for o in orgs]) for m in with_util],
+        ylabel="nats/token")
+    charts = [roc, exposure, utility]
+    for e in doc["erasures"]:
+        cost, full = e.get("cost") or {}, e.get("full_retrain_cost") or {}
+        charts.append(bar_chart(f"Cost of {e['method']} vs full retraining", ["client-steps", "wall seconds"], [
+            (e["method"], [cost.get("client_steps"), cost.get("wall_seconds")]),
+            ("full retrain", [full.get("client_steps"), full.get("wall_seconds")])]))
+    rows = "".join(
+        f"<tr><td>{html.escape(m['name'])}</td><td>{m['mia']['loss']['auc']:.3f}</td>"
+        f"<td>{m['mia']['min_k_plus_plus']['auc']:.3f}</td>"
+        f"<td>{'-' if not m.get('exposure') else format(m['exposure']['mean'], '.2f')}</td>"
+        f"<td>{'-' if m.get('kl_to_retrain') is None else format(m['kl_to_retrain'], '.4f')}</td></tr>"
+        for m in models)
+    spread = doc.get("retrain_spread") or {}
+    return (f"<h2>Erasure of {html.escape(doc['subject'])}</h2><div class='plots'>{''.join(charts)}</div>"
+            "<table><tr><th>model</th><th>loss AUC</th><th>Min-K%++ AUC</th><th>exposure</th><th>KL to retrain</th>"
+            f"</tr>{rows}</table><p>Retrain spread (KL between seeds): mean {spread.get('mean')}, max "
+            f"{spread.get('max')}.</p>")
+
+
+def _certificate_section(run_dir: Path) -> str:
+    rows = []
+    for path in sorted((run_dir / "certificates").glob("*.json")):
+        body = json.loads(path.read_text(encoding="utf-8"))["certificate"]
+        g = body.get("guarantee", {})
+        rows.append(f"<tr><td>{html.escape(path.name)}</td><td>{html.escape(str(body.get('method')))}</td>"
+                    f"<td>{html.escape(str(g.get('kind')))}</td><td>{html.escape(str(body.get('issued')))}</td>"
+                    f"<td>{'yes' if body.get('evaluation') else 'no'}</td>"
+                    f"<td>{html.escape(str(body.get('supersedes', ''))[:16])}</td></tr>")
+    if not rows:
+        return "<h2>Certificates</h2><p>No certificate issued in this run.</p>"
+    return ("<h2>Certificates</h2><table><tr><th>file</th><th>method</th><th>guarantee</th><th>issued</th>"
+            "<th>evaluation</th><th>supersedes</th></tr>" + "".join(rows) + "</table>")
+
+
+def render_report(run_dir: str | Path) -> str:
+    """The report of ``run_dir`` as one HTML string.
+
+    Raises
+    ------
+    RunStateError
+        If the run has no ``evaluation/*.json``.
+    """
+    run_dir = Path(run_dir)
+    docs = [json.loads(p.read_text(encoding="utf-8")) for p in sorted((run_dir / "evaluation").glob("*.json"))]
+    docs = [d for d in docs if isinstance(d, dict) and d.get("format") == "fedunlearn-evaluation/1"]
+    if not docs:
+        raise RunStateError(f"run {str(run_dir)!r} has no evaluation results in evaluation/*.json; run "
+                            f"`fedunlearn evaluate --run {run_dir} --org NAME` first")
+    body = "".join(_evaluation_section(d) for d in docs) + _certificate_section(run_dir)
+    style = ("body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin:1em 0}"
+             "td,th{border:1px solid #ccc;padding:3px 8px}.plots svg{margin:6px;border:1px solid #eee}")
+    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>fedunlearn report</title>"
+            f"<style>{style}</style></head><body><h1>fedunlearn evaluation report</h1>"
+            f"<p>Run: {html.escape(str(run_dir))}</p>{body}</body></html>")
+
+
+def write_report(run_dir: str | Path, out: str | Path) -> Path:
+    """Write :func:`render_report` to ``out``; return its path."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(render_report(run_dir), encoding="utf-8")
+    return out

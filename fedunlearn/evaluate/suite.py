@@ -1,0 +1,216 @@
+"""The evaluation of one organization's erasure in a run: every metric on every model that matters.
+
+Models: the base, the served model before the erasure, after each erasure of the subject applied
+in the run (``RUN_DIR/erasures.jsonl``), retrains without the subject (``retrain_seeds`` seeds, see
+:mod:`~fedunlearn.evaluate.runmodels`) and attacked variants of the erased and retrained models
+(relearning, 8/4-bit quantization; :mod:`~fedunlearn.evaluate.attacks`).
+
+Metrics per model: MIAs of the subject's training records (canary copies ``<id>#k`` left out)
+against its holdout, canary exposure (inserted vs ``baseline_canaries`` never-inserted ones),
+memorization of the subject's records, utility on retained organizations and public text, and
+next-token KL to the first retrain (fidelity, with the retrains' mutual spread as noise level).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fedunlearn.errors import ConfigError, RunStateError
+from fedunlearn.evaluate._common import check_fraction, check_positive_int
+from fedunlearn.evaluate.attacks import fake_quantize, relearn, relearn_split
+from fedunlearn.evaluate.exposure import exposure_report
+from fedunlearn.evaluate.fidelity import mean_next_token_kl, retrain_spread
+from fedunlearn.evaluate.memorization import memorization
+from fedunlearn.evaluate.mia import mia_results, privleak
+from fedunlearn.evaluate.runmodels import (
+    load_base,
+    merged_model,
+    retrain_reference,
+    run_consortium,
+    served_history,
+)
+from fedunlearn.evaluate.scores import score_texts
+from fedunlearn.evaluate.summary import ModelEvaluation, SuiteResult, model_summary
+from fedunlearn.evaluate.utility import utility_report
+from fedunlearn.ledger import Ledger
+from fedunlearn.runs import RunFolder
+from fedunlearn.training.client import lora_spec
+
+__all__ = ["EvaluationOptions", "applied_erasures", "evaluate_erasure", "summary_for_certificate"]
+
+
+@dataclass(frozen=True)
+class EvaluationOptions:
+    """What an evaluation measures and how much it spends.
+
+    Attributes
+    ----------
+    retrain_seeds : int, default 3
+        Retrains without the subject (seeds ``run.seed + k``); at least 1, 3 for a spread.
+    baseline_canaries : int, default 10
+        Never-inserted canaries scored per model as the exposure baseline (the dominant cost:
+        each scores the whole candidate space).
+    relearn_fraction : float, default 0.15
+        Share of the subject's records the relearning attacker fine-tunes on.
+    relearn_steps, relearn_lr, relearn_batch_size
+        The attacker's fine-tuning budget.
+    quantize_bits : tuple of int, default (8, 4)
+        Fake quantizations of the erased model's merged weights.
+    fidelity_texts : int, default 64
+        Evaluation prompts for the KL (retained organizations' holdouts, then public text).
+    exposure_batch_size : int, default 512
+        Candidates per forward pass.
+    """
+
+    retrain_seeds: int = 3
+    baseline_canaries: int = 10
+    relearn_fraction: float = 0.15
+    relearn_steps: int = 20
+    relearn_lr: float = 0.01
+    relearn_batch_size: int = 8
+    quantize_bits: tuple[int, ...] = (8, 4)
+    fidelity_texts: int = 64
+    exposure_batch_size: int = 512
+
+    def __post_init__(self) -> None:
+        check_positive_int("retrain_seeds", self.retrain_seeds, hint="use 3 for a spread")
+        if isinstance(self.baseline_canaries, bool) or not isinstance(self.baseline_canaries, int) \
+                or self.baseline_canaries < 0:
+            raise ConfigError(f"baseline_canaries = {self.baseline_canaries!r} is invalid; expected an "
+                              "integer >= 0 (e.g. 10)")
+        check_fraction("relearn_fraction", self.relearn_fraction, hint="use 0.1 to 0.2")
+        check_positive_int("relearn_steps", self.relearn_steps, hint="use e.g. 20")
+        check_positive_int("relearn_batch_size", self.relearn_batch_size, hint="use e.g. 8")
+        check_positive_int("fidelity_texts", self.fidelity_texts, hint="use e.g. 64")
+        check_positive_int("exposure_batch_size", self.exposure_batch_size, hint="use e.g. 512")
+
+
+def applied_erasures(run: RunFolder, org: str) -> list[dict[str, Any]]:
+    """The erasures of ``org`` recorded in ``RUN_DIR/erasures.jsonl``, oldest first."""
+    path = run.path / "erasures.jsonl"
+    rows = []
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                row = json.loads(line)
+                if org in row.get("subjects", ()):
+                    rows.append(row)
+    return rows
+
+
+def evaluate_erasure(run_dir: str | Path, org: str, options: EvaluationOptions | None = None) -> SuiteResult:
+    """Evaluate the erasure of ``org`` from the run in ``run_dir``.
+
+    Raises
+    ------
+    RunStateError
+        If the run holds no applied erasure of ``org``, or a served model it names is missing.
+    UnknownNameError
+        If ``org`` is not an organization of the run.
+    """
+    opts = options or EvaluationOptions()
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+    run = RunFolder.open(Path(run_dir))
+    with Ledger.open(run.path) as ledger:
+        ledger.organization(org)  # UnknownNameError listing the valid names
+        erasures = applied_erasures(run, org)
+        if not erasures:
+            raise RunStateError(
+                f"run {str(run.path)!r} records no applied erasure of {org!r} in erasures.jsonl; erase it "
+                f"first: `fedunlearn forget --run {run.path} --org {org}`"
+            )
+        history = served_history(ledger)
+        subjects = tuple(erasures[0]["subjects"])
+        consortium = run_consortium(run)
+        base = load_base(run)
+        retrains = [retrain_reference(run, ledger, consortium, subjects, run.settings.run.seed + k, base=base)
+                    for k in range(opts.retrain_seeds)]
+    timings["retrain_references"] = time.perf_counter() - clock
+    scaling = lora_spec(run.settings).scaling
+    tok, max_len = base.tokenizer, run.settings.data.max_length
+
+    def build(state: Any) -> Any:
+        return merged_model(base, state.states, state.weights, scaling)
+
+    before_hash = erasures[0].get("previous_served_hash")
+    for h in [before_hash] + [e["served_hash"] for e in erasures]:
+        if h not in history:
+            raise RunStateError(f"served model {str(h)[:16]}… named in erasures.jsonl is not in the ledger's "
+                                "served history; the ledger was replaced: evaluate an intact run folder")
+    subject = consortium.organization(org)
+    members = [r.text for r in subject.train if "#" not in r.id]  # canary copies are audited by exposure
+    holdout = subject.texts("holdout")
+    split = relearn_split(members, opts.relearn_fraction, seed=run.settings.run.seed)
+    never = consortium.never_inserted[: opts.baseline_canaries]
+    retained = [o.name for o in consortium.organizations if o.name not in subjects]
+    prompts = [t for n in retained for t in consortium.organization(n).texts("holdout")]
+    prompts = (prompts + list(consortium.public))[: opts.fidelity_texts]
+    reference = build(retrains[0])
+
+    def evaluate(name: str, kind: str, model: Any, *, served: str | None, full: bool,
+                 audit: tuple[str, ...] | None = None) -> ModelEvaluation:
+        start = time.perf_counter()
+        texts = list(audit) if audit is not None else members
+        mia = mia_results(score_texts(model, tok, texts, max_length=max_len),
+                          score_texts(model, tok, holdout, max_length=max_len))
+        exposure = exposure_report(model, tok, subject.canaries, never if full else (), consortium.canary_space,
+                                   max_length=max_len, batch_size=opts.exposure_batch_size) \
+            if subject.canaries else None
+        mem = memorization(model, tok, members, max_length=max_len) if full else None
+        utility = utility_report(model, tok, consortium, erased=subjects, max_length=max_len) if full else None
+        kl = mean_next_token_kl(reference, model, tok, prompts, max_length=max_len).mean if full else None
+        return ModelEvaluation(name=name, kind=kind, served_hash=served, mia=mia, exposure=exposure,
+                               memorization=mem, utility=utility, kl_to_retrain=kl,
+                               seconds=time.perf_counter() - start)
+
+    models: list[ModelEvaluation] = []
+    clock = time.perf_counter()
+    models.append(evaluate("base", "base", merged_model(base, (), (), scaling), served=None, full=True))
+    models.append(evaluate("before", "before", build(history[before_hash]), served=before_hash, full=True))
+    erased_models = []
+    for e in erasures:
+        m = build(history[e["served_hash"]])
+        erased_models.append((e["method"], m))
+        models.append(evaluate(f"after:{e['method']}", "after", m, served=e["served_hash"], full=True))
+    models.append(evaluate("retrain", "retrain", reference, served=None, full=True))
+    timings["models"] = time.perf_counter() - clock
+    clock = time.perf_counter()
+    spread = retrain_spread([reference] + [build(r) for r in retrains[1:]], tok, prompts, max_length=max_len) \
+        if len(retrains) > 1 else None
+    timings["retrain_spread"] = time.perf_counter() - clock
+    clock = time.perf_counter()
+    spec = lora_spec(run.settings)
+    attacked = [(f"relearn:{n}", m) for n, m in erased_models] + [("relearn:retrain", reference)]
+    for name, m in attacked:
+        hit = relearn(m, base, split.attack, steps=opts.relearn_steps, lr=opts.relearn_lr,
+                      batch_size=opts.relearn_batch_size, spec=spec, max_length=max_len, seed=run.settings.run.seed)
+        models.append(evaluate(name, "relearn", hit, served=None, full=False, audit=split.audit))
+    timings["relearn"] = time.perf_counter() - clock
+    clock = time.perf_counter()
+    for bits in opts.quantize_bits:
+        for n, m in erased_models:
+            models.append(evaluate(f"quant{bits}:{n}", "quantized", fake_quantize(m, bits), served=None, full=False))
+    timings["quantize"] = time.perf_counter() - clock
+    retrain_auc = {k: v.auc for k, v in next(m for m in models if m.kind == "retrain").mia.items()}
+    leaks = {m.name: {k: privleak(v.auc, retrain_auc[k]) for k, v in m.mia.items()}
+             for m in models if m.kind in ("before", "after", "base", "retrain", "quantized")}
+    erasure_rows = tuple({k: e.get(k) for k in ("method", "guarantee", "served_hash", "previous_served_hash",
+                                                "cost", "full_retrain_cost")} for e in erasures)
+    return SuiteResult(run=str(run.path), subject=org, subjects=subjects, erasures=erasure_rows,
+                       models=tuple(models), spread=spread, privleak=leaks, relearn_split=(len(split.attack),
+                       len(split.audit)), options=opts, timings=timings)
+
+
+def summary_for_certificate(result: SuiteResult) -> Mapping[str, Any]:
+    """The compact summary of ``result`` written into the erasure's certificate."""
+    return {name: model_summary(m) for name, m in ((m.name, m) for m in result.models)} | {
+        "retrain_spread_kl": None if result.spread is None else result.spread.mean,
+        "privleak": result.privleak,
+    }
+

@@ -1,0 +1,178 @@
+"""Result containers of the evaluation suite and their JSON form.
+
+:class:`ModelEvaluation` holds the full metric objects of one model; :meth:`SuiteResult.to_dict`
+turns everything into plain JSON (ROC curves thinned to at most 101 points, arrays to lists,
+non-finite floats to ``null``), which the report and the certificate read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from fedunlearn.evaluate.exposure import ExposureReport
+from fedunlearn.evaluate.fidelity import RetrainSpread
+from fedunlearn.evaluate.memorization import MemorizationResult
+from fedunlearn.evaluate.mia import MiaResult
+from fedunlearn.evaluate.utility import UtilityReport
+
+__all__ = ["ModelEvaluation", "SuiteResult", "model_summary", "to_jsonable"]
+
+_ROC_POINTS = 101
+
+
+@dataclass(frozen=True)
+class ModelEvaluation:
+    """Every metric measured on one model.
+
+    Attributes
+    ----------
+    name : str
+        ``base``, ``before``, ``after:<method>``, ``retrain``, ``relearn:<method>``,
+        ``relearn:retrain`` or ``quant<bits>:<method>``.
+    kind : str
+        ``base`` | ``before`` | ``after`` | ``retrain`` | ``relearn`` | ``quantized``.
+    served_hash : str or None
+        The served model's hash when it was one.
+    mia : Mapping[str, MiaResult]
+        Per score (loss, zlib, min_k, min_k_plus_plus); for ``relearn`` models on the audit part
+        of the subject's records only.
+    exposure : ExposureReport or None
+        None when the subject has no canaries. Attacked models score no baseline canaries.
+    memorization, utility : optional
+        Measured on base/before/after/retrain models only.
+    kl_to_retrain : float or None
+        Mean next-token KL(retrain seed 0 || model), nats.
+    seconds : float
+    """
+
+    name: str
+    kind: str
+    served_hash: str | None
+    mia: Mapping[str, MiaResult]
+    exposure: ExposureReport | None
+    memorization: MemorizationResult | None
+    utility: UtilityReport | None
+    kl_to_retrain: float | None
+    seconds: float
+
+
+@dataclass(frozen=True)
+class SuiteResult:
+    """The evaluation of one organization's erasure(s) in one run.
+
+    Attributes
+    ----------
+    run, subject : str
+    subjects : tuple of str
+        Everyone erased together with ``subject`` (left out of retrains and utility).
+    erasures : tuple of dict
+        Method, guarantee, served hashes and costs from ``erasures.jsonl``.
+    models : tuple of ModelEvaluation
+    spread : RetrainSpread or None
+        KL between retrains of different seeds (None with one seed).
+    privleak : Mapping[str, Mapping[str, float]]
+        Model name -> score -> MUSE PrivLeak relative to the retrain.
+    relearn_split : tuple of int
+        (records given to the relearning attacker, records audited).
+    options : EvaluationOptions
+    timings : Mapping[str, float]
+        Seconds per phase.
+    """
+
+    run: str
+    subject: str
+    subjects: tuple[str, ...]
+    erasures: tuple[Mapping[str, Any], ...]
+    models: tuple[ModelEvaluation, ...]
+    spread: RetrainSpread | None
+    privleak: Mapping[str, Mapping[str, float]]
+    relearn_split: tuple[int, int]
+    options: Any
+    timings: Mapping[str, float]
+
+    def model(self, name: str) -> ModelEvaluation:
+        """The evaluation of the model called ``name`` (KeyError-free: ConfigError naming the valid ones)."""
+        for m in self.models:
+            if m.name == name:
+                return m
+        from fedunlearn.errors import ConfigError
+
+        raise ConfigError(f"no evaluated model {name!r}; expected one of {[m.name for m in self.models]}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON of everything (see the module docstring)."""
+        return to_jsonable({
+            "format": "fedunlearn-evaluation/1", "run": self.run, "subject": self.subject,
+            "subjects": list(self.subjects), "erasures": list(self.erasures),
+            "models": [_model_dict(m) for m in self.models],
+            "retrain_spread": None if self.spread is None else {"mean": self.spread.mean, "max": self.spread.max,
+                                                                "pairwise": self.spread.pairwise},
+            "privleak": self.privleak, "relearn_split": {"attack": self.relearn_split[0], "audit": self.relearn_split[1]},
+            "options": dataclasses.asdict(self.options), "timings": dict(self.timings),
+        })
+
+
+def _thin(values: np.ndarray) -> list[float]:
+    if values.size <= _ROC_POINTS:
+        return values.tolist()
+    idx = np.unique(np.linspace(0, values.size - 1, _ROC_POINTS).astype(int))
+    return values[idx].tolist()
+
+
+def _model_dict(m: ModelEvaluation) -> dict[str, Any]:
+    out: dict[str, Any] = {"name": m.name, "kind": m.kind, "served_hash": m.served_hash, "seconds": m.seconds,
+                           "kl_to_retrain": m.kl_to_retrain}
+    out["mia"] = {k: {"auc": r.auc, "tpr_at_fpr": r.tpr_at_fpr, "target_fpr": r.target_fpr,
+                      "members": r.num_members, "nonmembers": r.num_nonmembers,
+                      "roc": {"fpr": _thin(r.roc.fpr), "tpr": _thin(r.roc.tpr)}} for k, r in m.mia.items()}
+    if m.exposure is not None:
+        e = m.exposure
+        out["exposure"] = {"mean": e.mean_exposure, "baseline_mean": e.baseline_mean, "baseline_p95": e.baseline_p95,
+                           "max": e.inserted[0].max_exposure if e.inserted else None,
+                           "inserted": [{"id": r.canary_id, "exposure": r.exposure, "rank": r.rank} for r in e.inserted],
+                           "baseline": [r.exposure for r in e.baseline], "p_values": list(e.p_values)}
+    if m.memorization is not None:
+        out["memorization"] = {"exact_match_rate": m.memorization.exact_match_rate,
+                               "mean_rouge_l": m.memorization.mean_rouge_l}
+    if m.utility is not None:
+        u = m.utility
+        out["utility"] = {"holdout": {k: {"loss": p.loss, "perplexity": p.perplexity} for k, p in u.holdout.items()},
+                          "public": None if u.public is None else {"loss": u.public.loss,
+                                                                   "perplexity": u.public.perplexity},
+                          "mean_holdout_loss": u.mean_holdout_loss}
+    return out
+
+
+def model_summary(m: ModelEvaluation) -> dict[str, Any]:
+    """A few headline numbers of one model (for the certificate)."""
+    out: dict[str, Any] = {"mia_auc": {k: r.auc for k, r in m.mia.items()}}
+    if m.exposure is not None:
+        out["exposure_mean"] = m.exposure.mean_exposure
+        out["exposure_baseline_p95"] = m.exposure.baseline_p95
+    if m.utility is not None:
+        out["mean_holdout_loss"] = m.utility.mean_holdout_loss
+    if m.kl_to_retrain is not None:
+        out["kl_to_retrain"] = m.kl_to_retrain
+    return to_jsonable(out)
+
+
+def to_jsonable(value: Any) -> Any:
+    """Arrays to lists, numpy scalars to Python, tuples to lists, non-finite floats to None."""
+    if isinstance(value, Mapping):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return to_jsonable(value.tolist())
+    if isinstance(value, (np.floating, float)):
+        v = float(value)
+        return v if math.isfinite(v) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value

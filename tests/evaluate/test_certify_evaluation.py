@@ -1,0 +1,30 @@
+"""The evaluation summary enters the erasure's certificate by re-issuing it; verify still passes."""
+
+from __future__ import annotations
+
+from fedunlearn.certify import RunAudit, authorize_request, certify_erasure, sign_request, verify_run
+from fedunlearn.certify.amend import find_certificate, reissue_with_evaluation
+from fedunlearn.federation.serving import export_served
+from fedunlearn.ledger import Ledger
+from fedunlearn.runs import RunFolder
+from tests.certify.conftest import org_key, run_copy, trained_run  # noqa: F401  (fixtures)
+
+
+def test_reissued_certificate_verifies(run_copy, org_key):  # noqa: F811
+    run = RunFolder.open(run_copy)
+    with RunAudit.open(run_copy) as audit, Ledger.open(run_copy) as ledger:
+        auth = authorize_request(audit, sign_request(org_key, run=audit.origin, subjects=["org-1"]))
+        before = ledger.served()["served_hash"]
+        ledger.rollback(1, ledger.chain(1)[0].id)
+        ledger.mark_erased("org-1")
+        served = export_served(run, ledger)
+        result = {"method": "drop", "guarantee": "exact", "served_hash": served.hash, "previous_served_hash": before,
+                  "heads": {}, "cost": {"client_steps": 0}, "full_retrain_cost": {"client_steps": 8}}
+        first = certify_erasure(run, auth, result, ledger=ledger, audit=audit)
+    assert find_certificate(run_copy, served.hash).digest == first.digest
+    second = reissue_with_evaluation(run_copy, first, {"after:drop": {"mia_auc": {"loss": 0.5}}})
+    assert second.body["supersedes"] == first.digest
+    assert second.body["evaluation"]["after:drop"]["mia_auc"]["loss"] == "0.5"
+    assert find_certificate(run_copy, served.hash).digest == second.digest
+    report = verify_run(run_copy)
+    assert report.ok, report.problems

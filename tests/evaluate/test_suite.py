@@ -1,0 +1,115 @@
+"""The evaluation suite end to end on a tiny run: models rebuilt, metrics, attacks, JSON, certificate."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from clients.app import make_app
+from fedunlearn.config import settings_to_flat
+from fedunlearn.errors import ConfigError, RunStateError
+from fedunlearn.evaluate.suite import EvaluationOptions, evaluate_erasure
+from fedunlearn.federation.erase import erase
+from fedunlearn.federation.workflow import train_workflow
+from fedunlearn.unlearning import EraseRequest
+from tests.localgrid import LocalGrid
+
+FAST = EvaluationOptions(retrain_seeds=2, baseline_canaries=2, relearn_steps=2, fidelity_texts=8,
+                         quantize_bits=(4,))
+
+
+@pytest.fixture(scope="module")
+def erased_run(tiny_model_dir, tmp_path_factory):
+    """Three organizations in two shards, trained, then org-1 erased with sisa (LocalGrid)."""
+    from fedunlearn.config import OrganizationSettings, Settings
+
+    run_dir = tmp_path_factory.mktemp("evaluate") / "run"
+    settings = Settings(organizations=tuple(OrganizationSettings(name=f"org-{i}") for i in range(3))).replace(
+        run={"dir": str(run_dir), "discovery_timeout": 30.0},
+        model={"path": str(tiny_model_dir), "device": "cpu"},
+        data={"records_per_org": 16, "holdout_per_org": 8, "canaries_per_org": 1, "canary_repeats": 2,
+              "never_inserted": 3, "public_documents": 20, "max_length": 40, "canary_digits": 2},
+        train={"rounds": 2, "local_epochs": 1, "batch_size": 8, "lr": 2e-2},
+        topology={"shards": 2},
+    )
+    grid = LocalGrid(make_app(), 3, run_config=settings_to_flat(settings))
+    train_workflow(grid, settings)
+    erase(run_dir, EraseRequest(("org-1",), method="sisa"), grid=grid)
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def result(erased_run):
+    return evaluate_erasure(erased_run, "org-1", FAST)
+
+
+def test_every_model_is_evaluated(result):
+    names = [m.name for m in result.models]
+    assert names == ["base", "before", "after:sisa", "retrain", "relearn:sisa", "relearn:retrain", "quant4:sisa"]
+    assert result.spread is not None and result.spread.pairwise.shape == (2, 2)
+    for m in result.models:
+        assert set(m.mia) == {"loss", "zlib", "min_k", "min_k_plus_plus"}
+        assert m.exposure is not None and len(m.exposure.inserted) == 1
+
+
+def test_sisa_equals_retrain_seed0(result):
+    """sisa is exact and retrain seed run.seed replays retrain: the two models coincide."""
+    after, retrain = result.model("after:sisa"), result.model("retrain")
+    assert after.kl_to_retrain == pytest.approx(0.0, abs=1e-6)
+    assert result.privleak["after:sisa"]["loss"] == pytest.approx(0.0, abs=1e-9)
+    assert after.exposure.mean_exposure == pytest.approx(retrain.exposure.mean_exposure)
+
+
+def test_full_metrics_on_main_models(result):
+    for name in ("base", "before", "after:sisa", "retrain"):
+        m = result.model(name)
+        assert m.utility is not None and "org-1" not in m.utility.holdout
+        assert m.memorization is not None
+        assert len(m.exposure.baseline) == 2
+    assert result.model("relearn:sisa").mia["loss"].num_members == result.relearn_split[1]
+
+
+def test_json_round_trip(result):
+    doc = json.loads(json.dumps(result.to_dict(), allow_nan=False))
+    assert doc["subject"] == "org-1" and len(doc["models"]) == 7
+    assert len(doc["models"][0]["mia"]["loss"]["roc"]["fpr"]) <= 101
+    assert doc["erasures"][0]["method"] == "sisa"
+
+
+def test_retrains_are_cached(erased_run, result):
+    again = evaluate_erasure(erased_run, "org-1", EvaluationOptions(retrain_seeds=2, baseline_canaries=0,
+                                                                    relearn_steps=1, quantize_bits=()))
+    assert again.timings["retrain_references"] < result.timings["retrain_references"]
+    assert again.model("retrain").mia["loss"].auc == result.model("retrain").mia["loss"].auc
+
+
+def test_bad_requests_name_the_fix(erased_run, tmp_path):
+    with pytest.raises(RunStateError, match="fedunlearn forget"):
+        evaluate_erasure(erased_run, "org-0", FAST)
+    with pytest.raises(ConfigError, match="baseline_canaries"):
+        EvaluationOptions(baseline_canaries=-1)
+    with pytest.raises(ConfigError, match="relearn_fraction"):
+        EvaluationOptions(relearn_fraction=1.5)
+
+
+def test_cli_evaluate_then_report(erased_run, tmp_path):
+    from typer.testing import CliRunner
+
+    from fedunlearn.cli import app
+
+    out = tmp_path / "eval.json"
+    res = CliRunner().invoke(app, ["evaluate", "--run", str(erased_run), "--org", "org-1", "--json", str(out),
+                                   "--retrain-seeds", "2", "--baseline-canaries", "1", "--relearn-steps", "1"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(out.read_text())["subject"] == "org-1"
+    (erased_run / "evaluation").mkdir(exist_ok=True)
+    shutil.copy(out, erased_run / "evaluation" / "org-1.json")
+    page = tmp_path / "report.html"
+    res = CliRunner().invoke(app, ["report", "--run", str(erased_run), "--out", str(page)])
+    assert res.exit_code == 0, res.output
+    text = page.read_text()
+    assert text.count("<svg") >= 4 and "http" not in text.replace('xmlns="http://www.w3.org/2000/svg"', "")
+    res = CliRunner().invoke(app, ["evaluate", "--run", str(erased_run), "--org", "nobody"])
+    assert res.exit_code == 2 and "nobody" in res.output
