@@ -55,10 +55,23 @@ class RunSettings:
     seed: int = 0
     round_timeout: float = 600.0  # seconds to wait for the replies of one round
     discovery_timeout: float = 120.0  # seconds to wait for every organization's node to appear
+    min_fraction: float = 1.0  # share of a round's members that must reply for it to commit
+    retries: int = 1  # times a round re-asks members that did not reply, before min-fraction applies
+    workflow: str = "train"  # what the ServerApp does: train | erase (erase-orgs with erase-method)
+    erase_orgs: str = ""  # comma-separated organizations to erase when workflow = "erase"
+    erase_method: str = "sisa"  # unlearning method of workflow = "erase"
 
     def __post_init__(self) -> None:
         _positive("run", "round-timeout", self.round_timeout)
         _positive("run", "discovery-timeout", self.discovery_timeout)
+        if not 0.0 < self.min_fraction <= 1.0:
+            raise ConfigError(f"run.min-fraction = {self.min_fraction!r} is invalid: expected a share in (0, 1], "
+                              "e.g. 1.0 (every member must reply) or 0.5")
+        _positive("run", "retries", self.retries, zero=True)
+        if self.workflow not in ("train", "erase"):
+            raise ConfigError(f"run.workflow = {self.workflow!r} is invalid: expected 'train' or 'erase'")
+        if self.workflow == "erase" and not self.erase_orgs.strip():
+            raise ConfigError("run.workflow = 'erase' needs run.erase-orgs: name the organizations, e.g. \"org-1\"")
         if not self.name or "/" in self.name:
             raise ConfigError(f"run.name = {self.name!r} is invalid: expected a non-empty name without '/'")
 
@@ -131,8 +144,10 @@ class TrainSettings:
     batch_size: int = 16
     lr: float = 1e-2
     weight_decay: float = 0.0
+    max_update_norm: float = 1000.0  # L2 norm bound of a client's update delta; larger ones are rejected (0 = none)
 
     def __post_init__(self) -> None:
+        _positive("train", "max-update-norm", self.max_update_norm, zero=True)
         _positive("train", "rounds", self.rounds)
         _positive("train", "local-epochs", self.local_epochs)
         _positive("train", "batch-size", self.batch_size)

@@ -15,6 +15,7 @@ each shard's head, so a run stopped mid-round loses only that round.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -26,7 +27,8 @@ from fedunlearn.certify.budget import check_budget
 from fedunlearn.certify.runaudit import RunAudit
 from fedunlearn.federation import protocol
 from fedunlearn.federation.dpfedavg import dp_fedavg, poisson_sample
-from fedunlearn.federation.nodes import discover, exchange
+from fedunlearn.federation.faults import check_quorum, collect_train_replies
+from fedunlearn.federation.nodes import discover, exchange_partial
 from fedunlearn.federation.serving import export_served
 from fedunlearn.federation.topology import Topology, derive_seed
 from fedunlearn.ledger import Contribution, Ledger
@@ -59,6 +61,8 @@ class RoundSummary:
     seconds: float = 0.0
     client_seconds: float = 0.0
     bytes_sent: int = 0
+    absent: dict[str, str] = field(default_factory=dict)  # members without a reply (see federation.faults)
+    rejected: dict[str, str] = field(default_factory=dict)  # members whose update was rejected
 
 
 @dataclass
@@ -135,9 +139,12 @@ class Coordinator:
             self.ledger.commit_round(shard=shard, round=rnd, aggregate_hash=head.hash, contributions=[], parent_id=head.id)
             return summary
         fitted = self.fit_round(shard, rnd, self.ledger.get_state(head.hash), list(members))
-        self.ledger.commit_round(shard=shard, round=rnd, aggregate_hash=fitted.aggregate_hash,
-                                 contributions=fitted.contributions, parent_id=head.id)
+        ckpt = self.ledger.commit_round(shard=shard, round=rnd, aggregate_hash=fitted.aggregate_hash,
+                                        contributions=fitted.contributions, parent_id=head.id)
         summary = fitted.summary
+        if summary.absent or summary.rejected:  # the round committed without them: say so in the ledger
+            self.ledger.set_meta(f"round-absent/{ckpt.id}", json.dumps(
+                {"shard": shard, "round": rnd, "absent": summary.absent, "rejected": summary.rejected}, sort_keys=True))
         summary.seconds = time.perf_counter() - start
         return summary
 
@@ -170,12 +177,17 @@ class Coordinator:
             )
             for org in members
         }
-        replies = exchange(
-            self.grid, {o: self.nodes[o] for o in members}, contents, message_type=protocol.TRAIN,
-            group_id=f"shard-{shard}/round-{rnd}", timeout=self.settings.run.round_timeout, expect_state=True,
-        )
+        collected = collect_train_replies(self.grid, {o: self.nodes[o] for o in members}, contents, sent=state,
+                                          settings=self.settings, group_id=f"shard-{shard}/round-{rnd}")
+        replies, summary.absent, summary.rejected = collected.replies, collected.absent, collected.rejected
+        for kind, orgs in (("dropout", summary.absent), ("rejected", summary.rejected)):
+            for org, why in orgs.items():
+                self.reporter.message(f"round {rnd} shard {shard}: {org} {kind}: {why}")
+                self.run.append_metrics({"time": utc_now(), "round": rnd, "shard": shard, "org": org, "kind": kind,
+                                         "reason": why, "attempts": collected.attempts})
+        check_quorum(collected, len(members), self.settings, group_id=f"shard-{shard}/round-{rnd}")
         states, weights, contributions = [], [], []
-        for org in members:  # fixed order: aggregation is deterministic
+        for org in (m for m in members if m in replies):  # fixed order: aggregation is deterministic
             reply = replies[org]
             n = int(reply.metrics["num-examples"])
             digest = self.ledger.put_state(reply.state, org=org)
@@ -207,9 +219,13 @@ class Coordinator:
         heads = {s: self.ledger.get_state(self.ledger.head(s).hash) for s in {o.shard for o in active}}
         contents = {o.name: protocol.make_content(state=heads[o.shard], config={"round": rnd, "shard": o.shard})
                     for o in active}
-        replies = exchange(self.grid, {o.name: self.nodes[o.name] for o in active}, contents,
-                           message_type=protocol.EVALUATE, group_id=f"eval/round-{rnd}",
-                           timeout=self.settings.run.round_timeout, expect_state=False)
+        replies, failed = exchange_partial(self.grid, {o.name: self.nodes[o.name] for o in active}, contents,
+                                           message_type=protocol.EVALUATE, group_id=f"eval/round-{rnd}",
+                                           timeout=self.settings.run.round_timeout, expect_state=False)
+        for org, why in failed.items():  # evaluation is advisory: a missing one is logged, not fatal
+            self.reporter.message(f"round {rnd}: no evaluation from {org}: {why}")
+            self.run.append_metrics({"time": utc_now(), "round": rnd, "org": org, "kind": "evaluate-missing",
+                                     "reason": why})
         losses = {org: r.metrics["eval-loss"] for org, r in replies.items()}
         for org, r in replies.items():
             self.run.append_metrics({"time": utc_now(), "round": rnd, "org": org, "kind": "evaluate",
