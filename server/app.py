@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from pathlib import Path
 
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from fedunlearn.config import settings_from_flat
+from fedunlearn.config import Settings, settings_from_flat
 from fedunlearn.federation.workflow import train_workflow
 from fedunlearn.progress import Reporter
 
@@ -22,17 +23,39 @@ def make_app(overrides: Mapping[str, object] | None = None, *, reporter: Reporte
     run config of its own); ``flwr run .`` uses ``app`` below with ``[tool.flwr.app.config]``.
     ``workflow(grid, settings, *, reporter)`` replaces training (default ``train_workflow``), e.g.
     ``fedunlearn.federation.erase.erasure_workflow(request)``; its return value goes to ``results``.
+    Without ``workflow``, the run config chooses: ``run.workflow = "train"`` (default) or ``"erase"``
+    (erase ``run.erase-orgs`` with ``run.erase-method`` from the run folder ``run.dir``), which is how
+    ``flwr run`` against a deployment erases an organization.
     """
     server = ServerApp()
 
     @server.main()
     def main(grid: Grid, context: Context) -> None:
         flat = {**dict(context.run_config), **dict(overrides or {})}
-        report = (workflow or train_workflow)(grid, settings_from_flat(flat), reporter=reporter)
+        settings = settings_from_flat(flat)
+        report = (workflow or _configured_workflow(settings))(grid, settings, reporter=reporter)
         if results is not None:
             results.append(report)
 
     return server
+
+
+def _configured_workflow(settings: Settings) -> Callable[..., object]:
+    """The workflow ``run.workflow`` names (train, or erase ``run.erase-orgs``)."""
+    if settings.run.workflow == "erase":
+        from fedunlearn.federation.erase import erasure_workflow, log_applied_erasure
+        from fedunlearn.unlearning import EraseRequest
+
+        orgs = tuple(o.strip() for o in settings.run.erase_orgs.split(",") if o.strip())
+        erase = erasure_workflow(EraseRequest(orgs, method=settings.run.erase_method, requested_by="flwr run"))
+
+        def erase_and_log(grid: Grid, settings: Settings, *, reporter: Reporter | None = None) -> object:
+            result = erase(grid, settings, reporter=reporter)
+            log_applied_erasure(Path(settings.run.dir), result)  # the audit log follows the served model
+            return result
+
+        return erase_and_log
+    return train_workflow
 
 
 app = make_app()

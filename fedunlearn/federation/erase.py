@@ -22,7 +22,7 @@ from fedunlearn.progress import LogReporter, Reporter
 from fedunlearn.runs import RunFolder
 from fedunlearn.unlearning import EraseRequest, Federation, UnlearnResult, check_request, get_unlearner, pending_erasure
 
-__all__ = ["erase", "erase_workflow", "erasure_workflow", "prepare_erasure"]
+__all__ = ["erase", "erase_workflow", "erasure_workflow", "log_applied_erasure", "prepare_erasure"]
 
 
 def prepare_erasure(run_dir: Path, request: EraseRequest) -> bool:
@@ -80,3 +80,23 @@ def erasure_workflow(request: EraseRequest) -> Callable[..., UnlearnResult]:
         return erase_workflow(grid, run, request, reporter)
 
     return workflow
+
+
+def log_applied_erasure(run_dir: Path, result: UnlearnResult) -> None:
+    """Bring the run's audit log up to date after an applied erasure.
+
+    Logs the retrained round commits, an ``erasure-applied`` event (subjects as keyed hashes,
+    method, guarantee, served hashes before and after), the new export's file hashes, and signs a
+    checkpoint, so that ``fedunlearn verify`` checks the served model the erasure produced.
+    """
+    from fedunlearn.certify.runaudit import RunAudit
+
+    run = RunFolder.open(run_dir)
+    with Ledger.open(run.path) as ledger, RunAudit.open(run.path) as audit:
+        audit.sync(ledger, run.settings.dp)
+        audit.append({"type": "erasure-applied", "subjects": sorted(audit.subject(s) for s in result.subjects),
+                      "method": result.method, "guarantee": result.guarantee, "served": result.served_hash,
+                      "previous_served": result.previous_served_hash})
+        export = run.path / "export"
+        audit.log_export(result.served_hash, sorted(p for p in export.iterdir() if p.is_dir()))
+        audit.checkpoint()

@@ -1,0 +1,300 @@
+"""A Flower deployment on one machine: SuperLink + one SuperNode per organization, by PID.
+
+:class:`LocalDeployment` is what ``fedunlearn deploy`` and the deployment tests drive. It keeps
+every file under one work folder::
+
+    WORK/pki/          ca.crt, ca.key, server.pem, server.key     (TLS of the SuperLink)
+    WORK/node-keys/    <org>.key, <org>.pub                        (SuperNode authentication)
+    WORK/flwr-home/    FLWR_HOME: config.toml with the SuperLink connection, installed FABs
+    WORK/logs/         one log per process
+    WORK/superlink.db  the SuperLink's state
+
+Every process is started in its own process group (``start_new_session``) and stopped by that
+group's id (SIGTERM, then SIGKILL after a bounded wait), so helpers a SuperLink or SuperNode
+starts (SuperExec, ServerApp, ClientApp processes) stop with it. Only 127.0.0.1 is used.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fedunlearn.deploy.pki import NodeKeys, make_ca, make_node_keys, make_server_certificate
+from fedunlearn.errors import ConfigError, FederationError
+
+__all__ = ["CONNECTION", "LocalDeployment", "free_port", "run_config_arg", "stop_recorded"]
+
+CONNECTION = "fedunlearn-deploy"
+HOST = "127.0.0.1"
+ISOLATIONS = ("subprocess", "warm")
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free right now."""
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex((HOST, port)) == 0
+
+
+def run_config_arg(config: dict[str, object]) -> str:
+    """Format a run config for ``flwr run --run-config`` (TOML values, space separated)."""
+    def value(v: object) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, (int, float)):
+            return repr(v)
+        return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+    return " ".join(f"{k}={value(v)}" for k, v in config.items())
+
+
+@dataclass
+class LocalDeployment:
+    """SuperLink and SuperNodes on 127.0.0.1, with TLS and SuperNode authentication by default.
+
+    Parameters
+    ----------
+    work : Path
+        Folder for keys, FLWR_HOME, logs and the SuperLink database.
+    app_dir : Path
+        The Flower app (the folder with ``pyproject.toml``) that ``flwr run`` submits.
+    secure : bool
+        TLS and SuperNode authentication (``False``: ``--insecure``, for comparisons only).
+    isolation : str
+        ``"subprocess"`` (Flower's default: a fresh ClientApp process per message) or ``"warm"``
+        (``--isolation process`` plus :mod:`fedunlearn.deploy.warm`).
+    """
+
+    work: Path
+    app_dir: Path
+    secure: bool = True
+    isolation: str = "subprocess"
+    port: int = 0
+    procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+    node_keys: dict[str, NodeKeys] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.isolation not in ISOLATIONS:
+            raise ConfigError(f"isolation = {self.isolation!r} is invalid: expected one of {ISOLATIONS}")
+        self.work = Path(self.work).resolve()
+        self.app_dir = Path(self.app_dir).resolve()
+        self.port = self.port or free_port()
+        for sub in ("logs", "flwr-home"):
+            (self.work / sub).mkdir(parents=True, exist_ok=True)
+
+    # -- environment --------------------------------------------------------------------------
+    @property
+    def flwr_home(self) -> Path:
+        return self.work / "flwr-home"
+
+    def env(self) -> dict[str, str]:
+        """Environment of every process: private FLWR_HOME, no telemetry, this venv first on PATH."""
+        env = dict(os.environ)
+        env.update(FLWR_HOME=str(self.flwr_home), FLWR_TELEMETRY_ENABLED="0", FLWR_DISABLE_UPDATE_CHECK="1",
+                   TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1",
+                   PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}")
+        return env
+
+    def tool(self, name: str) -> str:
+        """Path of a command of this venv (flwr, flower-superlink, ...), else its bare name."""
+        exe = Path(sys.executable).parent / name
+        return str(exe) if exe.exists() else name
+
+    def prepare(self) -> None:
+        """Write the CA, the SuperLink certificate and the SuperLink connection (config.toml)."""
+        conn = f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\naddress = "{HOST}:{self.port}"\n'
+        if self.secure:
+            ca = make_ca(self.work / "pki")
+            self.server = make_server_certificate(ca, self.work / "pki")
+            conn += f'root-certificates = "{self.server.ca}"\n'
+        else:
+            conn += "insecure = true\n"
+        (self.flwr_home / "config.toml").write_text(conn, encoding="utf-8")
+
+    # -- processes ----------------------------------------------------------------------------
+    def _start(self, name: str, cmd: list[str]) -> subprocess.Popen:
+        if name in self.procs and self.procs[name].poll() is None:
+            raise FederationError(f"process {name!r} is already running (pid {self.procs[name].pid}): stop it first")
+        log = open(self.work / "logs" / f"{name}.log", "ab")  # noqa: SIM115 - owned by the process
+        log.write(f"$ {shlex.join(cmd)}\n".encode())
+        log.flush()
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env(), cwd=self.work,
+                                start_new_session=True)
+        log.close()
+        self.procs[name] = proc
+        return proc
+
+    def start_superlink(self, *, timeout: float = 60.0) -> subprocess.Popen:
+        """Start the SuperLink (all APIs on one HTTPS port) and wait until it accepts connections."""
+        cmd = [self.tool("flower-superlink"), "--host", HOST, "--port", str(self.port),
+               "--database", str(self.work / "superlink.db"), "--disable-runtime-dependency-installation"]
+        if self.secure:
+            cmd += ["--ssl-ca-certfile", str(self.server.ca), "--ssl-certfile", str(self.server.cert),
+                    "--ssl-keyfile", str(self.server.key), "--enable-supernode-auth"]
+        else:
+            cmd += ["--insecure"]
+        proc = self._start("superlink", cmd)
+        deadline = time.monotonic() + timeout
+        while not _port_open(self.port):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise FederationError(f"the SuperLink did not start on {HOST}:{self.port} within {timeout:.0f} s; "
+                                      f"see {self.work / 'logs' / 'superlink.log'}")
+            time.sleep(0.2)
+        return proc
+
+    def flwr(self, *args: str, timeout: float = 120.0) -> subprocess.CompletedProcess:
+        """Run Flower's CLI (``flwr ...``) against this deployment; bounded by ``timeout``."""
+        return subprocess.run([self.tool("flwr"), *args], env=self.env(), cwd=self.app_dir, capture_output=True,
+                              text=True, timeout=timeout, start_new_session=True)
+
+    def register(self, *orgs: str, timeout: float = 120.0) -> list[NodeKeys]:
+        """Generate each organization's key pair and register its public key under ``--name ORG``.
+
+        The ``flwr supernode register`` commands run concurrently, each bounded by ``timeout``.
+        """
+        keys = [make_node_keys(org, self.work / "node-keys") for org in orgs]
+        procs = [subprocess.Popen([self.tool("flwr"), "supernode", "register", str(k.public_key), CONNECTION,
+                                   "--name", k.org], env=self.env(), cwd=self.app_dir, stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True, start_new_session=True) for k in keys]
+        failures = []
+        for k, proc in zip(keys, procs):
+            try:
+                out, _ = proc.communicate(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                out, _ = proc.communicate()
+            if proc.returncode != 0:
+                failures.append(f"{k.org} (exit {proc.returncode}): {out[-600:]}")
+            self.node_keys[k.org] = k
+        if failures:
+            raise FederationError(f"registering organizations with the SuperLink failed: {'; '.join(failures)}")
+        return keys
+
+    def start_supernode(self, org: str, data: Path | None = None, *, key: Path | None = None) -> subprocess.Popen:
+        """Start ``org``'s SuperNode with node config ``org="..."`` (and ``data="..."`` when given).
+
+        ``key`` overrides the authentication key (default: the one :meth:`register` made).
+        """
+        node_config = f'org="{org}"' + (f' data="{Path(data).resolve()}"' if data else "")
+        runtime_port = free_port()
+        cmd = [self.tool("flower-supernode"), "--superlink", f"{HOST}:{self.port}", "--host", HOST,
+               "--port", str(runtime_port), "--node-config", node_config]
+        if self.secure:
+            key = key or self.node_keys[org].private_key
+            cmd += ["--root-certificates", str(self.server.ca), "--auth-supernode-private-key", str(key)]
+        else:
+            cmd += ["--insecure"]
+        if self.isolation == "warm":
+            cmd += ["--isolation", "process"]
+        proc = self._start(f"supernode-{org}", cmd)
+        if self.isolation == "warm":
+            self._start(f"warm-{org}", [sys.executable, "-m", "fedunlearn.deploy.warm", "--runtime-api-address",
+                                        f"{HOST}:{runtime_port}", "--insecure", "--parent-pid", str(proc.pid)])
+        return proc
+
+    def run(self, run_config: dict[str, object], *, timeout: float = 600.0) -> subprocess.CompletedProcess:
+        """``flwr run APP CONNECTION --stream --run-config ...``; returns when the run ends."""
+        return self.flwr("run", str(self.app_dir), CONNECTION, "--stream", "--run-config", run_config_arg(run_config),
+                         timeout=timeout)
+
+    def stop(self, name: str, *, grace: float = 10.0) -> None:
+        """Stop process ``name`` and its process group: SIGTERM, then SIGKILL after ``grace`` s."""
+        proc = self.procs.pop(name, None)
+        if proc is None:
+            return
+        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+            try:
+                os.killpg(proc.pid, sig)  # the group id is the PID we started (start_new_session)
+            except ProcessLookupError:
+                break
+            try:
+                proc.wait(timeout=wait)
+                if sig == signal.SIGTERM:
+                    os.killpg(proc.pid, signal.SIGKILL)  # leftovers in the group
+                break
+            except subprocess.TimeoutExpired:
+                continue
+            except ProcessLookupError:
+                break
+
+    def stop_all(self, *, grace: float = 10.0) -> None:
+        """Stop every process this deployment started: SIGTERM to every process group at once,
+        SIGKILL to the groups still alive after ``grace`` seconds."""
+        procs, self.procs = self.procs, {}
+        for proc in procs.values():
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + grace
+        for proc in procs.values():
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)  # the group's leftovers (or the leader itself)
+            except ProcessLookupError:
+                pass
+            proc.wait(timeout=5.0)
+
+    def pids(self) -> dict[str, int]:
+        """PIDs (= process group ids) of the running processes by name."""
+        return {n: p.pid for n, p in self.procs.items() if p.poll() is None}
+
+    def record(self) -> Path:
+        """Write ``WORK/deployment.json`` (port, PIDs) so that another command can stop the processes."""
+        path = self.work / "deployment.json"
+        path.write_text(json.dumps({"port": self.port, "secure": self.secure, "isolation": self.isolation,
+                                    "pids": self.pids()}, indent=2) + "\n", encoding="utf-8")
+        return path
+
+    def __enter__(self) -> LocalDeployment:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop_all()
+
+
+def stop_recorded(work: Path, *, grace: float = 10.0) -> list[str]:
+    """Stop the processes a detached deployment recorded in ``WORK/deployment.json``; return their names.
+
+    Each PID is a process group id (processes are started with ``start_new_session``); a group
+    is signalled only when its leader still runs the command we started (checked with psutil).
+    """
+    import psutil
+
+    path = Path(work) / "deployment.json"
+    if not path.is_file():
+        raise FederationError(f"{str(path)!r} does not exist: expected the work folder of `fedunlearn deploy up`")
+    pids: dict[str, int] = json.loads(path.read_text(encoding="utf-8"))["pids"]
+    stopped = []
+    for name, pid in sorted(pids.items(), key=lambda kv: kv[0] == "superlink"):
+        try:
+            proc = psutil.Process(pid)
+            if os.getpgid(pid) != pid or str(Path(work).resolve()) not in " ".join(proc.cmdline()) + str(proc.cwd()):
+                continue  # not ours any more (PID reused)
+            os.killpg(pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=grace)
+            except psutil.TimeoutExpired:
+                os.killpg(pid, signal.SIGKILL)
+            stopped.append(name)
+        except (psutil.NoSuchProcess, ProcessLookupError):
+            continue
+    path.unlink()
+    return stopped
