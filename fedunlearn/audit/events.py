@@ -10,7 +10,8 @@ type                meaning
 enrolment           an organization joined the federation (keyed-hash id, shard)
 round-commit        an aggregate was committed (round, shard, contributors, adapter hash)
 erasure-request     an organization asked to be erased
-erasure-applied     an unlearner produced new adapter(s) without the subject
+erasure-applied     an unlearner produced new adapter(s) without the subject (``purged``: hashes of
+                    the abandoned aggregates deleted because they depend on it)
 export              the served model was exported (served hash, sha256 of every exported file)
 certificate         a signed erasure certificate was issued (its hash)
 key-rotation        the log or certificate signing key changed (new verifier key)

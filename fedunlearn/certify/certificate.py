@@ -287,6 +287,10 @@ def _certify(run: Any, authorization: Any, result: Any, ledger: Any, audit: Any,
         "subjects": sorted(audit.subject(s) for s in subjects), "method": str(_field(result, "method")),
         "guarantee": guarantee["kind"], "before": _field(result, "previous_served_hash"),
         "after": served["served_hash"],
+        # aggregate hashes (already public in round-commit events) deleted from the blob store
+        # because their lineage holds an erased subject; see Ledger.purge_dependents
+        "purged": sorted({c.hash for s in subjects if ledger.organization(s).status == "erased"
+                          for c in ledger.purged(s)}),
     })
     body = {
         "format": CERTIFICATE_FORMAT, "run": audit.origin,

@@ -8,8 +8,17 @@ retraining, SISA), and later commits start a new *branch*. Abandoned checkpoints
 as history, but only the *head chain* (the head and its ancestors) counts when the ledger answers
 "does the model depend on organization c?" (:meth:`Ledger.dependents`).
 
+Purging: an abandoned checkpoint whose lineage holds an erased organization keeps, in its
+aggregate, information about that organization's updates (with a single member in a round the
+aggregate *is* the update, stored in the clear). :meth:`Ledger.purge_dependents` deletes those
+aggregate blobs and records the checkpoints in the ``purged`` table (schema version 2); their
+hashes stay in ``checkpoints`` for the audit log, and :meth:`Ledger.verify_blobs` expects them
+missing. Blobs referenced by a head chain or the served model are never deleted.
+
 Resuming: the caller stores blobs before the commit that references them, so a run interrupted
-mid-round left at most orphan blobs, which are harmless, and resumes from :meth:`Ledger.head`.
+mid-round left at most orphan blobs, which are harmless to lineage, and resumes from
+:meth:`Ledger.head`. An orphan aggregate is linked to no organization, so a purge cannot find it;
+a round that crashed before its commit may leave one holding a later-erased organization's update.
 """
 
 from __future__ import annotations
@@ -20,7 +29,9 @@ import sqlite3
 from collections.abc import Sequence
 from typing import Any
 
-from fedunlearn.errors import LedgerError
+import torch
+
+from fedunlearn.errors import LedgerError, RunStateError
 from fedunlearn.ledger.blobs import check_digest
 from fedunlearn.ledger.records import (
     Checkpoint,
@@ -33,6 +44,7 @@ from fedunlearn.ledger.records import (
     checkpoint_from_row,
 )
 from fedunlearn.ledger.schema import utc_now
+from fedunlearn.ledger.tensors import state_from_bytes
 from fedunlearn.ledger.store import LedgerStore
 
 __all__ = ["Checkpoint", "Contribution", "Dependency", "Ledger", "Organization"]
@@ -62,6 +74,28 @@ _DEPENDENTS = """
     JOIN contributions k ON k.checkpoint_id = chain.id
     WHERE k.org = :org
     ORDER BY chain.shard, c.round
+"""
+
+# Every checkpoint whose lineage holds a contribution of :org: those with one, and their
+# descendants on any branch.
+_TAINTED = """
+    WITH RECURSIVE tainted(id) AS (
+        SELECT checkpoint_id FROM contributions WHERE org = :org
+        UNION
+        SELECT c.id FROM checkpoints c JOIN tainted t ON c.parent_id = t.id
+    )
+    SELECT c.* FROM tainted JOIN checkpoints c ON c.id = tainted.id ORDER BY c.id
+"""
+
+# Every checkpoint on some shard's head chain.
+_ON_HEAD_CHAINS = """
+    WITH RECURSIVE chain(id) AS (
+        SELECT checkpoint_id FROM heads
+        UNION
+        SELECT c.parent_id FROM checkpoints c JOIN chain ON c.id = chain.id
+        WHERE c.parent_id IS NOT NULL
+    )
+    SELECT c.id, c.hash FROM chain JOIN checkpoints c ON c.id = chain.id
 """
 
 
@@ -334,6 +368,143 @@ class Ledger(LedgerStore):
             for shard, rounds in sorted(by_shard.items())
         ]
 
+    # -- purging the aggregates of erased organizations -------------------------------------
+    def _protected(self, conn: sqlite3.Connection) -> tuple[set[int], set[str]]:
+        """Ids on a head chain, and every hash a head chain or the served model references."""
+        rows = conn.execute(_ON_HEAD_CHAINS).fetchall()
+        ids = {row["id"] for row in rows}
+        hashes = {row["hash"] for row in rows}
+        served = conn.execute("SELECT components FROM served ORDER BY id DESC LIMIT 1").fetchone()
+        if served is not None:
+            components = json.loads(served["components"])
+            if components:
+                marks = ", ".join("?" for _ in components)
+                found = conn.execute(f"SELECT hash FROM checkpoints WHERE id IN ({marks})", components)
+                hashes |= {row["hash"] for row in found}
+        return ids, hashes
+
+    def purge_dependents(self, org: str) -> list[Checkpoint]:
+        """Delete the aggregate blobs of abandoned checkpoints whose lineage holds ``org``.
+
+        After an erasure the heads no longer depend on ``org`` (exact methods), but the
+        checkpoints of the abandoned branches still do: their aggregates mix ``org``'s updates in,
+        and a round that ``org`` trained alone stored its update, in the clear, as the aggregate.
+        This deletes the plaintext blob of every checkpoint that is *not* on a current head chain
+        and has a contribution of ``org`` on its ancestry (itself included), and records it in
+        the ``purged`` table (a new table of schema version 2; version-1 ledgers are upgraded on
+        :meth:`open`). The checkpoint rows and their hashes stay: the audit log references them,
+        and :meth:`verify_blobs` expects those blobs missing.
+
+        Never deleted: a blob whose hash a head chain or the latest served model references
+        (equal content is not information about ``org`` beyond what is served). Checkpoints *on*
+        a head chain are kept too: after an ``empirical`` erasure (``influence``, ``subtract``,
+        ``negate``) the head chain still holds ``org``'s contributions by construction (the new
+        head is a correction committed on top of them, and :meth:`dependents` still lists
+        ``org``, which is why such an erasure is never certified ``exact``). Those aggregates
+        stay readable: they are the lineage the served head is derived from, the rollback and
+        resume points of the shard, and the history later approximate erasures replay. An
+        operator who needs them gone erases ``org`` with an exact method (``sisa``,
+        ``retrain``, ``drop``) instead; a rollback there would abandon them and purge them.
+
+        Crash safety: the records are committed first, in one transaction, then the blobs are
+        deleted; a repeated call deletes whatever a previous, interrupted call left.
+
+        Parameters
+        ----------
+        org : str
+            An erased organization (:meth:`mark_erased` first).
+
+        Returns
+        -------
+        list[Checkpoint]
+            Every checkpoint purged because of ``org``, by id (the ones of earlier calls
+            included, so a repeated call returns the same list).
+
+        Raises
+        ------
+        UnknownNameError
+            If ``org`` is not registered.
+        RunStateError
+            If ``org`` is not erased: purging is the last step of its erasure.
+        """
+        row = self._org_row(org)
+        if row["status"] != "erased":
+            raise RunStateError(
+                f"organization {org!r} is {row['status']}, not erased; purging deletes the "
+                "aggregates that depend on an erased organization: erase it first "
+                "(fedunlearn.federation.erase.erase, or mark_erased after switching the heads)"
+            )
+        with self._transaction() as conn:
+            on_chain, protected = self._protected(conn)
+            stamp = utc_now()
+            for ckpt in conn.execute(_TAINTED, {"org": org}).fetchall():
+                if ckpt["id"] in on_chain or ckpt["hash"] in protected:
+                    continue
+                conn.execute(
+                    "INSERT OR IGNORE INTO purged (checkpoint_id, hash, purged) VALUES (?, ?, ?)",
+                    (ckpt["id"], ckpt["hash"], stamp),
+                )
+        with self._lock:
+            _, protected = self._protected(self._db())
+        done = self._purged_for(org)
+        for ckpt in done:
+            if ckpt.hash not in protected:
+                self.blobs.delete(ckpt.hash)
+        return done
+
+    def purge_erased(self) -> list[Checkpoint]:
+        """:meth:`purge_dependents` for every erased organization; idempotent.
+
+        The erasure engine calls it after marking the subjects erased, so that an erasure (or a
+        purge) interrupted earlier is completed too. Returns every purged checkpoint, by id.
+        """
+        rows = self._query("SELECT name FROM organizations WHERE status = 'erased' ORDER BY name")
+        purged: dict[int, Checkpoint] = {}
+        for row in rows:
+            purged.update((c.id, c) for c in self.purge_dependents(row["name"]))
+        return [purged[k] for k in sorted(purged)]
+
+    def _purged_for(self, org: str) -> list[Checkpoint]:
+        rows = self._query(
+            f"SELECT c.* FROM ({_TAINTED}) c JOIN purged p ON p.checkpoint_id = c.id ORDER BY c.id",
+            {"org": org},
+        )
+        return [checkpoint_from_row(row) for row in rows]
+
+    def purged(self, org: str | None = None) -> list[Checkpoint]:
+        """Checkpoints whose aggregate blob was purged (those depending on ``org``, if given)."""
+        if org is not None:
+            self._org_row(org)
+            return self._purged_for(org)
+        rows = self._query(
+            "SELECT c.* FROM checkpoints c JOIN purged p ON p.checkpoint_id = c.id ORDER BY c.id"
+        )
+        return [checkpoint_from_row(row) for row in rows]
+
+    def get_state(self, digest: str, *, org: str | None = None) -> dict[str, torch.Tensor]:
+        """Load a stored tensor state, verified against ``digest`` (see :meth:`LedgerStore.get_state`).
+
+        Raises
+        ------
+        LedgerError
+            If the blob is missing; when it was purged on an erasure the message says so.
+        """
+        if org is not None:
+            return super().get_state(digest, org=org)
+        check_digest(digest)
+        try:
+            return state_from_bytes(self.blobs.get(digest))
+        except LedgerError as exc:
+            if self.blobs.exists(digest) or not self._query(
+                "SELECT 1 FROM purged WHERE hash = ? LIMIT 1", (digest,)
+            ):
+                raise
+            raise LedgerError(
+                f"aggregate {digest} was purged when an organization its lineage depends on was "
+                "erased (Ledger.purged lists those checkpoints); it is gone by design: start from "
+                "a head-chain checkpoint (chain(shard)) instead"
+            ) from exc
+
     def update_hashes(self, org: str) -> list[str]:
         """Hashes of all updates ``org`` contributed, on any branch, in commit order, unique."""
         self._org_row(org)
@@ -387,17 +558,48 @@ class Ledger(LedgerStore):
     def verify_blobs(self) -> list[str]:
         """Re-hash every referenced blob that can be read; return the problems found.
 
-        Aggregates must exist and match their hash. Updates are checked when they were stored
-        (storing them is optional) and their organization's key still exists; the updates of
-        erased organizations are unreadable by design and skipped. Each problem names the hash
-        and the file; an empty list means every readable blob is intact.
+        Aggregates must exist and match their hash, except those purged on an erasure
+        (:meth:`purge_dependents`), which must be *missing*: a purged aggregate still in the
+        clear is reported, as is an abandoned checkpoint that depends on an erased organization
+        but was never purged. A blob deleted without a purge record is reported as missing.
+        Updates are checked when they were stored (storing them is optional) and their
+        organization's key still exists; the updates of erased organizations are unreadable by
+        design and skipped. Each problem names the hash and the file; an empty list means every
+        readable blob is intact and nothing that should be gone is readable.
         """
         problems: list[str] = []
-        for row in self._query("SELECT DISTINCT hash FROM checkpoints ORDER BY hash"):
+        with self._lock:
+            conn = self._db()
+            on_chain, protected = self._protected(conn)
+            purged = {row["hash"] for row in conn.execute("SELECT hash FROM purged")}
+            kept = {row["hash"] for row in conn.execute(
+                "SELECT hash FROM checkpoints WHERE id NOT IN (SELECT checkpoint_id FROM purged)"
+            )}
+        for digest in sorted(kept):
             try:
-                self.blobs.get(row["hash"])
+                self.blobs.get(digest)
             except LedgerError as exc:
                 problems.append(str(exc))
+        for digest in sorted(purged - kept - protected):
+            if self.blobs.exists(digest):
+                problems.append(
+                    f"aggregate {digest} was purged on erasure but is still in the clear "
+                    f"({self.blobs.path(digest)}): the purge was interrupted; finish it with "
+                    "Ledger.open(run_dir).purge_erased()"
+                )
+        erased = self._query("SELECT name FROM organizations WHERE status = 'erased'")
+        leaking: set[int] = set()
+        for row in erased:
+            for ckpt in self._query(_TAINTED, {"org": row["name"]}):
+                if (ckpt["id"] not in on_chain and ckpt["hash"] not in protected
+                        and ckpt["hash"] not in purged and self.blobs.exists(ckpt["hash"])):
+                    leaking.add(ckpt["id"])
+        if leaking:
+            problems.append(
+                f"abandoned checkpoints {sorted(leaking)} depend on an erased organization and "
+                "keep their aggregates in the clear; expected them purged: run "
+                "Ledger.open(run_dir).purge_erased()"
+            )
         rows = self._query("SELECT DISTINCT org, update_hash FROM contributions ORDER BY org, 2")
         for row in rows:
             org, digest = row["org"], row["update_hash"]

@@ -15,6 +15,15 @@ Tables::
                                               current head of every shard; ``branch`` is the
                                               number given to the next commit
     served(id, served_hash, components, weights, path, created)
+    purged(checkpoint_id -> checkpoints, hash, purged)
+                                              (version 2) aggregates whose blob was deleted on
+                                              erasure because their lineage holds an erased
+                                              organization; the hash stays in ``checkpoints``
+                                              (the audit log references it)
+
+Version history: 1, the tables above without ``purged``; 2 adds ``purged``. :func:`migrate`
+upgrades a version-1 ledger in place (one transaction: it only creates the new table), which
+:meth:`~fedunlearn.ledger.store.LedgerStore.open` does on opening.
 """
 
 from __future__ import annotations
@@ -25,9 +34,11 @@ from pathlib import Path
 
 from fedunlearn.errors import RunStateError
 
-__all__ = ["APPLICATION_ID", "SCHEMA_VERSION", "check_version", "connect", "initialize", "utc_now"]
+__all__ = [
+    "APPLICATION_ID", "SCHEMA_VERSION", "check_version", "connect", "initialize", "migrate", "utc_now",
+]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 """Version of the tables below; bump it (and add a migration) whenever they change."""
 
 APPLICATION_ID = 0x46554C44  # "FULD": marks the SQLite file as a fedunlearn ledger
@@ -80,6 +91,17 @@ _DDL = (
     )""",
 )
 
+_PURGED_DDL = """CREATE TABLE purged (
+        checkpoint_id INTEGER PRIMARY KEY REFERENCES checkpoints (id),
+        hash          TEXT NOT NULL CHECK (length(hash) = 64),
+        purged        TEXT NOT NULL
+    )"""
+
+_MIGRATIONS: dict[int, tuple[str, ...]] = {1: (_PURGED_DDL,)}
+"""Statements that upgrade a ledger from the key's version to the next one."""
+
+_DDL = _DDL + (_PURGED_DDL,)
+
 
 def utc_now() -> str:
     """Current UTC time as ISO 8601 with microseconds, e.g. ``2025-01-31T12:00:00.000001+00:00``."""
@@ -124,6 +146,40 @@ def initialize(conn: sqlite3.Connection, path: Path, meta: dict[str, str]) -> No
         conn.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", sorted(meta.items()))
         conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+
+def migrate(conn: sqlite3.Connection, path: Path) -> None:
+    """Upgrade a ledger of an older known schema version to :data:`SCHEMA_VERSION` in place.
+
+    Each step runs in one transaction together with the version bump, so an interrupted
+    migration leaves the old version intact and is simply repeated. A ledger that is already
+    current, of an unknown version or not a ledger at all is left alone (:func:`check_version`
+    reports it).
+
+    Parameters
+    ----------
+    conn : sqlite3.Connection
+        Connection from :func:`connect`.
+    path : Path
+        The ledger file, for messages.
+    """
+    try:
+        if conn.execute("PRAGMA application_id").fetchone()[0] != APPLICATION_ID:
+            return
+        with conn:
+            conn.execute("BEGIN IMMEDIATE")
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            while version in _MIGRATIONS:
+                for statement in _MIGRATIONS[version]:
+                    conn.execute(statement)
+                version += 1
+                conn.execute(f"PRAGMA user_version = {version}")
+    except sqlite3.DatabaseError as exc:
+        raise RunStateError(
+            f"ledger {path} could not be upgraded to schema version {SCHEMA_VERSION} ({exc}); "
+            "nothing was changed: make the run folder writable and open it again, or open it "
+            "with the fedunlearn version that wrote it"
+        ) from exc
 
 
 def check_version(conn: sqlite3.Connection, path: Path) -> None:

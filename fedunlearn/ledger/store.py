@@ -30,7 +30,14 @@ from fedunlearn.ledger.records import (
     check_str,
     organization_from_row,
 )
-from fedunlearn.ledger.schema import SCHEMA_VERSION, check_version, connect, initialize, utc_now
+from fedunlearn.ledger.schema import (
+    SCHEMA_VERSION,
+    check_version,
+    connect,
+    initialize,
+    migrate,
+    utc_now,
+)
 from fedunlearn.ledger.tensors import state_from_bytes, state_to_bytes
 
 __all__ = ["LEDGER_FILE", "LedgerStore"]
@@ -121,7 +128,12 @@ class LedgerStore:
         ------
         RunStateError
             If there is no ledger in ``run_dir`` or its schema version differs from
-            :attr:`SCHEMA_VERSION` (the message names both versions).
+            :attr:`SCHEMA_VERSION` (the message names both versions) and cannot be upgraded.
+
+        Notes
+        -----
+        A ledger of an older known schema version (1) is upgraded in place on opening
+        (:func:`~fedunlearn.ledger.schema.migrate`), so opening one needs write access.
         """
         run_dir = Path(run_dir)
         path = run_dir / LEDGER_FILE
@@ -132,6 +144,7 @@ class LedgerStore:
             )
         conn = connect(path)
         try:
+            migrate(conn, path)
             check_version(conn, path)
         except BaseException:
             conn.close()

@@ -202,6 +202,9 @@ class ApproximateUnlearner(Unlearner):
         if self.level == "organization":
             for subject in request.subjects:
                 ledger.mark_erased(subject)
+            # Only abandoned checkpoints are purged: this method's head chain keeps the subjects'
+            # contributions by construction (see Ledger.purge_dependents), hence "empirical".
+            ledger.purge_erased()
         cost = Cost(client_steps=outcome.client_steps, wall_seconds=time.perf_counter() - start,
                     rounds=outcome.rounds, aggregations=len(outcome.states), bytes_sent=outcome.bytes_sent,
                     organizations=tuple(sorted(outcome.organizations)),

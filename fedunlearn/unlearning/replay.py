@@ -10,9 +10,11 @@ phases so that an erasure killed at any point leaves a consistent run that a sec
 2. **journal** — the new chains (aggregate hashes and contributions) are written to the ledger's
    metadata (``erasure.pending``) in one transaction.
 3. **switch** — each shard is rolled back and the new rounds committed; the served model is
-   re-exported; the subjects are marked erased (their update keys shredded); the journal is
-   cleared. Every step is idempotent, so a kill here is completed from the journal, without
-   training, by running the same request again.
+   re-exported; the subjects are marked erased (their update keys shredded); the aggregates of
+   the abandoned checkpoints that depend on them are purged
+   (:meth:`~fedunlearn.ledger.Ledger.purge_erased`); the journal is cleared. Every step is
+   idempotent, so a kill here is completed from the journal, without training, by running the
+   same request again.
 """
 
 from __future__ import annotations
@@ -162,6 +164,8 @@ class ReplayUnlearner(Unlearner):
         served = export_served(run, ledger)
         for subject in request.subjects:
             ledger.mark_erased(subject)
+        ledger.purge_erased()  # abandoned aggregates that depend on a subject; idempotent
+        purged = sorted({c.id for subject in request.subjects for c in ledger.purged(subject)})
         ledger.set_meta(JOURNAL_KEY, "")
         cost_doc = dict(pending["cost"])
         cost_doc["wall_seconds"] = float(cost_doc["wall_seconds"]) + (time.perf_counter() - start)
@@ -181,7 +185,9 @@ class ReplayUnlearner(Unlearner):
             recomputed={int(s): tuple(r["round"] for r in doc["rounds"] if r["contributions"])
                         for s, doc in pending["chains"].items()},
             organizations=cost.organizations, cost=cost, full_retrain_cost=full,
-            notes=tuple(pending.get("notes", [])),
+            notes=tuple(pending.get("notes", [])) + (
+                (f"purged the aggregates of {len(purged)} abandoned checkpoints that depended on the "
+                 f"subjects: {purged}",) if purged else ()),
         )
         with open(run.path / "erasures.jsonl", "a", encoding="utf-8") as fh:
             fh.write(json.dumps({"time": utc_now(), "requested_by": request.requested_by, **result.to_dict()},

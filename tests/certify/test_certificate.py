@@ -27,8 +27,9 @@ def _erase_org1(run_dir, org_key):
             certify_erasure(run, auth, {"method": "drop", "guarantee": "exact", "served_hash": before},
                             ledger=ledger, audit=audit)
         ledger.rollback(1, ledger.chain(1)[0].id)
-        ledger.mark_erased("org-1")
         served = export_served(run, ledger)
+        ledger.mark_erased("org-1")
+        ledger.purge_dependents("org-1")  # as the erasure engine does: the old shard-1 aggregates go
         result = {"method": "drop", "guarantee": "exact", "served_hash": served.hash, "previous_served_hash": before,
                   "heads": {0: ledger.head(0).hash, 2: ledger.head(2).hash},
                   "cost": {"client_steps": 0, "wall_seconds": 0.01, "organizations": []},
@@ -56,6 +57,21 @@ def test_exact_certificate_content(erased):
     report = verify_run(run_dir)
     assert report.ok, report.problems
     assert any("signature and inclusion" in line for line in report.checked)
+
+
+def test_purged_aggregates_are_logged_and_expected_missing(erased):
+    run_dir, cert = erased
+    with Ledger.open(run_dir) as ledger, RunAudit.open(run_dir) as audit:
+        purged = ledger.purged("org-1")
+        assert [c.shard for c in purged] == [1, 1] and not any(ledger.has_state(c.hash) for c in purged)
+        applied = audit.events("erasure-applied")[-1][1]
+        keep = ledger.chain(0)[-1].hash
+    assert applied["purged"] == sorted(c.hash for c in purged)
+    assert verify_run(run_dir).ok  # purged: missing by design
+    with Ledger.open(run_dir) as ledger:
+        ledger.blobs.delete(keep)  # deleted without a purge record: still reported
+    problems = verify_run(run_dir).problems
+    assert any(keep in p and "missing" in p for p in problems), problems
 
 
 def test_certified_needs_client_level_dp(run_copy, org_key):

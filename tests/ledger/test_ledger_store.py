@@ -49,7 +49,7 @@ def test_open_names_both_schema_versions(ledger: Ledger, run_dir: Path) -> None:
     ledger.close()
     with sqlite3.connect(run_dir / "ledger.sqlite") as conn:
         conn.execute("PRAGMA user_version = 99")
-    with pytest.raises(RunStateError, match=r"schema version 99.*schema version 1\b"):
+    with pytest.raises(RunStateError, match=rf"schema version 99.*schema version {Ledger.SCHEMA_VERSION}\b"):
         Ledger.open(run_dir)
 
 

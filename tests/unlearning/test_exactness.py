@@ -8,6 +8,7 @@ rounds with the subject left out of every member list), and the served model mus
 
 from __future__ import annotations
 
+import sqlite3
 import time
 
 import pytest
@@ -121,14 +122,50 @@ def test_one_shard_per_organization_drops_the_adapter_without_training(run_facto
         assert ledger.served()["components"] == [ledger.head(0).id, ledger.head(2).id]
 
 
-@pytest.mark.xfail(strict=True, reason="abandoned checkpoints keep their aggregates in the clear; the ledger "
-                   "needs a purge of abandoned branches (schema change) that verify_blobs then skips")
-def test_no_clear_copy_of_the_subjects_update_survives(run_factory, tmp_path):
+def _clear_copies_of(run_dir, subject: str) -> list[str]:
+    """Plaintext blobs that equal or depend on ``subject``'s contributions, re-derived from the
+    lineage tables: the subject's update hashes, and every checkpoint with a contribution of the
+    subject on its ancestry (any branch)."""
+    with Ledger.open(run_dir) as ledger:
+        updates = set(ledger.update_hashes(subject))
+        with sqlite3.connect(run_dir / "ledger.sqlite") as conn:
+            rows = conn.execute("SELECT id, parent_id, hash FROM checkpoints").fetchall()
+            found = conn.execute("SELECT checkpoint_id FROM contributions WHERE org = ?", (subject,))
+            direct = {r[0] for r in found}
+        parent = {i: p for i, p, _ in rows}
+
+        def depends(i):
+            while i is not None:
+                if i in direct:
+                    return True
+                i = parent[i]
+            return False
+
+        dependent = {h for i, _, h in rows if depends(i)}
+        clear = {p.name for p in (run_dir / "blobs").glob("*/*") if "." not in p.name}
+        assert clear and all(ledger.has_state(h) for h in clear)
+    return sorted(clear & (updates | dependent))
+
+
+def test_no_clear_copy_of_the_subjects_update_survives_a_drop(run_factory, tmp_path):
     # S = N: the round aggregate of a single-member shard is that member's update, stored in the clear
     run = copy_run(run_factory("s-eq-n", shards=3), tmp_path / "run")
+    assert _clear_copies_of(run, "org-1")  # before: the gap this closes
+    result = erase(run, EraseRequest(("org-1",), method="drop"))
+    assert _clear_copies_of(run, "org-1") == []
     with Ledger.open(run) as ledger:
-        updates = ledger.update_hashes("org-1")
-    erase(run, EraseRequest(("org-1",), method="drop"))
+        assert len(ledger.purged("org-1")) == 2 and ledger.verify_blobs() == []
+        assert any("purged the aggregates of 2" in n for n in result.notes)
+        ledger.set_meta("erasure.pending", "")
+        assert ledger.purge_erased() == ledger.purged("org-1")  # idempotent
+    assert _clear_copies_of(run, "org-1") == []
+
+
+def test_no_clear_copy_of_a_late_joiners_update_survives_sisa(run_factory, tiny_model_dir, tmp_path):
+    run = copy_run(run_factory("sharded", **SHARDED), tmp_path / "sisa")
+    assert _clear_copies_of(run, "org-2")
+    grid = grid_for(base_settings(tiny_model_dir, **SHARDED))
+    erase(run, EraseRequest(("org-2",), method="sisa"), grid=grid)
+    assert _clear_copies_of(run, "org-2") == []
     with Ledger.open(run) as ledger:
-        readable = [d for d in updates if ledger.has_state(d)]  # clear blobs, no key needed
-    assert readable == []
+        assert [c.shard for c in ledger.purged("org-2")] == [0] and ledger.verify_blobs() == []
