@@ -30,8 +30,9 @@ def make_app(overrides: Mapping[str, object] | None = None) -> ClientApp:
 
     @client.query("identify")
     def identify(msg: Message, context: Context) -> Message:
-        name = organization_name(_settings(context, overrides), context.node_config)
-        return Message(protocol.reply_content(metrics={}, config={"org": name}), reply_to=msg)
+        org = OrganizationClient.from_node(_settings(context, overrides), context.node_config)
+        return Message(protocol.reply_content(metrics={}, config={"org": org.name, "data-sha256": org.fingerprint}),
+                       reply_to=msg)
 
     @client.train()
     def train(msg: Message, context: Context) -> Message:

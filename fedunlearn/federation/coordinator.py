@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -25,6 +25,7 @@ from flwr.serverapp import Grid
 
 from fedunlearn.certify.budget import check_budget
 from fedunlearn.certify.runaudit import RunAudit
+from fedunlearn.errors import FederationError
 from fedunlearn.federation import protocol
 from fedunlearn.federation.dpfedavg import dp_fedavg, poisson_sample
 from fedunlearn.federation.faults import check_quorum, collect_train_replies
@@ -111,11 +112,36 @@ class Coordinator:
             self.audit.enrol_from_folder((o.name, o.shard, o.join_round) for o in self.ledger.organizations()
                                          if o.status == "active")
 
-    def connect(self) -> dict[str, int]:
-        """Map every active organization's name to its node id."""
-        active = [o.name for o in self.ledger.organizations() if o.status == "active"]
-        self.reporter.message(f"waiting for {len(active)} organizations to connect ...")
-        self.nodes = discover(self.grid, active, timeout=self.settings.run.discovery_timeout)
+    def connect(self, organizations: Sequence[str] | None = None) -> dict[str, int]:
+        """Map organizations' names (default: every active one) to node ids; check their data.
+
+        The first time an organization connects, the fingerprint of its records is kept in the
+        ledger; later connections (a resumed run, an erasure that retrains) must present the same
+        fingerprint, else FederationError: training on other data would silently break the
+        run's lineage and every exactness claim.
+        """
+        wanted = list(organizations) if organizations is not None else [
+            o.name for o in self.ledger.organizations() if o.status == "active"]
+        self.reporter.message(f"waiting for {len(wanted)} organizations to connect: {', '.join(wanted)}")
+        prints: dict[str, str] = {}
+        self.nodes = discover(self.grid, wanted, timeout=self.settings.run.discovery_timeout, fingerprints=prints)
+        meta = self.ledger.meta
+        changed = []
+        for org, fp in sorted(prints.items()):
+            if not fp:
+                continue
+            key = f"data-sha256/{org}"
+            if key not in meta:
+                self.ledger.set_meta(key, fp)
+            elif meta[key] != fp:
+                changed.append(f"{org} (trained on {meta[key][:12]}…, now {fp[:12]}…)")
+        if changed:
+            raise FederationError(
+                f"organizations' data differ from the data they trained on: {'; '.join(changed)}. "
+                "Point their nodes at the original data (node config data=..., or the run's data.dir); "
+                "a run whose data lives on the organizations' own nodes must be resumed or erased on "
+                "that deployment (fedunlearn deploy run ... -c run.workflow=\"erase\")"
+            )
         return self.nodes
 
     def initialize(self) -> None:

@@ -19,12 +19,14 @@ from fedunlearn.federation import protocol
 __all__ = ["discover", "exchange", "exchange_partial"]
 
 
-def discover(grid: Grid, expected: Sequence[str], *, timeout: float, poll: float = 0.5) -> dict[str, int]:
+def discover(grid: Grid, expected: Sequence[str], *, timeout: float, poll: float = 0.5,
+             fingerprints: dict[str, str] | None = None) -> dict[str, int]:
     """Wait until every expected organization's node has registered; return name -> node id.
 
     Nodes may register after the ServerApp starts (Flower simulation and deployment alike), so this
     polls ``grid.get_node_ids()`` and identifies new nodes until all names are found or ``timeout``
-    seconds pass (FederationError naming the missing organizations).
+    seconds pass (FederationError naming the missing organizations). When ``fingerprints`` is
+    given it is filled with each organization's data fingerprint (``data-sha256`` of its reply).
     """
     deadline = time.monotonic() + timeout
     found: dict[str, int] = {}
@@ -50,6 +52,8 @@ def discover(grid: Grid, expected: Sequence[str], *, timeout: float, poll: float
                             "each organization must run exactly one SuperNode"
                         )
                     found[name] = node
+                    if fingerprints is not None:
+                        fingerprints[name] = str(protocol.config_of(reply).get("data-sha256", ""))
             asked |= answered
         missing = [n for n in expected if n not in found]
         if not missing:

@@ -150,6 +150,21 @@ class OrganizationClient:
         return cls(settings=settings, name=name, data=organization_data(settings, name, node_config))
 
     @functools.cached_property
+    def fingerprint(self) -> str:
+        """sha256 of this organization's records (ids and texts, train and holdout).
+
+        Sent when the server identifies the node, so that a resumed run or an erasure that
+        retrains is refused when an organization's data is not the data it trained on.
+        """
+        import hashlib
+
+        h = hashlib.sha256()
+        for split, records in (("train", self.data.train), ("holdout", self.data.holdout)):
+            for r in records:
+                h.update(f"{split}\x1f{r.id}\x1f{r.text}\x1e".encode())
+        return h.hexdigest()
+
+    @functools.cached_property
     def base(self) -> BaseModel:
         return _base(self.settings.model.path, self.settings.model.device, self.settings.model.threads)
 

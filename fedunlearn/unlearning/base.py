@@ -20,7 +20,6 @@ from flwr.serverapp import Grid
 
 from fedunlearn.errors import ConfigError, FederationError, RunStateError
 from fedunlearn.federation.coordinator import Coordinator
-from fedunlearn.federation.nodes import discover
 from fedunlearn.ledger import Ledger
 from fedunlearn.progress import LogReporter, Reporter
 from fedunlearn.runs import RunFolder
@@ -188,9 +187,7 @@ class Federation:
                 "`fedunlearn forget`, which start Flower"
             )
         coord = Coordinator(self.grid, self.run, self.ledger, reporter=self.reporter)
-        wanted = sorted(organizations)
-        self.reporter.message(f"waiting for {len(wanted)} organizations to connect: {', '.join(wanted)}")
-        coord.nodes = discover(self.grid, wanted, timeout=self.run.settings.run.discovery_timeout)
+        coord.connect(sorted(organizations))  # also checks they present the data they trained on
         return coord
 
 

@@ -125,3 +125,19 @@ def test_missing_organization_times_out_with_its_name(small_settings):
     grid = LocalGrid(make_app(), 2, run_config=settings_to_flat(settings))  # org-2 never starts
     with pytest.raises(FederationError, match=r"\['org-2'\] did not connect"):
         train_workflow(grid, settings)
+
+
+def test_resume_with_other_data_is_refused(small_settings, tmp_path):
+    """An organization whose records changed since it trained cannot resume or retrain the run."""
+    settings = small_settings.replace(train={"rounds": 1})
+    train_workflow(_grid(settings), settings)
+    with Ledger.open(settings.run.dir) as ledger:
+        assert len([k for k in ledger.meta if k.startswith("data-sha256/")]) == 3
+    # the same run, but org-1 now generates other synthetic records (another canary count)
+    other = settings.replace(data={"canaries_per_org": 2})
+    grid = LocalGrid(make_app(settings_to_flat(other)), 3, run_config=settings_to_flat(settings))
+    run = RunFolder.open(settings.run.dir)
+    with Ledger.open(run.path) as ledger:
+        coord = Coordinator(grid, run, ledger)
+        with pytest.raises(FederationError, match=r"data differ from the data they trained on: org-0"):
+            coord.connect()
