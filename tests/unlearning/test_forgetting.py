@@ -1,0 +1,144 @@
+"""Canary forgetting on the embedded default model: every organization-level method against ``retrain``.
+
+The conftest's tiny model does not memorize canaries (see ``test_approx.py``), so this test trains the
+embedded default model (``ensure_default_model()``, cached in the user cache) long enough for the
+subject's canary to be memorized, then erases the subject with ``sisa``, ``retrain``, ``influence``,
+``subtract`` and ``negate`` on copies of the run folder and audits the canary's exposure over all
+10^4 candidate secrets and the retained organizations' holdout loss.
+
+Scenario (the cheapest found on 2 shared cores with a clear signal): 3 organizations, 30 records
+each, one canary per organization repeated 8× (two canaries of an organization share the prefix
+"The access code of <org> vault is " and compete for it, so one each), 5 rounds × 8 local epochs,
+batch 8, LoRA lr 1e-2. The same scenario is benchmarked in ``benchmarks/bench_approx.py``.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from fedunlearn.config import OrganizationSettings, Settings
+from fedunlearn.evaluate import exposure_report
+from fedunlearn.evaluate.runmodels import load_base, merged_model, run_consortium
+from fedunlearn.federation.erase import erase, prepare_erasure
+from fedunlearn.federation.workflow import train_workflow
+from fedunlearn.ledger import Ledger
+from fedunlearn.models import ensure_default_model
+from fedunlearn.runs import RunFolder
+from fedunlearn.training.client import OrganizationClient, lora_spec, organization_data
+from fedunlearn.training.local import evaluate_local
+from fedunlearn.unlearning import EraseRequest
+from tests.unlearning.conftest import copy_run, grid_for
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+
+SUBJECT = "org-2"
+RETAINED = ("org-0", "org-1")
+METHODS = ("sisa", "retrain", "influence", "subtract", "negate")
+
+
+def forgetting_settings(model_dir: Path, run_dir: Path) -> Settings:
+    """The memorization scenario shared with ``benchmarks/bench_approx.py``.
+
+    Parameters
+    ----------
+    model_dir : Path
+        The embedded default model's folder.
+    run_dir : Path
+        Where the run is trained.
+
+    Returns
+    -------
+    Settings
+    """
+    organizations = tuple(OrganizationSettings(name=f"org-{i}") for i in range(3))
+    return Settings(organizations=organizations).replace(
+        run={"dir": str(run_dir), "discovery_timeout": 10.0},
+        model={"path": str(model_dir), "device": "cpu"},
+        data={"records_per_org": 30, "holdout_per_org": 20, "canaries_per_org": 1, "canary_repeats": 8,
+              "never_inserted": 3, "public_documents": 20, "max_length": 48},
+        train={"rounds": 5, "local_epochs": 8, "batch_size": 8, "lr": 1e-2},
+    )
+
+
+def head_state(run_dir: Path) -> dict[str, torch.Tensor]:
+    """The served adapter of a one-shard run (its shard-0 head)."""
+    with Ledger.open(run_dir) as ledger:
+        return ledger.get_state(ledger.head(0).hash)
+
+
+def subject_exposure(run_dir: Path, state: dict[str, torch.Tensor], *, baseline: int = 0) -> tuple[float, list[float]]:
+    """Exposure (bits) of the subject's canary under ``state``, and of ``baseline`` never-inserted canaries."""
+    run = RunFolder.open(run_dir)
+    consortium, base = run_consortium(run), load_base(run)
+    model = merged_model(base, [state], [1.0], lora_spec(run.settings).scaling)
+    report = exposure_report(model, base.tokenizer, consortium.organization(SUBJECT).canaries,
+                             consortium.never_inserted[:baseline], consortium.canary_space,
+                             max_length=run.settings.data.max_length, batch_size=512)
+    return report.mean_exposure, [r.exposure for r in report.baseline]
+
+
+def holdout_losses(settings: Settings, state: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Holdout loss (nats per token) of each retained organization under ``state``."""
+    out = {}
+    for org in RETAINED:
+        client = OrganizationClient(settings=settings, name=org, data=organization_data(settings, org))
+        out[org] = evaluate_local(client.model_with(state), client.holdout_data).loss
+    return out
+
+
+@pytest.fixture(scope="module")
+def memorized_run(tmp_path_factory) -> tuple[Settings, Path]:
+    settings = forgetting_settings(ensure_default_model(progress=False), tmp_path_factory.mktemp("forget") / "run")
+    return settings, train_workflow(grid_for(settings), settings).run_dir
+
+
+def test_organization_methods_against_retrain_on_a_memorized_canary(memorized_run, tmp_path):
+    settings, trained = memorized_run
+    before, baseline = subject_exposure(trained, head_state(trained), baseline=2)
+    # Precondition, not the claim: the canary is memorized (measured 12.3 of 13.3 bits; never-inserted
+    # canaries 0.5-3.7 bits, the public corpus holds the same template with random codes).
+    assert before > 10.0 and before > max(baseline) + 5, (before, baseline)
+    after: dict[str, float] = {}
+    loss: dict[str, dict[str, float]] = {}
+    for method in METHODS:
+        run = copy_run(trained, tmp_path / method)
+        request = EraseRequest((SUBJECT,), method=method)
+        grid = grid_for(settings) if prepare_erasure(run, request) else None
+        erase(run, request, grid=grid)
+        state = head_state(run)
+        after[method], _ = subject_exposure(run, state)
+        loss[method] = holdout_losses(settings, state)
+        shutil.rmtree(run)
+    print({"before": before, "baseline": baseline, "after": after, "holdout_loss": loss})
+    # Measured (seed 0; the whole test takes 86 s on 2 cores at load ~2, 4.4 min at load 5-7):
+    #   exposure before 12.29 of 13.29 bits; never-inserted 0.54, 2.68
+    #   after: sisa 3.63, retrain 3.63, influence 10.97, subtract 4.11, negate 1.84
+    #   retained holdout loss (org-0, org-1): retrain 2.558, 2.685; sisa identical; influence +0.079, +0.115;
+    #   negate +0.53, +0.53; subtract +4.33, +4.13 (it removes the canary by wrecking the adapter)
+    for method in FORGETS:
+        # "Most of its exposure": less than half the bits before, i.e. the secret's rank among the 10^4
+        # candidates worsens by a factor > 2^(before/2) ≈ 70. Retrain itself lands at 3.6 bits, the level of
+        # never-inserted canaries (their template is in the public pre-training corpus, hence > 1.4).
+        assert after[method] < before / 2, (method, after[method], before)
+    # influence with its defaults (CG, 10 HVPs, damping 1) does NOT forget the canary: one damped Newton
+    # step on the remaining objective removes about 1.3 of 12.3 bits. Asserted as it is, so that a fix
+    # of the method shows up here; see benchmarks/results/approx.md.
+    assert after["influence"] > before / 2, after["influence"]
+    assert loss["sisa"] == loss["retrain"]  # S = 1: sisa replays retrain's rounds with the same seeds
+    for org in RETAINED:
+        for method, tolerance in UTILITY_TOLERANCE.items():
+            assert abs(loss[method][org] - loss["retrain"][org]) < tolerance, (method, org, loss)
+        # subtract is NOT close to retrain on this scenario (measured +4.1-4.3 nats): asserted as it is
+        assert loss["subtract"][org] - loss["retrain"][org] > 1.0, loss
+
+
+#: Methods whose erasure removes most of the canary's exposure on this scenario.
+FORGETS = ("sisa", "retrain", "subtract", "negate")
+#: Retained holdout loss vs ``retrain`` (nats per token): the measured |Δ| (influence +0.12 at most,
+#: negate +0.53) with about 60% headroom. For scale, retrain's own seed spread on this scenario is
+#: 0.05 nats (benchmarks/results/approx.md): influence is close, negate is not.
+UTILITY_TOLERANCE = {"influence": 0.2, "negate": 0.85}
