@@ -65,14 +65,28 @@ class ServedState:
 
 
 def served_history(ledger: Ledger) -> dict[str, ServedState]:
-    """Every served model recorded in ``ledger``, by served hash (the latest record wins)."""
+    """Every served model recorded in ``ledger`` that can still be rebuilt, by served hash.
+
+    A model whose components were purged when an organization it depends on was erased (store
+    privacy, see :meth:`fedunlearn.ledger.Ledger.purge_dependents`) is left out: by design it can
+    no longer be rebuilt. The latest record of a hash wins.
+    """
     rows = ledger._query("SELECT served_hash, components, weights FROM served ORDER BY id")  # noqa: SLF001
+    purged = _purged_ids(ledger)
     history: dict[str, ServedState] = {}
     for row in rows:
         ids, weights = json.loads(row["components"]), json.loads(row["weights"])
+        if any(i in purged for i in ids):
+            history.pop(row["served_hash"], None)
+            continue
         states = tuple(ledger.get_state(ledger.checkpoint(i).hash) for i in ids)
         history[row["served_hash"]] = ServedState(row["served_hash"], states, tuple(float(w) for w in weights))
     return history
+
+
+def _purged_ids(ledger: Ledger) -> set[int]:
+    rows = ledger._query("SELECT checkpoint_id FROM purged")  # noqa: SLF001
+    return {int(r["checkpoint_id"]) for r in rows}
 
 
 def load_base(run: RunFolder) -> BaseModel:

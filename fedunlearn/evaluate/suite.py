@@ -139,10 +139,20 @@ def evaluate_erasure(run_dir: str | Path, org: str, options: EvaluationOptions |
         return merged_model(base, state.states, state.weights, scaling)
 
     before_hash = erasures[0].get("previous_served_hash")
-    for h in [before_hash] + [e["served_hash"] for e in erasures]:
+    notes: list[str] = []
+    if before_hash not in history:
+        # an exact erasure purges every aggregate that depends on the subject (store privacy)
+        notes.append("the model served before the erasure depended on the erased organization and was purged "
+                     "with its data; it cannot be rebuilt, so 'before' is not evaluated")
+        before_hash = None
+    for h in [e["served_hash"] for e in erasures]:
         if h not in history:
-            raise RunStateError(f"served model {str(h)[:16]}… named in erasures.jsonl is not in the ledger's "
-                                "served history; the ledger was replaced: evaluate an intact run folder")
+            notes.append(f"served model {str(h)[:16]}… (an earlier erasure's result) was purged by a later "
+                         "erasure; not evaluated")
+    erasures = [e for e in erasures if e["served_hash"] in history]
+    if not erasures:
+        raise RunStateError("no model served after an erasure of this organization can be rebuilt from the "
+                            "ledger; evaluate an intact run folder")
     subject = consortium.organization(org)
     members = [r.text for r in subject.train if "#" not in r.id]  # canary copies are audited by exposure
     holdout = subject.texts("holdout")
@@ -172,7 +182,8 @@ def evaluate_erasure(run_dir: str | Path, org: str, options: EvaluationOptions |
     models: list[ModelEvaluation] = []
     clock = time.perf_counter()
     models.append(evaluate("base", "base", merged_model(base, (), (), scaling), served=None, full=True))
-    models.append(evaluate("before", "before", build(history[before_hash]), served=before_hash, full=True))
+    if before_hash is not None:
+        models.append(evaluate("before", "before", build(history[before_hash]), served=before_hash, full=True))
     erased_models = []
     for e in erasures:
         m = build(history[e["served_hash"]])
@@ -204,7 +215,7 @@ def evaluate_erasure(run_dir: str | Path, org: str, options: EvaluationOptions |
                                                 "cost", "full_retrain_cost")} for e in erasures)
     return SuiteResult(run=str(run.path), subject=org, subjects=subjects, erasures=erasure_rows,
                        models=tuple(models), spread=spread, privleak=leaks, relearn_split=(len(split.attack),
-                       len(split.audit)), options=opts, timings=timings)
+                       len(split.audit)), options=opts, timings=timings, notes=tuple(notes))
 
 
 def summary_for_certificate(result: SuiteResult) -> Mapping[str, Any]:

@@ -83,6 +83,8 @@ class SuiteResult:
     options : EvaluationOptions
     timings : Mapping[str, float]
         Seconds per phase.
+    notes : tuple of str
+        What could not be evaluated and why (e.g. a model purged with an erased organization).
     """
 
     run: str
@@ -95,6 +97,7 @@ class SuiteResult:
     relearn_split: tuple[int, int]
     options: Any
     timings: Mapping[str, float]
+    notes: tuple[str, ...] = ()
 
     def model(self, name: str) -> ModelEvaluation:
         """The evaluation of the model called ``name`` (KeyError-free: ConfigError naming the valid ones)."""
@@ -115,6 +118,7 @@ class SuiteResult:
                                                                 "pairwise": self.spread.pairwise},
             "privleak": self.privleak, "relearn_split": {"attack": self.relearn_split[0], "audit": self.relearn_split[1]},
             "options": dataclasses.asdict(self.options), "timings": dict(self.timings),
+            "notes": list(self.notes),
         })
 
 
