@@ -31,11 +31,11 @@ class LocalGrid(Grid):
 
     # -- Grid API -------------------------------------------------------------------------------
     def set_run(self, run) -> None:  # pragma: no cover - not used
-        pass
+        self._run = run
 
     @property
     def run(self):  # pragma: no cover - not used
-        return None
+        return getattr(self, "_run", None)
 
     def create_message(self, content, message_type, dst_node_id, group_id, ttl=None) -> Message:
         return Message(content, dst_node_id, message_type, ttl=ttl, group_id=group_id)

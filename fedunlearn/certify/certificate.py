@@ -26,6 +26,8 @@ Guarantees, never overstated:
 
 from __future__ import annotations
 
+import contextlib
+
 import base64
 import hashlib
 import platform
@@ -99,10 +101,8 @@ def _field(result: Any, name: str, default: Any = None) -> Any:
 def _versions() -> dict[str, str]:
     out = {"fedunlearn": __version__, "python": platform.python_version()}
     for dist in ("torch", "transformers", "peft", "flwr", "opacus", "cryptography"):
-        try:
+        with contextlib.suppress(metadata.PackageNotFoundError):  # not installed: not listed
             out[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            pass
     return out
 
 

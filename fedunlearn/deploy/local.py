@@ -16,6 +16,8 @@ starts (SuperExec, ServerApp, ClientApp processes) stop with it. Only 127.0.0.1 
 
 from __future__ import annotations
 
+import contextlib
+
 import json
 import os
 import shlex
@@ -236,20 +238,14 @@ class LocalDeployment:
         SIGKILL to the groups still alive after ``grace`` seconds."""
         procs, self.procs = self.procs, {}
         for proc in procs.values():
-            try:
+            with contextlib.suppress(ProcessLookupError):  # already gone
                 os.killpg(proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
         deadline = time.monotonic() + grace
         for proc in procs.values():
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):  # then killed below
                 proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                pass
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)  # the group's leftovers (or the leader itself)
-            except ProcessLookupError:
-                pass
             proc.wait(timeout=5.0)
 
     def pids(self) -> dict[str, int]:

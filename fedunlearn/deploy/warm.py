@@ -22,6 +22,8 @@ for a task; ``--poll`` sets it for this process.
 
 from __future__ import annotations
 
+import contextlib
+
 import argparse
 import os
 import signal
@@ -106,11 +108,9 @@ class ForkExecutor:
     def close(self) -> None:
         """Stop children still running (SuperExec shutdown)."""
         for pid in list(self.children):
-            try:
+            with contextlib.suppress(ProcessLookupError, ChildProcessError):  # already reaped
                 os.kill(pid, signal.SIGTERM)
                 os.waitpid(pid, 0)
-            except (ProcessLookupError, ChildProcessError):
-                pass
         self.children.clear()
 
 

@@ -8,6 +8,8 @@ apps as run-config overrides.
 
 from __future__ import annotations
 
+import contextlib
+
 import importlib
 import os
 from collections.abc import Callable
@@ -113,11 +115,9 @@ class _Descendants:
     def _poll(self) -> None:
         import psutil
 
-        try:
+        with contextlib.suppress(psutil.Error):  # this process is exiting: nothing more to find
             for p in self._me.children(recursive=True):
                 self._seen.setdefault(p.pid, p)
-        except psutil.Error:
-            pass
 
     def _run(self, interval: float) -> None:
         while not self._stop.wait(interval):
@@ -149,10 +149,8 @@ def stop_ray(procs: list | None = None, grace: float = 15.0) -> None:
     procs += psutil.Process().children(recursive=True)
     _, alive = psutil.wait_procs(procs, timeout=grace)
     for p in alive:
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess):  # exited between the wait and the kill
             p.kill()
-        except psutil.NoSuchProcess:
-            pass
     psutil.wait_procs(alive, timeout=5)
 
 
