@@ -26,7 +26,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from fedunlearn.data import Consortium, OrganizationData, generate_consortium, load_consortium
+from fedunlearn.data import Consortium, OrganizationData, load_consortium
 from fedunlearn.errors import DataError, RunStateError
 from fedunlearn.federation.topology import derive_seed
 from fedunlearn.ledger import Ledger
@@ -40,7 +40,7 @@ from fedunlearn.models import (
     wrap_lora,
 )
 from fedunlearn.runs import RunFolder
-from fedunlearn.training.client import OrganizationClient, lora_spec, synthetic_key
+from fedunlearn.training.client import OrganizationClient, lora_spec, synthetic_consortium
 
 __all__ = ["ServedState", "load_base", "merged_model", "retrain_reference", "run_consortium", "served_history"]
 
@@ -143,12 +143,7 @@ def run_consortium(run: RunFolder) -> Consortium:
             f"{str(folder)!r}; expected a synthetic run (simulations save RUN_DIR/data): evaluate a "
             "simulated run, or save the organizations' data there with fedunlearn.data.save_consortium"
         )
-    (records, holdout, canaries, repeats, digits, never, public) = synthetic_key(s)
-    return generate_consortium(
-        organizations=tuple(s.organization_names), records_per_org=records, holdout_per_org=holdout,
-        canaries_per_org=canaries, canary_repeats=repeats, canary_digits=digits, never_inserted=never,
-        public_documents=public, seed=s.run.seed,
-    )
+    return synthetic_consortium(s)
 
 
 def _cache_file(run: RunFolder, subjects: Sequence[str], seed: int) -> Path:

@@ -73,7 +73,7 @@ def prepare_simulation(settings: Settings, run_dir: Path, *, reporter: Reporter 
     """
     from fedunlearn.data import save_consortium
     from fedunlearn.models import resolve_model_path
-    from fedunlearn.training.client import _synthetic, synthetic_key
+    from fedunlearn.training.client import synthetic_consortium
 
     from fedunlearn.runs import RunFolder
 
@@ -86,7 +86,7 @@ def prepare_simulation(settings: Settings, run_dir: Path, *, reporter: Reporter 
         settings = settings.replace(data={"dir": str(data_dir.resolve())})
     RunFolder.create_or_resume(run_dir, settings, base)  # refuses a foreign folder before writing
     if synthetic and not (data_dir / "manifest.json").exists():
-        consortium = _synthetic(tuple(settings.organization_names), synthetic_key(settings), settings.run.seed)
+        consortium = synthetic_consortium(settings)
         save_consortium(consortium, data_dir)
         if reporter:
             reporter.message(f"synthetic consortium of {len(consortium.organizations)} organizations saved to {data_dir}")

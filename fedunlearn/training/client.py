@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from fedunlearn.config import Settings
-from fedunlearn.data import OrganizationData, generate_consortium, load_organization, load_user_organization
+from fedunlearn.data import Consortium, OrganizationData, generate_consortium, load_organization, load_user_organization
 from fedunlearn.errors import ConfigError, DataError
 from fedunlearn.models import (
     BaseModel,
@@ -103,6 +103,11 @@ def synthetic_key(settings: Settings) -> tuple:
             d.never_inserted, d.public_documents)
 
 
+def synthetic_consortium(settings: Settings) -> Consortium:
+    """The synthetic consortium ``settings`` describe (deterministic from ``run.seed``; cached)."""
+    return _synthetic(tuple(settings.organization_names), synthetic_key(settings), settings.run.seed)
+
+
 def organization_data(settings: Settings, name: str, node_config: Mapping[str, object] | None = None) -> OrganizationData:
     """Load (or generate) one organization's records and holdout.
 
@@ -125,7 +130,7 @@ def organization_data(settings: Settings, name: str, node_config: Mapping[str, o
                 "expected one sub-folder per organization"
             )
         return load_organization(folder, name)
-    return _synthetic(tuple(settings.organization_names), synthetic_key(settings), settings.run.seed).organization(name)
+    return synthetic_consortium(settings).organization(name)
 
 
 @functools.lru_cache(maxsize=2)
