@@ -60,6 +60,7 @@ class RunSettings:
     workflow: str = "train"  # what the ServerApp does: train | erase (erase-orgs with erase-method)
     erase_orgs: str = ""  # comma-separated organizations to erase when workflow = "erase"
     erase_method: str = "sisa"  # unlearning method of workflow = "erase"
+    key_dir: str = ""  # folder of the run's keys/ and secrets/ ("" = inside the run folder); one per run, outside backups
 
     def __post_init__(self) -> None:
         _positive("run", "round-timeout", self.round_timeout)
@@ -450,7 +451,7 @@ def load_scenario(path: str | Path, *, base: Settings | None = None) -> Settings
             )
         for sub, v in value.items():
             flat[f"{key}.{sub}"] = v
-    for key in ("data.dir", "model.path", "run.dir"):  # relative paths are relative to the scenario file
+    for key in ("data.dir", "model.path", "run.dir", "run.key-dir"):  # relative paths are relative to the scenario file
         if flat.get(key) and isinstance(flat[key], str) and not Path(flat[key]).is_absolute():
             flat[key] = str((path.parent / flat[key]).resolve())
     if "organizations" in doc:

@@ -8,6 +8,7 @@ keys        named Ed25519 signing keys, C2SP key IDs and verifier-key files
 checkpoint  C2SP signed notes over tlog checkpoints (origin, size, root)
 events      the audit event types and their validation
 log         ``AuditLog``: the append-only SQLite log that signs checkpoints
+rotation    ``key-rotation`` events attested by the old key; ``KeyHistory`` of the keys in force
 verify      whole-log verification and single-entry checks an outside auditor runs
 """
 
@@ -46,17 +47,20 @@ from fedunlearn.audit.merkle import (
     verify_consistency,
     verify_inclusion,
 )
-from fedunlearn.audit.verify import VerifyReport, verify_entry_in_checkpoint, verify_log
+from fedunlearn.audit.rotation import KeyHistory, attest_rotation, rotation_event, verify_rotation
+from fedunlearn.audit.verify import VerifyReport, key_history, verify_entry_in_checkpoint, verify_log
 
 __all__ = [
     "EMPTY_ROOT",
     "EVENT_TYPES",
     "AuditLog",
     "Checkpoint",
+    "KeyHistory",
     "SigningKey",
     "VerifierKey",
     "VerifyReport",
     "as_verifier",
+    "attest_rotation",
     "canonical_json",
     "check_event",
     "consistency_proof",
@@ -65,6 +69,7 @@ __all__ = [
     "generate_signing_key",
     "inclusion_proof",
     "inclusion_proof_from_leaf_hashes",
+    "key_history",
     "key_id",
     "leaf_hash",
     "load_public_key",
@@ -73,6 +78,7 @@ __all__ = [
     "parse_canonical_json",
     "root_from_leaf_hashes",
     "root_hash",
+    "rotation_event",
     "save_private_key",
     "save_public_key",
     "sign_checkpoint",
@@ -82,4 +88,5 @@ __all__ = [
     "verify_inclusion",
     "verify_log",
     "verify_note",
+    "verify_rotation",
 ]

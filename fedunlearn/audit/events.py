@@ -14,7 +14,8 @@ erasure-applied     an unlearner produced new adapter(s) without the subject (``
                     the abandoned aggregates deleted because they depend on it)
 export              the served model was exported (served hash, sha256 of every exported file)
 certificate         a signed erasure certificate was issued (its hash)
-key-rotation        the log or certificate signing key changed (new verifier key)
+key-rotation        a signing key changed: ``role`` coordinator (log/certificate key) or organization
+                    (``org``: keyed hash), ``old``/``new`` raw keys, ``attestation`` by the old key
 refusal             a request was refused, with the reason
 ==================  ===========================================================================
 """

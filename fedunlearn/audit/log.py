@@ -320,7 +320,8 @@ class AuditLog:
         Parameters
         ----------
         public_key : VerifierKey, Ed25519PublicKey, bytes or str
-            The trusted public key of the log signer.
+            The trusted (first) public key of the log signer; ``key-rotation`` events attested
+            by the key in force are followed (see :mod:`fedunlearn.audit.rotation`).
         name : str, optional
             Key name of the signer; defaults to the name inside ``public_key`` if it has one,
             else to the log origin.

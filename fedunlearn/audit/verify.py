@@ -20,7 +20,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from fedunlearn.audit.canonical import parse_canonical_json
-from fedunlearn.audit.checkpoint import Checkpoint, parse_and_verify_checkpoint
+from fedunlearn.audit.checkpoint import Checkpoint, parse_and_verify_checkpoint, parse_checkpoint_body
 from fedunlearn.audit.events import check_event
 from fedunlearn.audit.keys import VerifierKey, as_verifier
 from fedunlearn.audit.merkle import (
@@ -30,9 +30,10 @@ from fedunlearn.audit.merkle import (
     verify_consistency,
     verify_inclusion,
 )
+from fedunlearn.audit.rotation import KeyHistory
 from fedunlearn.errors import ConfigError, IntegrityError
 
-__all__ = ["VerifyReport", "verify_entry_in_checkpoint", "verify_log"]
+__all__ = ["VerifyReport", "key_history", "verify_entry_in_checkpoint", "verify_log"]
 
 PublicKeyLike = VerifierKey | Ed25519PublicKey | bytes | str
 
@@ -55,6 +56,8 @@ class VerifyReport:
     signed_size : int
         Size of the newest checkpoint whose signature verified; entries beyond it are not
         yet covered by any signature.
+    keys : KeyHistory or None
+        The coordinator and organization keys in force when (see :mod:`fedunlearn.audit.rotation`).
     """
 
     ok: bool
@@ -62,6 +65,7 @@ class VerifyReport:
     size: int = 0
     checkpoints: int = 0
     signed_size: int = 0
+    keys: KeyHistory | None = None
 
 
 def _verifier(public_key: PublicKeyLike, name: str | None, origin: str) -> VerifierKey:
@@ -77,7 +81,9 @@ def _verifier(public_key: PublicKeyLike, name: str | None, origin: str) -> Verif
     return as_verifier(public_key, origin)
 
 
-def _check_entries(rows: Sequence[Sequence[Any]], problems: list[str]) -> list[bytes]:
+def _check_entries(
+    rows: Sequence[Sequence[Any]], problems: list[str], events: list[tuple[int, dict[str, Any]]]
+) -> list[bytes]:
     """Recompute every leaf hash from the entry bytes; report mismatches and bad events."""
     hashes: list[bytes] = []
     for position, (idx, entry, stored) in enumerate(rows):
@@ -99,6 +105,7 @@ def _check_entries(rows: Sequence[Sequence[Any]], problems: list[str]) -> list[b
             if not isinstance(event, dict) or "time" not in event:
                 raise ConfigError("it is not an event object with a 'time'")
             check_event(event)
+            events.append((position, event))
         except (IntegrityError, ConfigError) as exc:
             problems.append(f"entry {idx}: not a valid audit event: {exc}")
         hashes.append(recomputed)
@@ -139,7 +146,10 @@ def verify_log(
     """
     verifier = _verifier(public_key, name, origin)
     problems: list[str] = []
-    hashes = _check_entries(entries, problems)
+    events: list[tuple[int, dict[str, Any]]] = []
+    hashes = _check_entries(entries, problems, events)
+    keys = KeyHistory.replay(verifier, origin, events)
+    problems.extend(keys.problems)
     n = len(hashes)
     signed: list[tuple[str, Checkpoint]] = []
     for position, (seq, size, root, note) in enumerate(checkpoints):
@@ -148,7 +158,7 @@ def verify_log(
             problems.append(f"checkpoint {position}: missing (the next stored one is {seq})")
         try:
             data = note.encode("utf-8") if isinstance(note, str) else bytes(note)
-            cp = parse_and_verify_checkpoint(data, verifier, verifier.name)
+            cp = _verify_checkpoint(data, keys)
         except IntegrityError as exc:
             problems.append(f"{label}: {exc}")
             continue
@@ -162,7 +172,7 @@ def verify_log(
         signed.append((f"checkpoint {seq}", cp))
     for i, note in enumerate(known_checkpoints):
         try:
-            cp = parse_and_verify_checkpoint(note, verifier, verifier.name)
+            cp = _verify_checkpoint(note, keys)
         except IntegrityError as exc:
             problems.append(f"known checkpoint {i}: {exc}")
             continue
@@ -203,7 +213,41 @@ def verify_log(
         size=n,
         checkpoints=len(checkpoints),
         signed_size=in_log[-1][1].size if in_log else 0,
+        keys=keys,
     )
+
+
+def key_history(origin: str, entries: Sequence[bytes], public_key: PublicKeyLike, *, name: str | None = None) -> KeyHistory:
+    """Replay the enrolments and key rotations of raw log ``entries`` from the pinned first key."""
+    events: list[tuple[int, dict[str, Any]]] = []
+    _check_entries([(i, e, None) for i, e in enumerate(entries)], [], events)
+    return KeyHistory.replay(_verifier(public_key, name, origin), origin, events)
+
+
+def _verify_checkpoint(note: str | bytes, keys: KeyHistory) -> Checkpoint:
+    """Verify a checkpoint note under the coordinator key in force for the tree size it states."""
+    text = note.decode("utf-8", errors="replace") if isinstance(note, (bytes, bytearray)) else str(note)
+    try:
+        size = parse_checkpoint_body(text[: text.rfind("\n\n") + 1]).size
+    except IntegrityError:
+        size = 0  # malformed: the full check below says why
+    expected = keys.key_at(size)
+    try:
+        return parse_and_verify_checkpoint(note, expected, expected.name)
+    except IntegrityError as exc:
+        for index, key in keys.coordinator:
+            if key is expected:
+                continue
+            try:
+                parse_and_verify_checkpoint(note, key, key.name)
+            except IntegrityError:
+                continue
+            when = "the first key" if index < 0 else f"the key rotated in at entry {index}"
+            raise IntegrityError(
+                f"signed by {when} (ID {key.key_id.hex()}), but the key in force at size {size} is "
+                f"{expected.key_id.hex()}: a rotated-out key signed it") from exc
+        raise IntegrityError(f"{exc} (the key in force at size {size} is {expected.key_id.hex()}; "
+                             f"{len(keys.coordinator) - 1} rotation(s) followed)") from exc
 
 
 def verify_entry_in_checkpoint(

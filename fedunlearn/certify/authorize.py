@@ -5,9 +5,10 @@ and a random nonce, and is signed with Ed25519 over::
 
     b"fedunlearn erasure request v1\\n" || canonical_json(request)
 
-It is authorized only when the signature verifies and the signer is either the coordinator
-(``RUN_DIR/audit.pub``) or the organization being erased, with the key it enrolled (an
-``enrolment`` event of the audit log; an organization may ask only for its own erasure). Anything
+It is authorized only when the signature verifies and the signer is either the coordinator (its
+key in force: ``RUN_DIR/audit.pub`` until the first rotation) or the organization being erased,
+with its key in force (its ``enrolment`` event, then its attested ``key-rotation`` events; an
+organization may ask only for its own erasure). A rotated-out key is refused. Anything
 else is refused, and the refusal is logged (a ``refusal`` event, keyed hashes only) and signed.
 A request already logged is a replay and is refused too.
 
@@ -207,6 +208,14 @@ def authorize_request(audit: Any, request: SignedRequest | Mapping[str, Any] | s
     if signer.raw == audit.verifier.raw:
         role = "coordinator"
     else:
+        history = audit.key_history()
+        if any(signer.raw == key.raw for _, key in history.coordinator):
+            raise _refuse(audit, signed, subjects, f"signer key {signer.key_id.hex()} is a rotated-out coordinator "
+                          "key; sign with the coordinator's current key")
+        if any(history.rotated_out(audit.subject(s), signer.raw) and history.org_key(audit.subject(s)) != signer.raw
+               for s in subjects):
+            raise _refuse(audit, signed, subjects, f"signer key {signer.key_id.hex()} was rotated out by the "
+                          "organization; sign with its current key")
         enrolled = [audit.enrolled_key(s) for s in subjects]
         if not all(k is not None and k.raw == signer.raw for k in enrolled):
             raise _refuse(audit, signed, subjects, f"signer key {signer.key_id.hex()} is neither the coordinator's "

@@ -13,7 +13,12 @@ Checks, each failure reported with what failed:
    equal to the logged one; every readable ledger blob re-hashed.
 
 The coordinator's public key should be pinned out of band (``--public-key``); by default the run
-folder's ``audit.pub`` is used, which only shows the folder is self-consistent.
+folder's ``audit.pub`` is used, which only shows the folder is self-consistent. The pinned key is the
+run's *first* key: after rotations (``fedunlearn keys rotate``) every checkpoint and certificate
+must be signed by the key in force when it was made, each new key attested by its predecessor in a
+``key-rotation`` event (see :mod:`fedunlearn.audit.rotation`); a checkpoint or certificate signed by
+a key that never rotated in, or by a rotated-out key, fails, and so does a rotation the previous
+key did not sign.
 """
 
 from __future__ import annotations
@@ -23,7 +28,15 @@ import binascii
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fedunlearn.audit import AuditLog, VerifierKey, load_public_key, parse_canonical_json, verify_entry_in_checkpoint
+from fedunlearn.audit import (
+    AuditLog,
+    KeyHistory,
+    VerifierKey,
+    key_history,
+    load_public_key,
+    parse_canonical_json,
+    verify_entry_in_checkpoint,
+)
 from fedunlearn.certify.certificate import Certificate, signed_message
 from fedunlearn.certify.runaudit import AUDIT_FILE, PUBLIC_KEY_FILE, file_sha256
 from fedunlearn.errors import FedUnlearnError, IntegrityError
@@ -51,22 +64,32 @@ def _b64(text: object) -> bytes:
     return raw
 
 
-def verify_certificate(cert: Certificate, key: VerifierKey, log: AuditLog) -> list[str]:
-    """Problems with one certificate (empty list: it verifies); see the module docstring."""
+def verify_certificate(cert: Certificate, key: VerifierKey, log: AuditLog, history: KeyHistory | None = None) -> list[str]:
+    """Problems with one certificate (empty list: it verifies); see the module docstring.
+
+    ``key`` is the pinned first coordinator key; ``history`` (default: replayed from ``log``) gives
+    the key in force when the certificate was logged, which must have signed it and its receipt.
+    """
     where = f"certificate {cert.path.name if cert.path else ''}".strip()
     problems = []
+    history = history if history is not None else key_history(log.origin, log.entries(), key)
+    receipt = cert.receipt if isinstance(cert.receipt, dict) else {}
+    logged_at = receipt.get("index")
+    signer = history.key_at(logged_at) if isinstance(logged_at, int) else history.current
     sig = cert.signature if isinstance(cert.signature, dict) else {}
-    if sig.get("vkey") != key.vkey:
-        problems.append(f"{where}: signed by {str(sig.get('vkey'))[:60]!r}, not the pinned coordinator key {key.vkey[:60]!r}")
+    if sig.get("vkey") != signer.vkey:
+        known = {k.vkey: i for i, k in history.coordinator}
+        why = (f"a coordinator key that was not in force at entry {logged_at} (it was rotated out or not yet in)"
+               if sig.get("vkey") in known else "no key of the pinned coordinator's key history")
+        problems.append(f"{where}: signed by {str(sig.get('vkey'))[:60]!r}, {why}; expected {signer.vkey[:60]!r}")
     try:
         raw = _b64(sig.get("sig", ""))
     except binascii.Error:
         raw = b""
-    if not key.verify(raw, signed_message(cert.body)):
+    if not signer.verify(raw, signed_message(cert.body)):
         problems.append(f"{where}: the Ed25519 signature does not verify: the certificate body or signature was altered")
     if cert.body.get("run") != log.origin:
         problems.append(f"{where}: issued for run {cert.body.get('run')!r}, not this log's {log.origin!r}")
-    receipt = cert.receipt if isinstance(cert.receipt, dict) else {}
     try:
         index = receipt["index"]
         proof = [_b64(p) for p in receipt["proof"]]
@@ -74,7 +97,9 @@ def verify_certificate(cert: Certificate, key: VerifierKey, log: AuditLog) -> li
         if not isinstance(index, int) or not 0 <= index < log.size:
             raise IntegrityError(f"index {index!r} is not an entry of the log (size {log.size})")
         entry = log.entries(index, index + 1)[0]
-        cp = verify_entry_in_checkpoint(entry, index, proof, note, key, key.name)
+        size = receipt.get("tree_size")
+        cp_key = history.key_at(size) if isinstance(size, int) else history.current
+        cp = verify_entry_in_checkpoint(entry, index, proof, note, cp_key, cp_key.name)
         if cp.size != receipt.get("tree_size"):
             raise IntegrityError(f"tree size {receipt.get('tree_size')!r} differs from the signed checkpoint's {cp.size}")
         event = parse_canonical_json(entry)
@@ -164,8 +189,12 @@ def verify_run(
         elif log_report.signed_size < log_report.size:
             report.problems.append(f"audit log: entries {log_report.signed_size}-{log_report.size - 1} are not covered "
                                    "by any signed checkpoint")
+        history = log_report.keys if log_report.keys is not None else key_history(log.origin, log.entries(), key)
+        if len(history.coordinator) > 1:
+            report.checked.append(f"coordinator keys: {len(history.coordinator) - 1} attested rotation(s) from the "
+                                  f"pinned key {key.key_id.hex()} to {history.current.key_id.hex()}")
         for cert in certs:
-            problems = verify_certificate(cert, key, log)
+            problems = verify_certificate(cert, key, log, history)
             report.problems.extend(problems)
             if not problems:
                 report.checked.append(f"certificate {cert.path.name if cert.path else ''}: signature and inclusion")

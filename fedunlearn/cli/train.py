@@ -50,6 +50,8 @@ def demo(
     organizations: int = typer.Option(4, "--organizations", min=1, max=64, help="Number of synthetic organizations."),
     rounds: int = typer.Option(3, "--rounds", min=1, help="Federated rounds."),
     shards: int = typer.Option(1, "--shards", min=1, help="Isolated shards (1 = plain FedAvg)."),
+    key_dir: Optional[Path] = typer.Option(None, "--key-dir", help="Folder for this run's keys/ and secrets/ "
+                                           "outside the run folder (setting run.key-dir; default: inside it)."),
 ) -> None:
     """Fine-tune a LoRA adapter on a synthetic consortium through Flower's simulation engine."""
     from fedunlearn.config import OrganizationSettings, Settings
@@ -59,7 +61,8 @@ def demo(
 
     try:
         settings = Settings(organizations=tuple(OrganizationSettings(name=f"org-{i}") for i in range(organizations)))
-        settings = settings.replace(run={"name": "demo"}, train={"rounds": rounds}, topology={"shards": shards})
+        settings = settings.replace(run={"name": "demo", "key_dir": str(key_dir.resolve()) if key_dir else ""},
+                                    train={"rounds": rounds}, topology={"shards": shards})
         out = out or default_run_dir(settings)
         console.print(f"[bold]fedunlearn demo[/]: {organizations} organizations, {rounds} rounds, {shards} shard(s) → {out}")
         report = simulate(settings, out, reporter=RichReporter())
@@ -72,6 +75,9 @@ def demo(
 def simulate(
     scenario: Path = typer.Option(..., "--scenario", help="Scenario TOML file (see simulations/consortium.toml)."),
     out: Path = typer.Option(..., "--out", help="Run folder; an interrupted run there is resumed."),
+    key_dir: Optional[Path] = typer.Option(None, "--key-dir", help="Folder for this run's keys/ and secrets/ "
+                                           "outside the run folder, so a backup of the run holds no key "
+                                           "(overrides the scenario's run.key-dir)."),
 ) -> None:
     """Run a scenario through Flower's simulation engine (resumes an interrupted run)."""
     from fedunlearn.config import load_scenario
@@ -80,6 +86,8 @@ def simulate(
 
     try:
         settings = load_scenario(scenario)
+        if key_dir is not None:
+            settings = settings.replace(run={"key_dir": str(key_dir.resolve())})
         report = run_sim(settings, out, reporter=RichReporter())
         _summary(report)
     except FedUnlearnError as exc:

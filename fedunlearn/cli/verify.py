@@ -115,3 +115,50 @@ def keys_sign_request(
         fail(exc)
         return
     console.print(f"signed request {signed.digest[:16]}… written to {out}")
+
+
+@keys_app.command("rotate")
+def keys_rotate(
+    run: Path = typer.Option(..., "--run", help="Run folder."),
+    org: Optional[str] = typer.Option(None, "--org", help="Rotate this organization's enrolled key "
+                                      "(default: rotate the coordinator's signing key)."),
+    key: Optional[Path] = typer.Option(None, "--key", help="With --org: the organization's CURRENT private key "
+                                       "(.pem), which attests the new one."),
+    new_public_key: Optional[Path] = typer.Option(None, "--new-public-key", help="With --org: the organization's "
+                                                  "new .pub (`fedunlearn keys generate`)."),
+) -> None:
+    """Rotate a signing key: the new key is logged in a key-rotation event attested by the old key.
+
+    Without --org the coordinator's log/certificate key is replaced (a fresh key in the run's secrets);
+    later checkpoints and certificates are signed with it, and `fedunlearn verify` follows the chain from
+    the pinned RUN/audit.pub. With --org the organization's erasure-request key changes; requests signed
+    with the old key are refused from then on.
+    """
+    from fedunlearn.audit import attest_rotation, load_public_key, load_signing_key, save_public_key
+    from fedunlearn.certify.runaudit import RunAudit
+    from fedunlearn.errors import ConfigError
+
+    try:
+        if org is None:
+            if key is not None or new_public_key is not None:
+                raise ConfigError("--key and --new-public-key rotate an organization's key: pass --org too")
+            with RunAudit.open(run) as audit:
+                old = audit.verifier
+                new = audit.rotate_key()
+            console.print(f"coordinator key rotated: {old.key_id.hex()} → {new.key_id.hex()} (log entry attested by "
+                          f"the old key); auditors keep pinning {run / 'audit.pub'}\nnew verifier key: {new.vkey}")
+            return
+        if key is None or new_public_key is None:
+            raise ConfigError("--org needs --key (the current private key) and --new-public-key (the new .pub)")
+        new_key = load_public_key(new_public_key)
+        with RunAudit.open(run) as audit:
+            statement = attest_rotation(load_signing_key(key, name=new_key.name), new_key, origin=audit.origin,
+                                        role="organization")
+            index = audit.rotate_org_key(org, statement)
+        (run / "org-keys").mkdir(exist_ok=True)
+        save_public_key(new_key, run / "org-keys" / f"{org}.pub")
+    except FedUnlearnError as exc:
+        fail(exc)
+        return
+    console.print(f"key of {org!r} rotated to {new_key.key_id.hex()} (log entry {index}); requests signed with "
+                  "the old key are refused from now on")

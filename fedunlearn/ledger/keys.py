@@ -4,7 +4,8 @@ Every organization's stored updates are encrypted with its own 256-bit key (see
 :class:`~fedunlearn.ledger.blobs.BlobStore`). Erasing the organization destroys the key, which makes
 every copy of its updates unreadable, backups of the blob store included ("crypto-shredding").
 
-Layout under ``<root>/keys/`` (folder mode 0700)::
+Layout under ``<key folder>/keys/`` (folder mode 0700), where the key folder is the run folder by
+default or the run's ``run.key-dir`` setting (see :func:`key_folder`)::
 
     <h>.key        32 random bytes, mode 0600
     <h>.shredded   tombstone left by :meth:`KeyStore.shred`, so that a later access reports
@@ -15,7 +16,10 @@ hold no organization names.
 
 Limits: shredding overwrites the key file before unlinking it, but copy-on-write and journaling
 file systems or SSD wear levelling may keep old blocks; keep the key folder out of backups and on
-storage you trust, as the guarantee rests on no other copy of the key existing.
+storage you trust, as the guarantee rests on no other copy of the key existing. With the default
+key folder a backup of the run folder holds the keys too, which defeats crypto-shredding for that
+backup: set ``run.key-dir`` (``fedunlearn simulate --key-dir``) to a folder outside the run, one per
+run, and back it up separately or not at all.
 """
 
 from __future__ import annotations
@@ -32,12 +36,36 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from fedunlearn.errors import IntegrityError, LedgerError
 from fedunlearn.ledger._files import fsync_dir, write_atomic
 
-__all__ = ["KEY_BYTES", "KeyStore", "ShreddedError"]
+__all__ = ["KEY_BYTES", "KeyStore", "ShreddedError", "key_folder"]
 
 KEY_BYTES = 32
 """Length of an AES-256-GCM key in bytes."""
 
 _NAME_DOMAIN = b"fedunlearn/ledger/org-key/v1\x00"
+
+
+def key_folder(run_dir: str | os.PathLike[str]) -> Path:
+    """The folder holding a run's ``keys/`` and ``secrets/``: ``run.key-dir`` from ``RUN_DIR/run.json``.
+
+    An empty or absent setting means the run folder itself (the historical layout); a relative
+    one is taken relative to the run folder.
+
+    Raises
+    ------
+    LedgerError
+        If ``run.json`` exists but cannot be read.
+    """
+    run_dir = Path(run_dir)
+    meta = run_dir / "run.json"
+    if not meta.is_file():
+        return run_dir
+    try:
+        configured = json.loads(meta.read_text(encoding="utf-8")).get("settings", {}).get("run.key-dir", "")
+    except (OSError, ValueError, AttributeError) as exc:
+        raise LedgerError(f"cannot read the key folder setting from {meta}: {exc}; restore run.json") from exc
+    if not configured:
+        return run_dir
+    return run_dir / Path(configured).expanduser()  # an absolute path replaces run_dir
 
 
 class ShreddedError(LedgerError):
@@ -50,7 +78,8 @@ class KeyStore:
     Parameters
     ----------
     root : Path
-        Run folder; keys live in ``root / "keys"``, created with mode 0700 on first use.
+        Run folder; keys live in ``key_folder(root) / "keys"`` (``root / "keys"`` unless the run
+        sets ``run.key-dir``), created with mode 0700 on first use.
 
     Notes
     -----
@@ -60,7 +89,7 @@ class KeyStore:
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
-        self.directory = self.root / "keys"
+        self.directory = key_folder(self.root) / "keys"
 
     def __repr__(self) -> str:
         return f"KeyStore({str(self.root)!r})"
