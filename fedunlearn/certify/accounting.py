@@ -17,6 +17,7 @@ organization, present or absent).
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from collections.abc import Iterable, Sequence
@@ -97,6 +98,12 @@ def epsilon(history: Iterable[Step], delta: float, *, accountant: str = "prv") -
         return 0.0
     if any(z == 0 for z, _, _ in steps):
         return math.inf
+    return _epsilon(tuple(steps), delta, accountant)
+
+
+@functools.lru_cache(maxsize=256)
+def _epsilon(steps: tuple[Step, ...], delta: float, accountant: str) -> float:
+    """The accountant's ε (memoized: a PRV run can take seconds, and budgets re-ask the same histories)."""
     if accountant == "prv":
         from opacus.accountants import PRVAccountant
 

@@ -78,8 +78,10 @@ def check_budget(audit: Any, eligible: Iterable[str], dp: DpSettings) -> BudgetC
     """Would a further round with ``eligible`` organizations push anyone's ε over the budget?
 
     Client level: the next round adds (z, q, 1) for each eligible organization. Record level:
-    it adds the organization's last logged (z, q, steps) (its first round cannot be predicted
-    here, as the server does not know its record count: the first round always runs).
+    it adds the organization's last logged (z, q, steps). The server does not know an
+    organization's record count before its first round, so that round is checked where it is
+    known: the organization's DP-SGD refuses to train it when it alone would exceed the budget
+    (:func:`fedunlearn.training.dp.check_round_budget`), and the round fails without a commit.
     """
     if dp.max_epsilon <= 0 or not dp.enabled:
         return BudgetCheck(ok=True)

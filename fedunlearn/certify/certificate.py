@@ -61,8 +61,9 @@ DP_ASSUMPTIONS = (
     "through its clipped update deltas",
     "each eligible organization was sampled independently with the stated probability, and the sample "
     "stayed secret from the adversary (the ledger and audit log, which record who was sampled, are not public)",
-    "Gaussian noise of std z*C was added to the sum of clipped deltas every round, drawn from a generator "
-    "seeded with 63 bits of OS randomness (torch's generator is not a CSPRNG)",
+    "Gaussian noise of std z*C was added to the sum of clipped deltas every round; the sample and the noise were "
+    "drawn from the run's secret DP key (HMAC-SHA256 per organization and round; torch's noise generator, seeded "
+    "with 63 keyed bits, is not a CSPRNG), which never left the coordinator",
     "ε counts every logged round in which the subject was eligible (PRV accountant; RDP given as a cross-check)",
     "(ε, δ)-DP of the training implies the served model is (ε, δ)-close to one trained without the subject; "
     "this is not a proof that the subject's influence is zero",

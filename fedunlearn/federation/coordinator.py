@@ -24,10 +24,10 @@ import torch
 from flwr.serverapp import Grid
 
 from fedunlearn.certify.budget import check_budget
-from fedunlearn.certify.runaudit import RunAudit
+from fedunlearn.certify.runaudit import RunAudit, dp_secret
 from fedunlearn.errors import FederationError
 from fedunlearn.federation import protocol
-from fedunlearn.federation.dpfedavg import dp_fedavg, poisson_sample
+from fedunlearn.federation.dpfedavg import dp_fedavg, keyed_generator, poisson_sample
 from fedunlearn.federation.faults import check_quorum, collect_train_replies
 from fedunlearn.federation.nodes import discover, exchange_partial
 from fedunlearn.federation.serving import export_served
@@ -187,8 +187,9 @@ class Coordinator:
         """
         start = time.perf_counter()
         eligible = len(members)
-        if self.settings.dp.client_level:  # DP-FedAvg: a secret Poisson sample of the members
-            members = poisson_sample(members, self.settings.dp.client_sample_rate)
+        dp_key = dp_secret(self.run.path) if self.settings.dp.client_level else None
+        if self.settings.dp.client_level:  # DP-FedAvg: a secret Poisson sample, keyed so a retrain replays it
+            members = poisson_sample(members, self.settings.dp.client_sample_rate, key=dp_key, shard=shard, rnd=rnd)
         summary = RoundSummary(shard=shard, round=rnd, members=list(members))
         t = self.settings.train
         contents = {
@@ -211,7 +212,8 @@ class Coordinator:
                 self.reporter.message(f"round {rnd} shard {shard}: {org} {kind}: {why}")
                 self.run.append_metrics({"time": utc_now(), "round": rnd, "shard": shard, "org": org, "kind": kind,
                                          "reason": why, "attempts": collected.attempts})
-        check_quorum(collected, len(members), self.settings, group_id=f"shard-{shard}/round-{rnd}")
+        if members:  # an empty DP-FedAvg sample is a valid round: the aggregate is the noise alone
+            check_quorum(collected, len(members), self.settings, group_id=f"shard-{shard}/round-{rnd}")
         states, weights, contributions = [], [], []
         for org in (m for m in members if m in replies):  # fixed order: aggregation is deterministic
             reply = replies[org]
@@ -230,7 +232,8 @@ class Coordinator:
         contributions = [Contribution(org=c.org, update_hash=c.update_hash, weight=c.weight / total,
                                       num_examples=c.num_examples, metrics=c.metrics) for c in contributions]
         if self.settings.dp.client_level:  # clipped deltas, noise z*C, fixed denominator q*|eligible|
-            dp_round = dp_fedavg(state, states, eligible=eligible, dp=self.settings.dp)
+            dp_round = dp_fedavg(state, states, eligible=eligible, dp=self.settings.dp,
+                                 rng=keyed_generator(dp_key, shard=shard, rnd=rnd))
             aggregate = dp_round.state
             contributions = [replace(c, weight=1.0 / (dp_round.sample_rate * eligible)) for c in contributions]
         else:

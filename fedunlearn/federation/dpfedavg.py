@@ -12,12 +12,22 @@ The fixed denominator q|E| (the expected number of participants) keeps the sensi
 noised sum at C under adding or removing one organization, so each round is the subsampled
 Gaussian mechanism and :mod:`fedunlearn.certify.accounting` composes it over the rounds each
 organization was eligible. Updates are weighted equally (num-examples weighting would let one
-organization's influence exceed C). The noise and the sample come from a generator seeded with
-OS randomness, never from the public run seed.
+organization's influence exceed C).
+
+Randomness. The sample and the noise must stay secret, so they never come from the public run
+seed. With the run's secret DP key ``k`` (``secrets/dp-sampling.key``, see
+:meth:`fedunlearn.certify.RunAudit.dp_secret`) they are keyed: organization ``o`` is in round ``r`` of
+shard ``s`` iff ``HMAC-SHA256(k, "sample" | s | r | o) / 2^64 < q`` (one independent draw per
+organization, so leaving one out never changes the others), and the noise generator is seeded
+from ``HMAC-SHA256(k, "noise" | s | r)``. A retrain of a shard during an erasure therefore replays
+the same sample (less the subject) and the same noise, which keeps SISA erasure exact under DP,
+while anyone without ``k`` cannot predict either. Without a key both come from OS randomness.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -28,15 +38,46 @@ from fedunlearn.config import DpSettings
 from fedunlearn.errors import ConfigError
 from fedunlearn.training.dp import secret_generator
 
-__all__ = ["DPRound", "clip_update", "dp_fedavg", "poisson_sample"]
+__all__ = ["DPRound", "clip_update", "dp_fedavg", "keyed_generator", "keyed_poisson_sample", "poisson_sample"]
+
+_DOMAIN = b"fedunlearn/dp-fedavg/v1\x00"
 
 
-def poisson_sample(eligible: Sequence[str], rate: float, rng: torch.Generator | None = None) -> list[str]:
-    """Each of ``eligible`` independently with probability ``rate`` (order kept)."""
+def _keyed(key: bytes, *parts: object) -> bytes:
+    if not isinstance(key, bytes) or len(key) < 16:
+        raise ConfigError("the DP key must be at least 16 secret bytes (RunAudit.dp_secret() gives 32)")
+    return hmac.new(key, _DOMAIN + "\x1f".join(str(p) for p in parts).encode("utf-8"), hashlib.sha256).digest()
+
+
+def keyed_poisson_sample(eligible: Sequence[str], rate: float, key: bytes, *, shard: int, rnd: int) -> list[str]:
+    """Each of ``eligible`` with probability ``rate``, drawn from the secret ``key`` and (shard, round, name).
+
+    The same key, shard and round always select the same organizations, whoever else is eligible.
+    """
+    if not 0.0 < rate <= 1.0:
+        raise ConfigError(f"client sample rate {rate!r}: expected 0 < rate <= 1")
+    return [org for org in eligible
+            if int.from_bytes(_keyed(key, "sample", shard, rnd, org)[:8], "big") < rate * 2**64]
+
+
+def keyed_generator(key: bytes, *, shard: int, rnd: int) -> torch.Generator:
+    """The noise generator of round ``rnd`` of ``shard``, seeded with 63 bits keyed by ``key``."""
+    return torch.Generator().manual_seed(int.from_bytes(_keyed(key, "noise", shard, rnd)[:8], "big") >> 1)
+
+
+def poisson_sample(eligible: Sequence[str], rate: float, rng: torch.Generator | None = None, *,
+                   key: bytes | None = None, shard: int = 0, rnd: int = 0) -> list[str]:
+    """Each of ``eligible`` independently with probability ``rate`` (order kept).
+
+    With the run's secret DP ``key`` the draw is :func:`keyed_poisson_sample` (reproducible for
+    a retrain); otherwise it comes from ``rng`` (default: OS randomness).
+    """
     if not 0.0 < rate <= 1.0:
         raise ConfigError(f"client sample rate {rate!r}: expected 0 < rate <= 1")
     if rate == 1.0:
         return list(eligible)
+    if key is not None:
+        return keyed_poisson_sample(eligible, rate, key, shard=shard, rnd=rnd)
     rng = rng if rng is not None else secret_generator()
     draws = torch.rand(len(eligible), generator=rng)
     return [org for org, u in zip(eligible, draws.tolist()) if u < rate]

@@ -210,6 +210,7 @@ class OrganizationClient:
                 epochs=epochs or t.local_epochs, batch_size=batch_size or t.batch_size, lr=lr or t.lr,
                 seed=seed, weight_decay=t.weight_decay, noise_multiplier=self.settings.dp.noise_multiplier,
                 max_grad_norm=self.settings.dp.max_grad_norm,
+                max_epsilon=self.settings.dp.max_epsilon, delta=self.settings.dp.delta,  # refuse before training
             )
             return get_lora_state(model), result
         result = fit_local(

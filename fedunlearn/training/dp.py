@@ -15,6 +15,13 @@ the sampling and the noise are secret (both come from a generator seeded with 63
 randomness, never from the run seed; torch's generator is not a CSPRNG), adjacency is adding or
 removing one record, and ε counts every round in which the organization trained. DP fits are
 therefore not reproducible, by design.
+
+Budget. The organization knows its record count ``n``, hence the round's mechanism before it
+trains: ``q = min(1, batch_size / n)``, ``steps = epochs * ceil(1 / q)``, noise ``z``
+(:func:`planned_mechanism`). With ``max_epsilon > 0`` :func:`fit_local_dp` predicts ε after the
+round (its earlier rounds plus this one, PRV accountant) and refuses to take a single step when it
+would exceed the budget (:class:`PrivacyBudgetError`), the first round included. The coordinator
+checks later rounds from the audit log as well (:func:`fedunlearn.certify.check_budget`).
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ import math
 import secrets
 import time
 import warnings
-from collections.abc import MutableMapping
+from collections.abc import MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,11 +39,14 @@ from opacus import GradSampleModule
 from opacus.optimizers import DPOptimizer
 from torch import nn
 
-from fedunlearn.errors import ConfigError
+from fedunlearn.errors import ConfigError, RunStateError
 from fedunlearn.training.local import EncodedData, FitResult, _device_of, sequence_losses
 
 __all__ = [
     "DPFitResult",
+    "PrivacyBudgetError",
+    "check_round_budget",
+    "planned_mechanism",
     "dp_reply_metrics",
     "dp_step",
     "fit_local_dp",
@@ -53,6 +63,38 @@ class DPFitResult(FitResult):
     max_grad_norm: float = 0.0
     sample_rate: float = 1.0
     dp_steps: int = 0
+
+
+class PrivacyBudgetError(RunStateError):
+    """A DP round was refused before training: it would take ε over ``dp.max-epsilon``."""
+
+
+def planned_mechanism(records: int, *, batch_size: int, epochs: int) -> tuple[float, int]:
+    """(q, steps) of one DP-SGD fit on ``records`` records: ``q = min(1, b / n)``, ``epochs * ceil(1/q)`` steps."""
+    if records < 1 or batch_size < 1 or epochs < 1:
+        raise ConfigError(f"records={records}, batch_size={batch_size}, epochs={epochs}: expected all >= 1")
+    q = min(1.0, batch_size / records)
+    return q, epochs * math.ceil(1.0 / q)
+
+
+def check_round_budget(
+    history: Sequence[tuple[float, float, int]], planned: tuple[float, float, int], *, delta: float, max_epsilon: float,
+) -> float:
+    """ε after ``history`` plus the ``planned`` (z, q, steps) round; PrivacyBudgetError if over ``max_epsilon``.
+
+    ``max_epsilon <= 0`` means no budget (returns the predicted ε all the same).
+    """
+    from fedunlearn.certify.accounting import epsilon
+
+    eps = epsilon([*history, planned], delta)
+    if max_epsilon > 0 and eps > max_epsilon:
+        z, q, n = planned
+        raise PrivacyBudgetError(
+            f"this DP-SGD round (z={z:g}, q={q:.4g}, {n} steps) would raise the organization's record-level ε "
+            f"to {eps:.3f} at δ={delta:g}, over dp.max-epsilon = {max_epsilon:g}; it was refused before training: "
+            "raise dp.max-epsilon or dp.noise-multiplier, or train fewer local epochs"
+        )
+    return eps
 
 
 def secret_generator(device: torch.device | str = "cpu") -> torch.Generator:
@@ -160,16 +202,25 @@ def fit_local_dp(
     weight_decay: float = 0.0,
     optimizer: str = "adamw",
     rng: torch.Generator | None = None,
+    max_epsilon: float = 0.0,
+    delta: float = 1e-5,
+    history: Sequence[tuple[float, float, int]] = (),
 ) -> DPFitResult:
     """Train the LoRA parameters of ``model`` in place with DP-SGD (see the module docstring).
 
     ``seed`` only seeds dropout; the record sampling and the noise come from ``rng`` (default:
     a secret generator). Returns the mechanism's (z, q, steps) for the accountant.
+
+    With ``max_epsilon > 0``, ε after this fit (``history``: this organization's earlier
+    (z, q, steps), plus this fit) is predicted first, and :class:`PrivacyBudgetError` is raised
+    before any step when it exceeds ``max_epsilon`` at ``delta``.
     """
     if epochs < 1 or batch_size < 1 or lr <= 0:
         raise ConfigError(f"epochs={epochs}, batch_size={batch_size}, lr={lr}: expected epochs >= 1, batch_size >= 1, lr > 0")
     n = len(data)
-    q = min(1.0, batch_size / n)
+    q, planned_steps = planned_mechanism(n, batch_size=batch_size, epochs=epochs)
+    if max_epsilon > 0:  # refuse before any record is touched
+        check_round_budget(history, (float(noise_multiplier), q, planned_steps), delta=delta, max_epsilon=max_epsilon)
     steps_per_epoch = math.ceil(1.0 / q)
     device = _device_of(model)
     rng = rng if rng is not None else secret_generator()

@@ -67,7 +67,7 @@ def test_dp_run_tracks_epsilon_stops_at_the_budget_and_certifies(tiny_model_dir,
     z, q, delta = 1.0, 1.0, 1e-5
     one, two = client_level_epsilon(z, q, 1, delta), client_level_epsilon(z, q, 2, delta)
     settings = small(tiny_model_dir, tmp_path / "run", train={"rounds": 3, "local_epochs": 1, "batch_size": 8, "lr": 2e-2},
-                     dp={"record_level": True, "noise_multiplier": 1.0, "max_grad_norm": 1.0, "client_level": True,
+                     dp={"record_level": True, "noise_multiplier": 3.0, "max_grad_norm": 1.0, "client_level": True,
                          "client_noise_multiplier": z, "client_clip": 0.5, "client_sample_rate": q, "delta": delta,
                          "max_epsilon": (one + two) / 2})
     settings = settings.replace(topology={"shards": 1})
@@ -86,7 +86,7 @@ def test_dp_run_tracks_epsilon_stops_at_the_budget_and_certifies(tiny_model_dir,
         accounts = privacy_accounts(audit, ["org-0", "org-1"], settings.dp)
         assert accounts["org-0"]["client"].epsilon == pytest.approx(one, rel=1e-3)
         rec = accounts["org-1"]["record"].history
-        assert len(rec) == 1 and rec[0][0] == 1.0 and rec[0][2] >= 2
+        assert len(rec) == 1 and rec[0][0] == 3.0 and rec[0][2] >= 2
         # "DP implies unlearning": the served model is certified for any one organization
         run = RunFolder.open(report.run_dir)
         auth = authorize_request(audit, sign_request(audit.signer, run=audit.origin, subjects=["org-2"]))
