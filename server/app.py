@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from pathlib import Path
 
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
@@ -43,18 +42,12 @@ def make_app(overrides: Mapping[str, object] | None = None, *, reporter: Reporte
 def _configured_workflow(settings: Settings) -> Callable[..., object]:
     """The workflow ``run.workflow`` names (train, or erase ``run.erase-orgs``)."""
     if settings.run.workflow == "erase":
-        from fedunlearn.federation.erase import erasure_workflow, log_applied_erasure
+        from fedunlearn.federation.erase import certified_erasure_workflow
         from fedunlearn.unlearning import EraseRequest
 
         orgs = tuple(o.strip() for o in settings.run.erase_orgs.split(",") if o.strip())
-        erase = erasure_workflow(EraseRequest(orgs, method=settings.run.erase_method, requested_by="flwr run"))
-
-        def erase_and_log(grid: Grid, settings: Settings, *, reporter: Reporter | None = None) -> object:
-            result = erase(grid, settings, reporter=reporter)
-            log_applied_erasure(Path(settings.run.dir), result)  # the audit log follows the served model
-            return result
-
-        return erase_and_log
+        # authorized (coordinator-signed, logged) before, certified after, as `fedunlearn forget` does
+        return certified_erasure_workflow(EraseRequest(orgs, method=settings.run.erase_method, requested_by="flwr run"))
     return train_workflow
 
 

@@ -107,7 +107,7 @@ def forget(
 def _signed_request(run: Path, request_file: Path | None, orgs: tuple[str, ...], method: str,
                     records: tuple[str, ...]):
     """The signed request: read from ``--request``, or signed now with the coordinator's key."""
-    from fedunlearn.certify import RunAudit, SignedRequest, sign_request
+    from fedunlearn.certify import SignedRequest
     from fedunlearn.errors import ConfigError
     from fedunlearn.runs import RunFolder
 
@@ -124,22 +124,22 @@ def _signed_request(run: Path, request_file: Path | None, orgs: tuple[str, ...],
         return signed
     if not orgs:
         raise ConfigError("no organization to erase: pass --org NAME or --request FILE")
-    with RunAudit.open(run) as audit:
-        return sign_request(audit.signer, run=audit.origin, subjects=orgs, method=method, records=records)
+    from fedunlearn.federation.erase import coordinator_request
+    from fedunlearn.unlearning import EraseRequest
+
+    return coordinator_request(run, EraseRequest(orgs, method=method, records=records))
 
 
 def _authorize(run: Path, signed):
     """Check the signature against the run's enrolled keys and log the request (or the refusal)."""
-    from fedunlearn.certify import RunAudit, authorize_request
+    from fedunlearn.federation.erase import authorize_erasure
 
-    with RunAudit.open(run) as audit:
-        return authorize_request(audit, signed)
+    return authorize_erasure(run, signed)
 
 
 def _certify(run: Path, authorization, result) -> Path:
-    """Issue the signed certificate of the applied erasure; return its file."""
-    from fedunlearn.certify import certify_erasure
-    from fedunlearn.runs import RunFolder
+    """Issue the signed certificate of the applied erasure (the path deployments use too); return its file."""
+    from fedunlearn.federation.erase import certify_applied_erasure
 
-    certificate = certify_erasure(RunFolder.open(run), authorization, result)
+    certificate = certify_applied_erasure(run, authorization, result)
     return Path(certificate.path) if getattr(certificate, "path", None) else Path(run) / "certificates"

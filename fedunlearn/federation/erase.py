@@ -6,6 +6,11 @@ needs). :func:`erase` is the same without Flower, for erasures that train nothin
 or with any grid the caller brings; :func:`prepare_erasure` checks a request and says whether it
 needs Flower, before anything starts; :func:`erasure_workflow` adapts a request to the ServerApp's
 ``workflow=`` hook (see ``server/app.py`` and :func:`~fedunlearn.federation.simulation.simulate_erasure`).
+
+Every erasure is authorized and certified the same way, whether ``fedunlearn forget`` or the
+ServerApp (``run.workflow = "erase"`` under ``flwr run``) applies it: :func:`coordinator_request` /
+:func:`authorize_erasure` before, :func:`certify_applied_erasure` after;
+:func:`certified_erasure_workflow` wraps the three around a deployment erasure.
 """
 
 from __future__ import annotations
@@ -16,13 +21,24 @@ from pathlib import Path
 
 from flwr.serverapp import Grid
 
+from fedunlearn.certify.authorize import Authorization, SignedRequest
+from fedunlearn.certify.certificate import Certificate
 from fedunlearn.config import Settings
 from fedunlearn.ledger import Ledger
 from fedunlearn.progress import LogReporter, Reporter
 from fedunlearn.runs import RunFolder
 from fedunlearn.unlearning import EraseRequest, Federation, UnlearnResult, check_request, get_unlearner, pending_erasure
 
-__all__ = ["erase", "erase_workflow", "erasure_workflow", "log_applied_erasure", "prepare_erasure"]
+__all__ = [
+    "authorize_erasure",
+    "certified_erasure_workflow",
+    "certify_applied_erasure",
+    "coordinator_request",
+    "erase",
+    "erase_workflow",
+    "erasure_workflow",
+    "prepare_erasure",
+]
 
 
 def prepare_erasure(run_dir: Path, request: EraseRequest) -> bool:
@@ -82,21 +98,58 @@ def erasure_workflow(request: EraseRequest) -> Callable[..., UnlearnResult]:
     return workflow
 
 
-def log_applied_erasure(run_dir: Path, result: UnlearnResult) -> None:
-    """Bring the run's audit log up to date after an applied erasure.
+def coordinator_request(run_dir: Path, request: EraseRequest) -> SignedRequest:
+    """``request`` signed with the coordinator's key (when no organization brought a signed one)."""
+    from fedunlearn.certify import RunAudit, sign_request
 
-    Logs the retrained round commits, an ``erasure-applied`` event (subjects as keyed hashes,
-    method, guarantee, served hashes before and after), the new export's file hashes, and signs a
-    checkpoint, so that ``fedunlearn verify`` checks the served model the erasure produced.
+    with RunAudit.open(run_dir) as audit:
+        return sign_request(audit.signer, run=audit.origin, subjects=request.subjects, method=request.method,
+                            records=request.records)
+
+
+def authorize_erasure(run_dir: Path, signed: SignedRequest) -> Authorization:
+    """Check a signed request against the run's enrolled keys; log it (or the refusal) and sign.
+
+    Raises
+    ------
+    AuthorizationError
+        The request is refused (see :func:`fedunlearn.certify.authorize_request`); the refusal is logged.
     """
-    from fedunlearn.certify.runaudit import RunAudit
+    from fedunlearn.certify import RunAudit, authorize_request
 
-    run = RunFolder.open(run_dir)
-    with Ledger.open(run.path) as ledger, RunAudit.open(run.path) as audit:
-        audit.sync(ledger, run.settings.dp)
-        audit.append({"type": "erasure-applied", "subjects": sorted(audit.subject(s) for s in result.subjects),
-                      "method": result.method, "guarantee": result.guarantee, "served": result.served_hash,
-                      "previous_served": result.previous_served_hash})
-        export = run.path / "export"
-        audit.log_export(result.served_hash, sorted(p for p in export.iterdir() if p.is_dir()))
-        audit.checkpoint()
+    with RunAudit.open(run_dir) as audit:
+        return authorize_request(audit, signed)
+
+
+def certify_applied_erasure(run_dir: Path, authorization: Authorization, result: UnlearnResult) -> Certificate:
+    """Issue the signed certificate of an applied erasure, whichever path applied it.
+
+    Brings the audit log up to date (the retrained round commits, the new export's file hashes, an
+    ``erasure-applied`` event), then signs the certificate, logs it with an inclusion receipt and
+    writes it to ``RUN_DIR/certificates/`` (see :func:`fedunlearn.certify.certify_erasure`). Used by
+    ``fedunlearn forget`` and by the ServerApp's ``run.workflow = "erase"`` (``flwr run``).
+    """
+    from fedunlearn.certify import certify_erasure
+
+    return certify_erasure(RunFolder.open(run_dir), authorization, result)
+
+
+def certified_erasure_workflow(request: EraseRequest) -> Callable[..., UnlearnResult]:
+    """Like :func:`erasure_workflow`, but authorized and certified as ``fedunlearn forget`` does.
+
+    Before anything changes, the request is checked (:func:`prepare_erasure`), signed with the
+    coordinator's key and authorized (logged); after the erasure the certificate is issued. This is
+    the ServerApp's ``run.workflow = "erase"``.
+    """
+    erase_it = erasure_workflow(request)
+
+    def workflow(grid: Grid, settings: Settings, *, reporter: Reporter | None = None) -> UnlearnResult:
+        run_dir = Path(settings.run.dir)
+        prepare_erasure(run_dir, request)
+        authorization = authorize_erasure(run_dir, coordinator_request(run_dir, request))
+        result = erase_it(grid, settings, reporter=reporter)
+        certificate = certify_applied_erasure(run_dir, authorization, result)
+        (reporter or LogReporter()).message(f"erasure certificate {certificate.path}")
+        return result
+
+    return workflow

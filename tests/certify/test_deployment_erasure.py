@@ -1,0 +1,126 @@
+"""A run whose keys live outside the run folder, erased by the ServerApp's workflow and certified.
+
+One 2-shard run (org-0 and org-2 share shard 0) with ``run.key-dir`` outside the run folder and
+client-level DP-FedAvg sampling half of the organizations: the ServerApp of ``flwr run``
+(``run.workflow = "erase"``) retrains shard 0 without org-2 over the in-process grid, must replay the
+keyed sample, and must authorize and certify the erasure exactly as ``fedunlearn forget`` does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+
+import pytest
+from flwr.app import Context, RecordDict
+
+from clients.app import make_app as client_app
+from fedunlearn.certify import Certificate, RunAudit, verify_run
+from fedunlearn.config import settings_to_flat
+from fedunlearn.federation.dpfedavg import keyed_poisson_sample
+from fedunlearn.ledger import ShreddedError
+from fedunlearn.ledger import Ledger
+from server.app import make_app as server_app
+from tests.certify.conftest import small
+from tests.localgrid import LocalGrid
+
+SECRETS = ("*.key", "*.pem", "*.shredded")
+
+
+@pytest.fixture(scope="module")
+def outside_keys_run(tiny_model_dir, tmp_path_factory):
+    """(run folder, settings) of a trained 2-shard run whose key folder is ``../run-keys``."""
+    from fedunlearn.federation.workflow import train_workflow
+
+    root = tmp_path_factory.mktemp("keydir")
+    settings = small(tiny_model_dir, root / "run", topology={"shards": 2},
+                     dp={"client_level": True, "client_noise_multiplier": 1.0, "client_clip": 0.5,
+                         "client_sample_rate": 0.5})
+    settings = settings.replace(run={"key_dir": "../run-keys"})  # relative to the run folder
+    # a run secret under which org-0 trains in both rounds of shard 0 and org-2 in one at least (so the
+    # retrain has work to replay); any secret works the same way, this one just makes the test meaningful
+    secrets = root / "run-keys" / "secrets"
+    secrets.mkdir(parents=True, mode=0o700)
+    fd = os.open(secrets / "dp-sampling.key", os.O_WRONLY | os.O_CREAT, 0o600)
+    os.write(fd, _useful_secret())
+    os.close(fd)
+    train_workflow(LocalGrid(client_app(), 3, run_config=settings_to_flat(settings)), settings)
+    return root / "run", settings
+
+
+def _useful_secret() -> bytes:
+    for i in range(1000):
+        key = hashlib.sha256(b"test secret %d" % i).digest()
+        picks = [keyed_poisson_sample(["org-0", "org-2"], 0.5, key, shard=0, rnd=r) for r in (1, 2)]
+        if all("org-0" in p for p in picks) and any("org-2" in p for p in picks):
+            return key
+    raise AssertionError("no secret found")
+
+
+def _sampled(ledger, shard):
+    return {ck.round: sorted(c.org for c in ledger.contributions(ck.id)) for ck in ledger.chain(shard) if ck.round}
+
+
+def _secret_files(folder):
+    return sorted(p.relative_to(folder).as_posix() for pattern in SECRETS for p in folder.rglob(pattern))
+
+
+def test_keys_and_secrets_live_outside_the_run_folder(outside_keys_run):
+    run_dir, _ = outside_keys_run
+    keys = run_dir.parent / "run-keys"
+    assert _secret_files(run_dir) == []  # a copy of the run folder holds no key material
+    assert not (run_dir / "keys").exists() and not (run_dir / "secrets").exists()
+    assert {p.name for p in (keys / "secrets").iterdir()} >= {"coordinator.pem", "subject-hmac.key"}
+    with Ledger.open(run_dir) as ledger:  # the ledger finds its keys through run.json
+        stored = {c.org for s in range(2) for ck in ledger.chain(s) for c in ledger.contributions(ck.id)}
+        assert len(list((keys / "keys").glob("*.key"))) == len(stored) >= 2  # one AES key per organization
+        contribution = ledger.contributions(ledger.head(0).id)[0]
+        assert ledger.get_state(contribution.update_hash, org=contribution.org)
+    assert verify_run(run_dir).ok
+
+
+def test_deployment_erasure_is_certified_and_shredding_beats_a_backup(outside_keys_run):
+    run_dir, settings = outside_keys_run
+    backup = run_dir.parent / "backup-of-run"  # a sibling: its run.json finds the same ../run-keys
+    shutil.copytree(run_dir, backup)  # what an ordinary backup of the run folder holds
+    with Ledger.open(run_dir) as ledger:
+        org2_updates = [c.update_hash for ck in ledger.chain(0) for c in ledger.contributions(ck.id) if c.org == "org-2"]
+        sampled_before = _sampled(ledger, 0)
+    assert org2_updates
+
+    erase = settings.replace(run={"workflow": "erase", "erase_orgs": "org-2"})
+    flat = settings_to_flat(erase)
+    grid = LocalGrid(client_app(), 3, run_config=flat)
+    results: list = []
+    server_app(results=results)(grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(),
+                                              run_config=flat))
+    result = results[0]
+    assert result.subjects == ("org-2",) and result.method == "sisa"
+    trained = {grid.contexts[m.metadata.dst_node_id].node_config["partition-id"] for m in grid.sent
+               if m.metadata.message_type == "train"}
+    assert trained == {0}  # only org-0 retrained shard 0 (org-1's shard was untouched)
+    with Ledger.open(run_dir) as ledger:  # the retrain replayed the keyed DP sample, less the subject
+        assert _sampled(ledger, 0) == {r: [o for o in orgs if o != "org-2"] for r, orgs in sampled_before.items()}
+
+    # certified like `fedunlearn forget`: a coordinator-signed request, logged, then a certificate
+    certificates = sorted((run_dir / "certificates").glob("*.json"))
+    assert len(certificates) == 1
+    cert = Certificate.read(certificates[0])
+    with RunAudit.open(run_dir) as audit:
+        assert cert.body["subjects"] == [audit.subject("org-2")]
+        assert cert.body["request"]["signer"] == "coordinator"
+        assert cert.body["guarantee"]["kind"] == "exact"
+        assert cert.body["models"]["after"]["served"] == result.served_hash
+        requests = [e for _, e in audit.events("erasure-request")]
+        assert [r["request"] for r in requests] == [cert.body["request"]["hash"]]
+    report = verify_run(run_dir, certificates=certificates)
+    assert report.ok, report.problems
+
+    # crypto-shredding: org-2's key is gone from the key folder, and the backup cannot read its updates
+    assert _secret_files(backup) == []
+    with Ledger.open(backup) as old:
+        with pytest.raises(ShreddedError):
+            old.get_state(org2_updates[0], org="org-2")
+        org0 = next(c for ck in old.chain(0) for c in old.contributions(ck.id) if c.org == "org-0")
+        assert old.get_state(org0.update_hash, org="org-0")  # only the erased organization's key is gone
