@@ -162,9 +162,13 @@ class TopologySettings:
 
     shards: int = 1
     combine: str = "merge"  # merge (exact ΔW average of shard adapters) | ensemble
+    sample_fraction: float = 1.0  # share of a shard's members sampled (seeded, per organization) to train each round
 
     def __post_init__(self) -> None:
         _positive("topology", "shards", self.shards)
+        if not 0.0 < self.sample_fraction <= 1.0:
+            raise ConfigError(f"topology.sample-fraction = {self.sample_fraction!r} is invalid: expected a share "
+                              "in (0, 1], e.g. 1.0 (every member trains every round) or 0.1")
         if self.combine not in ("merge", "ensemble"):
             raise ConfigError(f"topology.combine = {self.combine!r} is invalid: expected 'merge' or 'ensemble'")
 

@@ -101,6 +101,7 @@ class Coordinator:
 
         Erased organizations are skipped: they stay erased and are never addressed again.
         """
+        self.topology.record_sampling(self.ledger)  # topology.sample-fraction: who trains each round
         erased = {o.name for o in self.ledger.organizations() if o.status == "erased"}
         for org in self.settings.organizations:
             if org.name in erased:
@@ -245,6 +246,9 @@ class Coordinator:
     def evaluate(self, rnd: int) -> dict[str, float]:
         """Each active organization evaluates its shard's current adapter on its own holdout."""
         active = [o for o in self.ledger.organizations() if o.status == "active" and o.join_round <= rnd]
+        if self.topology.sample_fraction < 1.0:  # sampled rounds are evaluated by the round's sample only
+            sampled = {m for s in range(self.topology.shards) for m in self.ledger.members(s, rnd)}
+            active = [o for o in active if o.name in sampled]
         heads = {s: self.ledger.get_state(self.ledger.head(s).hash) for s in {o.shard for o in active}}
         contents = {o.name: protocol.make_content(state=heads[o.shard], config={"round": rnd, "shard": o.shard})
                     for o in active}

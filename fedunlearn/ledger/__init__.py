@@ -8,6 +8,8 @@ encrypted per organization, a SQLite index, and crypto-shredding on erasure::
         blobs/             tensor states by SHA-256 of their plaintext (BlobStore)
         keys/              one AES-256-GCM key per organization (KeyStore)
 
+Compaction (:mod:`fedunlearn.ledger.compact`) deletes stored blobs no kept erasure method needs.
+
 Errors: :class:`~fedunlearn.errors.LedgerError` (missing blob, stale commit, bad value),
 :class:`~fedunlearn.errors.IntegrityError` (a blob or key that changed on disk),
 :class:`ShreddedError` (an erased organization's key is gone),
@@ -17,6 +19,7 @@ Errors: :class:`~fedunlearn.errors.LedgerError` (missing blob, stale commit, bad
 from __future__ import annotations
 
 from fedunlearn.ledger.blobs import BlobStore
+from fedunlearn.ledger.compact import CompactionPolicy, CompactionReport, compact, plan_compaction
 from fedunlearn.ledger.keys import KeyStore, ShreddedError
 from fedunlearn.ledger.lineage import Checkpoint, Contribution, Dependency, Ledger, Organization
 from fedunlearn.ledger.tensors import state_from_bytes, state_sha256, state_to_bytes
@@ -24,12 +27,16 @@ from fedunlearn.ledger.tensors import state_from_bytes, state_sha256, state_to_b
 __all__ = [
     "BlobStore",
     "Checkpoint",
+    "CompactionPolicy",
+    "CompactionReport",
     "Contribution",
     "Dependency",
     "KeyStore",
     "Ledger",
     "Organization",
     "ShreddedError",
+    "compact",
+    "plan_compaction",
     "state_from_bytes",
     "state_sha256",
     "state_to_bytes",

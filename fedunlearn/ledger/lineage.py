@@ -495,6 +495,14 @@ class Ledger(LedgerStore):
         try:
             return state_from_bytes(self.blobs.get(digest))
         except LedgerError as exc:
+            if not self.blobs.exists(digest) and self._query(
+                "SELECT 1 FROM compacted WHERE hash = ? AND kind = 'aggregate' LIMIT 1", (digest,)
+            ):
+                raise LedgerError(
+                    f"aggregate {digest} of an abandoned checkpoint was deleted by a ledger compaction "
+                    "with drop_history (fedunlearn ledger compact --drop-history); start from a "
+                    "head-chain checkpoint (chain(shard)) instead"
+                ) from exc
             if self.blobs.exists(digest) or not self._query(
                 "SELECT 1 FROM purged WHERE hash = ? LIMIT 1", (digest,)
             ):
@@ -575,6 +583,9 @@ class Ledger(LedgerStore):
             kept = {row["hash"] for row in conn.execute(
                 "SELECT hash FROM checkpoints WHERE id NOT IN (SELECT checkpoint_id FROM purged)"
             )}
+            # deleted by a compaction (fedunlearn.ledger.compact): expected missing, never a head chain's
+            kept -= {row["hash"] for row in conn.execute(
+                "SELECT hash FROM compacted WHERE kind = 'aggregate'")} - protected
         for digest in sorted(kept):
             try:
                 self.blobs.get(digest)

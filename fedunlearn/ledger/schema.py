@@ -38,7 +38,7 @@ __all__ = [
     "APPLICATION_ID", "SCHEMA_VERSION", "check_version", "connect", "initialize", "migrate", "utc_now",
 ]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """Version of the tables below; bump it (and add a migration) whenever they change."""
 
 APPLICATION_ID = 0x46554C44  # "FULD": marks the SQLite file as a fedunlearn ledger
@@ -97,10 +97,21 @@ _PURGED_DDL = """CREATE TABLE purged (
         purged        TEXT NOT NULL
     )"""
 
-_MIGRATIONS: dict[int, tuple[str, ...]] = {1: (_PURGED_DDL,)}
+_COMPACTED_DDL = """CREATE TABLE compacted (
+        hash      TEXT NOT NULL CHECK (length(hash) = 64),
+        org       TEXT NOT NULL DEFAULT '',
+        kind      TEXT NOT NULL CHECK (kind IN ('update', 'aggregate')),
+        policy    TEXT NOT NULL,
+        compacted TEXT NOT NULL,
+        PRIMARY KEY (hash, org, kind)
+    )"""
+"""Version 3: blobs deleted by a compaction (fedunlearn.ledger.compact); their hashes stay in the
+lineage tables, and ``org`` is '' for an aggregate."""
+
+_MIGRATIONS: dict[int, tuple[str, ...]] = {1: (_PURGED_DDL,), 2: (_COMPACTED_DDL,)}
 """Statements that upgrade a ledger from the key's version to the next one."""
 
-_DDL = _DDL + (_PURGED_DDL,)
+_DDL = _DDL + (_PURGED_DDL, _COMPACTED_DDL)
 
 
 def utc_now() -> str:

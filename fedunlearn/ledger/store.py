@@ -10,6 +10,8 @@ name), aggregates in the clear; erasing an organization shreds its key (see
 
 from __future__ import annotations
 
+import hashlib
+import json
 import sqlite3
 import threading
 from collections.abc import Iterator, Mapping, Sequence
@@ -46,6 +48,22 @@ LEDGER_FILE = "ledger.sqlite"
 """Name of the SQLite index inside a run folder."""
 
 _Self = TypeVar("_Self", bound="LedgerStore")
+
+
+ROUND_SAMPLE_KEY = "round-sample"
+"""Ledger metadata key of the per-round sample of organizations (see LedgerStore.set_round_sample)."""
+
+
+def in_round_sample(seed: int, shard: int, round: int, org: str, fraction: float) -> bool:
+    """Whether ``org`` trains in ``round`` of ``shard`` when a ``fraction`` of members is sampled.
+
+    A Bernoulli(``fraction``) draw from SHA-256 of (seed, shard, round, org): stable across
+    processes, independent between organizations, so removing one never changes the others.
+    """
+    if fraction >= 1.0:
+        return True
+    text = "\x1f".join(str(p) for p in (seed, "round-sample", shard, round, org)).encode()
+    return int.from_bytes(hashlib.sha256(text).digest()[:8], "big") < fraction * 2**64
 
 
 class LedgerStore:
@@ -132,7 +150,7 @@ class LedgerStore:
 
         Notes
         -----
-        A ledger of an older known schema version (1) is upgraded in place on opening
+        A ledger of an older known schema version (1 or 2) is upgraded in place on opening
         (:func:`~fedunlearn.ledger.schema.migrate`), so opening one needs write access.
         """
         run_dir = Path(run_dir)
@@ -270,7 +288,8 @@ class LedgerStore:
             return row
 
     def members(self, shard: int, round: int) -> list[str]:
-        """Active organizations of ``shard`` that have joined by ``round``, sorted."""
+        """Active organizations of ``shard`` that have joined by ``round``, sorted; when the run
+        samples organizations per round (:meth:`set_round_sample`), only those sampled for ``round``."""
         shard = check_int("shard", shard, minimum=0)
         round = check_int("round", round, minimum=0)
         rows = self._query(
@@ -278,7 +297,44 @@ class LedgerStore:
             "AND status = 'active' ORDER BY name",
             (shard, round),
         )
-        return [r["name"] for r in rows]
+        names = [r["name"] for r in rows]
+        sample = self._query("SELECT value FROM meta WHERE key = ?", (ROUND_SAMPLE_KEY,))
+        if sample:
+            rule = json.loads(sample[0]["value"])
+            names = [n for n in names if in_round_sample(rule["seed"], shard, round, n, rule["fraction"])]
+        return names
+
+    def set_round_sample(self, fraction: float, seed: int) -> None:
+        """Let :meth:`members` return, each round, a seeded sample of ``fraction`` of the members.
+
+        Each organization is in round ``r`` of its shard independently with probability
+        ``fraction`` (:func:`in_round_sample`), decided by (``seed``, shard, round, name) alone, so
+        an erasure that replays a round without one organization replays it with the same others.
+        Recorded once per run; ``fraction = 1`` on a ledger without a sample is a no-op.
+
+        Raises
+        ------
+        LedgerError
+            If ``fraction`` is not in (0, 1].
+        RunStateError
+            If the ledger already samples with another fraction or seed (resuming with a different
+            sample would break the lineage every erasure replays).
+        """
+        fraction = float(fraction)
+        if not 0.0 < fraction <= 1.0:
+            raise LedgerError(f"round sample fraction {fraction!r} is invalid: expected a share in (0, 1], e.g. 0.1")
+        wanted = json.dumps({"fraction": fraction, "seed": int(seed)}, sort_keys=True)
+        current = self.meta.get(ROUND_SAMPLE_KEY)
+        if current is None and fraction == 1.0:
+            return
+        if current is not None and current != wanted:
+            raise RunStateError(
+                f"this run samples organizations per round as {current}, not {wanted}; the sample is fixed "
+                "for the life of a run: resume it with the same topology.sample-fraction and run.seed, or "
+                "start a new run"
+            )
+        if current is None:
+            self.set_meta(ROUND_SAMPLE_KEY, wanted)
 
     def mark_erased(self, org: str) -> None:
         """Mark ``org`` erased and shred its key; its stored updates become unreadable.
@@ -334,6 +390,15 @@ class LedgerStore:
         if row["status"] == "erased" and not self.keys.is_shredded(org):
             self.keys.shred(org)  # finish an erasure interrupted between its two steps
         key = self.keys.key_for(org, create=False)
+        if not self.has_state(digest, org=org) and self._query(
+            "SELECT 1 FROM compacted WHERE hash = ? AND org = ? AND kind = 'update' LIMIT 1", (digest, org)
+        ):
+            raise LedgerError(
+                f"organization {org!r}'s update {digest} was deleted by a ledger compaction (its hash "
+                "stays in the lineage); methods that read stored updates (subtract, negate, influence "
+                "with gradient=stored) cannot use it: erase with sisa or retrain, or compact with "
+                "--keep naming the method"
+            )
         return state_from_bytes(self.blobs.get(digest, key=key, aad=org.encode("utf-8")))
 
     def has_state(self, digest: str, *, org: str | None = None) -> bool:

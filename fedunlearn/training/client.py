@@ -188,7 +188,7 @@ class OrganizationClient:
         """A fresh copy of the base model wrapped with LoRA and loaded with ``state``."""
         base = copy.copy(self.base)
         base.model = copy.deepcopy(self.base.model)
-        model = wrap_lora(base, lora_spec(self.settings), seed=0)
+        model = wrap_lora(base, lora_spec(self.settings), seed=0, inplace=True)  # already a copy: not twice
         set_lora_state(model, state)
         return model
 

@@ -1,0 +1,77 @@
+"""Compaction and per-round sampling on a real trained run (tiny model, real ClientApp messages)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from fedunlearn.cli import app
+from fedunlearn.errors import RunStateError
+from fedunlearn.federation.erase import erase
+from fedunlearn.ledger import Ledger
+from fedunlearn.ledger.store import in_round_sample
+from fedunlearn.unlearning import EraseRequest
+from tests.unlearning.conftest import base_settings, grid_for, train
+
+SEED = 0
+
+
+@pytest.fixture(scope="module")
+def sampled_run(tiny_model_dir, tmp_path_factory) -> Path:
+    """Five organizations, one shard, 3 rounds, 60 % of the members sampled per round."""
+    settings = base_settings(tiny_model_dir, shards=1, orgs=5, rounds=3).replace(
+        topology={"sample_fraction": 0.6}, run={"seed": SEED})
+    return train(settings, tmp_path_factory.mktemp("sampled") / "run")
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_each_round_trains_its_seeded_sample(sampled_run: Path) -> None:
+    names = [f"org-{i}" for i in range(5)]
+    with Ledger.open(sampled_run) as ledger:
+        trained = {c.round: sorted(k.org for k in ledger.contributions(c.id)) for c in ledger.chain(0)[1:]}
+    expected = {r: [n for n in names if in_round_sample(SEED, 0, r, n, 0.6)] for r in (1, 2, 3)}
+    assert trained == expected
+    assert any(len(t) < 5 for t in trained.values())  # the sample is not everyone
+
+
+def test_compact_then_verify_then_exact_erasure_still_equals_retraining(sampled_run: Path, tmp_path: Path) -> None:
+    runner = CliRunner()
+    run = _copy(sampled_run, tmp_path / "run")
+    with Ledger.open(run) as ledger:
+        before = ledger.stats()["blob_bytes"]
+        hashes = {o: ledger.update_hashes(o) for o in ("org-0", "org-1")}
+    dry = runner.invoke(app, ["ledger", "compact", "--run", str(run), "--dry-run"])
+    assert dry.exit_code == 0, dry.output
+    assert "would delete" in dry.output
+    result = runner.invoke(app, ["ledger", "compact", "--run", str(run)])
+    assert result.exit_code == 0, result.output
+    with Ledger.open(run) as ledger:
+        assert ledger.stats()["blob_bytes"] < before / 2  # the updates were most of it
+        assert {o: ledger.update_hashes(o) for o in hashes} == hashes  # hashes stay in the lineage
+    verified = runner.invoke(app, ["verify", "--run", str(run)])
+    assert verified.exit_code == 0, verified.output
+    subject = "org-1"
+    settings_run = _copy(run, tmp_path / "retrain")
+    with pytest.raises(RunStateError, match="not stored"):
+        erase(_copy(run, tmp_path / "negate"), EraseRequest((subject,), method="negate"))
+    from fedunlearn.runs import RunFolder
+
+    settings = RunFolder.open(run).settings
+    sisa = erase(run, EraseRequest((subject,), method="sisa"), grid=grid_for(settings))
+    retrain = erase(settings_run, EraseRequest((subject,), method="retrain"), grid=grid_for(settings))
+    assert sisa.served_hash == retrain.served_hash
+    with Ledger.open(run) as ledger:  # the erasure purged what depends on the subject; compacted blobs expected gone
+        assert ledger.verify_blobs() == []
+
+
+def test_compact_refuses_an_unknown_method(sampled_run: Path) -> None:
+    result = CliRunner().invoke(app, ["ledger", "compact", "--run", str(sampled_run), "--keep", "subtrct"])
+    assert result.exit_code == 2
+    assert "subtrct" in result.output and "subtract" in result.output
