@@ -34,6 +34,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from fedunlearn.audit.canonical import canonical_json
@@ -111,7 +112,7 @@ def verify_rotation(statement: Mapping[str, Any], origin: str, current: bytes) -
     try:
         signature = base64.b64decode(str(statement.get("attestation", "")), validate=True)
         Ed25519PublicKey.from_public_bytes(old).verify(signature, rotation_message(origin, str(role), old, new))
-    except Exception:  # InvalidSignature, bad base64, wrong length: all mean "not attested"
+    except (InvalidSignature, binascii.Error, ValueError, TypeError):  # all mean "not attested"
         return "its attestation is not a valid signature of the previous key over the rotation"
     return None
 

@@ -21,8 +21,9 @@ def verify(
     run: Path = typer.Option(..., "--run", help="Run folder."),
     certificate: Optional[list[Path]] = typer.Option(None, "--certificate", help="Certificate file(s) to check "
                                                      "(default: every RUN/certificates/*.json)."),
-    public_key: Optional[Path] = typer.Option(None, "--public-key", help="The coordinator's pinned verifier key "
-                                              "(default: RUN/audit.pub, which only shows self-consistency)."),
+    public_key: Optional[Path] = typer.Option(None, "--public-key", help="The coordinator's pinned (first) verifier "
+                                              "key; attested rotations in the log are followed (default: "
+                                              "RUN/audit.pub, which only shows self-consistency)."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Check the audit log, its signed checkpoints, certificates and exported artifacts; exit 1 on any failure."""
