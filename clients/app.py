@@ -24,6 +24,18 @@ def _settings(context: Context, overrides: Mapping[str, object] | None):
     return settings_from_flat({**dict(context.run_config), **dict(overrides or {})})
 
 
+def _excluded(cfg: Mapping[str, object]) -> list[str]:
+    """Record ids the server says this organization forgot (``exclude-records``, one per line)."""
+    return [i for i in str(cfg.get(protocol.EXCLUDE_RECORDS, "")).split("\n") if i]
+
+
+def _split_vector(arrays):
+    """``(adapter state, vector)`` of a query whose vector travels under ``vector/`` keys."""
+    n = len(protocol.VECTOR_PREFIX)
+    vector = {k[n:]: v for k, v in arrays.items() if k.startswith(protocol.VECTOR_PREFIX)}
+    return {k: v for k, v in arrays.items() if not k.startswith(protocol.VECTOR_PREFIX)}, vector
+
+
 def make_app(overrides: Mapping[str, object] | None = None) -> ClientApp:
     """A ClientApp whose run config is Flower's, updated with ``overrides`` (see server.app)."""
     client = ClientApp()
@@ -43,7 +55,7 @@ def make_app(overrides: Mapping[str, object] | None = None) -> ClientApp:
         new_state, fit = org.train(
             protocol.state_of(msg), seed=int(cfg["seed"]), epochs=int(cfg.get("epochs", 0)) or None,
             lr=float(cfg.get("lr", 0.0)) or None, batch_size=int(cfg.get("batch-size", 0)) or None,
-            exclude=[i for i in str(cfg.get("exclude-records", "")).split("\n") if i],
+            exclude=_excluded(cfg),
         )
         metrics = {
             "num-examples": fit.num_examples, "train-loss": fit.loss_last_epoch,
@@ -67,20 +79,33 @@ def make_app(overrides: Mapping[str, object] | None = None) -> ClientApp:
     @client.query("grad")
     def grad(msg: Message, context: Context) -> Message:
         org = OrganizationClient.from_node(_settings(context, overrides), context.node_config)
-        result = org.gradient(protocol.state_of(msg))
+        result = org.gradient(protocol.state_of(msg), exclude=_excluded(protocol.config_of(msg)))
         metrics = {"num-examples": result.num_examples, "train-loss": result.loss}
         return Message(protocol.reply_content(state=result.gradient, metrics=metrics), reply_to=msg)
 
     @client.query("hvp")
     def hvp(msg: Message, context: Context) -> Message:
         org = OrganizationClient.from_node(_settings(context, overrides), context.node_config)
-        arrays = protocol.state_of(msg)
-        n = len(protocol.VECTOR_PREFIX)
-        vector = {k[n:]: v for k, v in arrays.items() if k.startswith(protocol.VECTOR_PREFIX)}
-        state = {k: v for k, v in arrays.items() if not k.startswith(protocol.VECTOR_PREFIX)}
-        product = org.hvp(state, vector)
-        return Message(protocol.reply_content(state=product, metrics={"num-examples": len(org.train_data)}),
+        state, vector = _split_vector(protocol.state_of(msg))
+        exclude = _excluded(protocol.config_of(msg))
+        product = org.hvp(state, vector, exclude=exclude)
+        return Message(protocol.reply_content(state=product, metrics={"num-examples": len(org.records(exclude))}),
                        reply_to=msg)
+
+    @client.query("solve")
+    def solve(msg: Message, context: Context) -> Message:
+        org = OrganizationClient.from_node(_settings(context, overrides), context.node_config)
+        state, g = _split_vector(protocol.state_of(msg))
+        cfg = protocol.config_of(msg)
+        res = org.solve(state, g, exclude=_excluded(cfg), curvature=str(cfg.get("curvature", "fisher")),
+                        damping=float(cfg["damping"]), iterations=int(cfg["iterations"]),
+                        tolerance=float(cfg["tolerance"]), hessian_scale=float(cfg.get("hessian-scale", 1.0)),
+                        solver=str(cfg.get("solver", "cg")), lissa_scale=float(cfg.get("lissa-scale", 10.0)))
+        arrays = {**res.x, **{protocol.GRADIENT_PREFIX + k: v for k, v in res.gradient.items()}}
+        metrics = {"num-examples": res.num_examples, "train-loss": res.loss, "residual": res.solve.residual,
+                   "iterations": res.solve.iterations, "passes": res.passes,
+                   "steps": res.passes * -(-res.num_examples // org.settings.train.batch_size)}
+        return Message(protocol.reply_content(state=arrays, metrics=metrics), reply_to=msg)
 
     @client.train("forget")
     def forget(msg: Message, context: Context) -> Message:
@@ -92,7 +117,7 @@ def make_app(overrides: Mapping[str, object] | None = None) -> ClientApp:
         new_state, res = org.forget(
             protocol.state_of(msg), ids, method=str(cfg["method"]), seed=int(cfg["seed"]),
             epochs=int(cfg["epochs"]), lr=float(cfg["lr"]), beta=float(cfg.get("beta", 0.1)),
-            retain_weight=float(cfg.get("retain-weight", 1.0)),
+            retain_weight=float(cfg.get("retain-weight", 1.0)), exclude=_excluded(cfg),
         )
         metrics = {"num-examples": res.num_forget, "steps": res.steps, "seconds": res.seconds,
                    "num-retain": res.num_retain, "forget-loss-before": res.forget_loss_before,

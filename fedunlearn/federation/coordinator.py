@@ -38,7 +38,15 @@ from fedunlearn.progress import LogReporter, Reporter
 from fedunlearn.runs import RunFolder, utc_now
 from fedunlearn.training.client import lora_spec
 
-__all__ = ["Coordinator", "FittedRound", "RoundSummary", "initial_state"]
+__all__ = ["Coordinator", "FORGOTTEN_PREFIX", "FittedRound", "RoundSummary", "forgotten_records", "initial_state"]
+
+FORGOTTEN_PREFIX = "forgotten-records/"
+"""Ledger metadata key prefix: ``forgotten-records/<org>`` holds the JSON list of record ids it forgot."""
+
+
+def forgotten_records(ledger: Ledger, org: str) -> list[str]:
+    """Record ids ``org`` forgot (record-level erasure); every later round sends them as ``exclude-records``."""
+    return sorted(json.loads(ledger.meta.get(FORGOTTEN_PREFIX + org, "") or "[]"))
 
 
 def initial_state(run: RunFolder, shard: int) -> dict[str, torch.Tensor]:
@@ -193,18 +201,18 @@ class Coordinator:
             members = poisson_sample(members, self.settings.dp.client_sample_rate, key=dp_key, shard=shard, rnd=rnd)
         summary = RoundSummary(shard=shard, round=rnd, members=list(members))
         t = self.settings.train
-        contents = {
-            org: protocol.make_content(
-                state=state,
-                config={
-                    "round": rnd, "shard": shard, "org": org,
-                    "seed": derive_seed(self.settings.run.seed, "train", shard, rnd, org),
-                    "epochs": t.local_epochs, "lr": t.lr, "batch-size": t.batch_size,
-                    **dict((extra_config or {}).get(org, {})),
-                },
-            )
-            for org in members
-        }
+        contents = {}
+        for org in members:
+            config = {"round": rnd, "shard": shard, "org": org,
+                      "seed": derive_seed(self.settings.run.seed, "train", shard, rnd, org),
+                      "epochs": t.local_epochs, "lr": t.lr, "batch-size": t.batch_size,
+                      **dict((extra_config or {}).get(org, {}))}
+            # records the organization forgot stay out of every later round (training and retraining)
+            exclude = set(forgotten_records(self.ledger, org)) | {i for i in str(
+                config.get(protocol.EXCLUDE_RECORDS, "")).split("\n") if i}
+            if exclude:
+                config[protocol.EXCLUDE_RECORDS] = "\n".join(sorted(exclude))
+            contents[org] = protocol.make_content(state=state, config=config)
         collected = collect_train_replies(self.grid, {o: self.nodes[o] for o in members}, contents, sent=state,
                                           settings=self.settings, group_id=f"shard-{shard}/round-{rnd}")
         replies, summary.absent, summary.rejected = collected.replies, collected.absent, collected.rejected

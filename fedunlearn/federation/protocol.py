@@ -14,6 +14,7 @@ Message types (Flower accepts ``train``, ``evaluate`` and ``query`` with an opti
 ``evaluate``        loss and perplexity of the sent adapter on the local holdout
 ``query.grad``      gradient of the local training loss at the sent adapter (reply: arrays)
 ``query.hvp``       Hessian of the local training loss at the sent adapter times ``vector/*``
+``query.solve``     GIANT local Newton step: solve (c·H + λI) x = ``vector/*`` on local data
 ``train.forget``    record-level forgetting (GA, GradDiff, NPO) of listed records; reply: adapter
 =================== ===================================================================
 """
@@ -35,6 +36,7 @@ __all__ = [
     "IDENTIFY",
     "QUERY_GRAD",
     "QUERY_HVP",
+    "QUERY_SOLVE",
     "TRAIN",
     "Reply",
     "config_of",
@@ -49,6 +51,11 @@ EVALUATE = "evaluate"
 IDENTIFY = "query.identify"
 QUERY_GRAD = "query.grad"
 QUERY_HVP = "query.hvp"
+QUERY_SOLVE = "query.solve"
+GRADIENT_PREFIX = "gradient/"
+"""Keys of a ``query.solve`` reply that carry the local gradient ∇L_i(θ) next to the solution."""
+EXCLUDE_RECORDS = "exclude-records"
+"""Config key: newline-separated record ids an organization leaves out (it forgot them)."""
 FORGET = "train.forget"
 VECTOR_PREFIX = "vector/"
 """Keys of the ``arrays`` record that carry a query's vector (next to the adapter's own keys)."""

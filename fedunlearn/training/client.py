@@ -197,11 +197,12 @@ class OrganizationClient:
               exclude: Sequence[str] = ()) -> tuple[dict[str, torch.Tensor], FitResult]:
         """Fit the adapter on this organization's training records; return the new state.
 
-        ``exclude``: record ids left out (record-level erasure by retraining, see :meth:`split_records`).
+        ``exclude``: record ids left out: records the organization forgot (the server sends them with
+        every later round) or a record-level erasure by retraining (see :meth:`split_records`).
         """
         t = self.settings.train
         model = self.model_with(state)
-        train_data = self.split_records(exclude).retain if exclude else self.train_data
+        train_data = self.records(exclude)
         if self.settings.dp.record_level:  # DP-SGD: secret sampling and noise (see training.dp)
             from fedunlearn.training.dp import fit_local_dp
 
@@ -256,24 +257,48 @@ class OrganizationClient:
                            retain=encode([r.text for r in retain]) if retain else None,
                            forget_ids=tuple(r.id for r in forget))
 
-    def gradient(self, state: Mapping[str, torch.Tensor]):
+    def records(self, exclude: Sequence[str] = ()) -> EncodedData:
+        """The training records without those named by ``exclude`` (ids the organization forgot)."""
+        if not exclude:
+            return self.train_data
+        retain = self.split_records(exclude).retain
+        if retain is None:
+            raise DataError(f"organization {self.name!r} has no training records left after excluding "
+                            f"{len(exclude)} forgotten record ids; erase the organization instead")
+        return retain
+
+    def gradient(self, state: Mapping[str, torch.Tensor], *, exclude: Sequence[str] = ()):
         """Gradient of the mean training loss at ``state`` (see :mod:`fedunlearn.training.secondorder`)."""
         from fedunlearn.training.secondorder import loss_gradient
 
-        return loss_gradient(self.model_with(state), self.train_data)
+        return loss_gradient(self.model_with(state), self.records(exclude))
 
-    def hvp(self, state: Mapping[str, torch.Tensor], vector: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def hvp(self, state: Mapping[str, torch.Tensor], vector: Mapping[str, torch.Tensor], *,
+            exclude: Sequence[str] = ()) -> dict[str, torch.Tensor]:
         """Hessian of the mean training loss at ``state`` times ``vector``."""
         from fedunlearn.training.secondorder import hessian_vector_product
 
-        return hessian_vector_product(self.model_with(state), self.train_data, vector)
+        return hessian_vector_product(self.model_with(state), self.records(exclude), vector)
+
+    def solve(self, state: Mapping[str, torch.Tensor], g: Mapping[str, torch.Tensor], *, exclude: Sequence[str] = (),
+              **options):
+        """GIANT local step: solve ``(c·C + λI) x = g`` on the local records (:func:`~fedunlearn.training.secondorder.local_solve`)."""
+        from fedunlearn.training.secondorder import local_solve
+
+        return local_solve(self.model_with(state), self.records(exclude), g, **options)
 
     def forget(self, state: Mapping[str, torch.Tensor], record_ids: Sequence[str], *, method: str, seed: int,
-               epochs: int, lr: float, beta: float, retain_weight: float):
-        """Forget ``record_ids`` locally (GA / GradDiff / NPO); return the new state and the report."""
+               epochs: int, lr: float, beta: float, retain_weight: float, exclude: Sequence[str] = ()):
+        """Forget ``record_ids`` locally (GA / GradDiff / NPO); return the new state and the report.
+
+        ``exclude``: records forgotten earlier, left out of the retain set (not forgotten again).
+        """
         from fedunlearn.training.forget import forget_local
 
         split = self.split_records(record_ids)
+        if exclude:
+            split = RecordSplit(forget=split.forget, forget_ids=split.forget_ids,
+                                retain=self.split_records([*record_ids, *exclude]).retain)
         model = self.model_with(state)
         result = forget_local(model, split.forget, split.retain, method=method, epochs=epochs,
                               batch_size=self.settings.train.batch_size, lr=lr, seed=seed, beta=beta,

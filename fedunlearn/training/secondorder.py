@@ -11,6 +11,15 @@ Hessian-vector products use Pearlmutter's trick (double backward); PyTorch's fus
 attention kernels have no double backward, so the math kernel of scaled-dot-product attention is
 forced while they run.
 
+Two curvatures are offered for the local solve of GIANT-style influence (:func:`local_solve`):
+``"hessian"`` (exact ``∇²L v`` by double backward, about two gradient passes per product) and
+``"fisher"``, the empirical Fisher ``F = (1/n) Σ_j ∇ℓ_j ∇ℓ_jᵀ`` of the per-sequence losses ``ℓ_j``
+(a positive semi-definite Gauss-Newton-type approximation of the Hessian, as in the EK-FAC
+influence functions of Grosse et al., "Studying Large Language Model Generalization with Influence
+Functions", 2023). ``F`` is held as the ``n × d`` matrix of per-sequence gradients, computed in one
+pass, after which every product is a matrix-vector product: a local CG costs one gradient pass
+whatever its number of iterations, and cannot meet negative curvature.
+
 Vectors are plain ``dict[str, Tensor]`` keyed by the canonical LoRA state keys
 (:func:`~fedunlearn.models.get_lora_state`), so they travel in the same ``ArrayRecord`` as adapters.
 """
@@ -27,8 +36,13 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from fedunlearn.errors import ConfigError
 from fedunlearn.models.lora import _lora_parameters
 from fedunlearn.training.local import EncodedData, sequence_losses
+from fedunlearn.unlearning.solvers import SolveResult, solve
 
-__all__ = ["GradientResult", "hessian_vector_product", "loss_gradient"]
+__all__ = ["CURVATURES", "GradientResult", "LocalSolve", "hessian_vector_product", "local_solve", "loss_gradient",
+           "per_example_gradients"]
+
+CURVATURES = ("hessian", "fisher")
+"""Curvature matrices :func:`local_solve` accepts."""
 
 
 @dataclass(frozen=True)
@@ -129,3 +143,91 @@ def hessian_vector_product(
             for k, h in zip(params, hv):
                 total[k] += h.float()
     return {k: t.cpu() for k, t in total.items()}
+
+
+def per_example_gradients(model: nn.Module, data: EncodedData) -> tuple[dict[str, torch.Tensor], torch.Tensor, float]:
+    """The gradient of every record's loss ``ℓ_j`` with respect to the LoRA factors.
+
+    Returns
+    -------
+    tuple
+        ``(mean gradient keyed like the LoRA state, G [n, d] with row j = ∇ℓ_j flattened in sorted key
+        order, mean loss)``. One backward pass per record (sequences differ in length; padding would
+        change nothing but the cost).
+    """
+    _check(1, data)
+    params = _lora_parameters(model)
+    device = next(iter(params.values())).device
+    model.eval()
+    rows, loss_sum = [], 0.0
+    for ids, mask in _batches(data, 1, device):
+        loss = sequence_losses(model, ids, mask).sum()
+        grads = torch.autograd.grad(loss, list(params.values()))
+        rows.append(torch.cat([g.detach().float().reshape(-1).cpu() for g in grads]))
+        loss_sum += float(loss.detach())
+    G = torch.stack(rows)  # [n, d]
+    mean = G.mean(dim=0)
+    out, i = {}, 0
+    for k, p in params.items():
+        out[k] = mean[i : i + p.numel()].view(p.shape).clone()
+        i += p.numel()
+    return out, G, loss_sum / len(data)
+
+
+@dataclass(frozen=True)
+class LocalSolve:
+    """An organization's solution of ``(c·C_i + λI) x_i = g`` (``C_i``: its Hessian or Fisher)."""
+
+    x: dict[str, torch.Tensor]
+    solve: SolveResult
+    gradient: dict[str, torch.Tensor]  # ∇L_i(θ), a by-product (the Fisher pass computes it anyway)
+    loss: float
+    num_examples: int
+    passes: int  # forward-backward passes over the records (an HVP counts 2)
+
+
+def local_solve(model: nn.Module, data: EncodedData, g: Mapping[str, torch.Tensor], *, curvature: str = "fisher",
+                damping: float, iterations: int, tolerance: float, hessian_scale: float = 1.0,
+                solver: str = "cg", lissa_scale: float = 10.0, batch_size: int = 32) -> LocalSolve:
+    """Solve ``(hessian_scale · C + λI) x = g`` on this organization's records (one GIANT local step).
+
+    GIANT (Wang, Roosta, Xu & Mahoney, "GIANT: Globally Improved Approximate Newton Method for
+    Distributed Optimization", NeurIPS 2018): every worker solves the Newton system with its own
+    local curvature and the server averages the solutions, so one message replaces one round per
+    Hessian-vector product. ``hessian_scale`` lets the server state the system in the units of its
+    weighted objective (the remaining organizations' total weight).
+
+    Raises
+    ------
+    ConfigError
+        Unknown curvature, or ``g`` not shaped like the adapter's LoRA factors.
+    """
+    if curvature not in CURVATURES:
+        raise ConfigError(f"curvature {curvature!r} is unknown: expected one of {list(CURVATURES)}")
+    params = _lora_parameters(model)
+    if set(g) != set(params) or any(tuple(g[k].shape) != tuple(p.shape) for k, p in params.items()):
+        raise ConfigError("the right-hand side g does not match the adapter's LoRA factors; send a vector "
+                          "shaped like get_lora_state(model)")
+    if curvature == "fisher":
+        grad, G, loss = per_example_gradients(model, data)
+        Gd, n = G.double(), G.shape[0]
+        shapes = {k: p.shape for k, p in params.items()}
+
+        def product(v: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+            flat = torch.cat([v[k].double().reshape(-1) for k in shapes])
+            fv = Gd.T @ (Gd @ flat) * (hessian_scale / n)
+            out, i = {}, 0
+            for k, shp in shapes.items():
+                size = int(torch.Size(shp).numel())
+                out[k] = fv[i : i + size].view(shp).float()
+                i += size
+            return out
+
+        sol = solve(solver, product, g, damping=damping, iterations=iterations, scale=lissa_scale, tol=tolerance)
+        return LocalSolve(x=sol.x, solve=sol, gradient=grad, loss=loss, num_examples=n, passes=1)
+    first = loss_gradient(model, data, batch_size=batch_size)
+    sol = solve(solver, lambda v: {k: hessian_scale * t for k, t in
+                                   hessian_vector_product(model, data, v, batch_size=batch_size).items()},
+                g, damping=damping, iterations=iterations, scale=lissa_scale, tol=tolerance)
+    return LocalSolve(x=sol.x, solve=sol, gradient=first.gradient, loss=first.loss, num_examples=first.num_examples,
+                      passes=1 + 2 * sol.iterations)

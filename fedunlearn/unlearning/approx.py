@@ -6,6 +6,18 @@ The old chain stays its ancestry, so :meth:`~fedunlearn.ledger.Ledger.dependents
 subject: the lineage never claims an absence that an approximate method cannot prove. The subject is
 then marked erased (its stored updates crypto-shredded) and the served model re-exported.
 
+Like the exact methods (:mod:`fedunlearn.unlearning.replay`) it works in three phases, so that an
+erasure killed at any point leaves a consistent run that the same request, made again, completes:
+
+1. **compute** — the new adapters are computed (queries, calibration fits) and stored as blobs;
+   nothing is committed, the previous model stays served; a kill here loses only the work.
+2. **journal** — the new checkpoints (parent, round, hash, contributions), cost and report are
+   written to the ledger metadata ``erasure.pending`` in one transaction.
+3. **switch** — each new checkpoint is committed (skipped when already there), the served model is
+   re-exported, the subjects are marked erased (keys shredded) or the forgotten record ids are
+   stored, abandoned aggregates are purged and the journal is cleared; every step is idempotent,
+   so a second call completes it from the journal without Flower.
+
 Method parameters travel in :attr:`EraseRequest.options <fedunlearn.unlearning.EraseRequest>` and
 are validated into :class:`ApproxOptions`.
 """
@@ -23,14 +35,15 @@ from typing import Any
 
 import torch
 
-from fedunlearn.errors import ConfigError
+from fedunlearn.errors import ConfigError, RunStateError
 from fedunlearn.federation import protocol
 from fedunlearn.federation.nodes import exchange
 from fedunlearn.federation.serving import export_served
 from fedunlearn.ledger import Contribution, Ledger
-from fedunlearn.runs import utc_now
+from fedunlearn.runs import RunFolder, utc_now
 from fedunlearn.unlearning.base import Cost, EraseRequest, Federation, Unlearner, UnlearnResult, check_request
 from fedunlearn.unlearning.cost import estimate_full_retrain
+from fedunlearn.unlearning.replay import JOURNAL_KEY, pending_erasure
 
 __all__ = ["ApproxOptions", "ApproxOutcome", "ApproximateUnlearner", "Queries", "add", "nbytes", "scale", "shard_weights", "sub"]
 
@@ -43,18 +56,24 @@ class ApproxOptions:
 
     Attributes
     ----------
-    solver, damping, iterations, lissa_scale, tolerance
-        ``influence``: ``"cg"`` or ``"lissa"``, λ of ``(H + λI) x = g``, Hessian-vector products at
-        most, LiSSA's scale ``s``, relative residual to stop at.
+    solver, curvature, damping, iterations, lissa_scale, tolerance, step_scale
+        ``influence``: ``"local"`` (GIANT: each remaining organization solves the system with its own
+        curvature in one ``query.solve`` round and the server averages), ``"cg"`` or ``"lissa"`` (one
+        federated round of ``query.hvp`` per product); the local curvature (``"fisher"`` or
+        ``"hessian"``; federated solvers always use the Hessian); λ of ``(H + λI) x = g``; products
+        (CG iterations) at most; LiSSA's scale ``s``; relative residual to stop at; the factor ``s``
+        of the applied step ``θ + s x``.
     gradient
         ``influence``: where the subject's gradient comes from: ``"subject"`` (it answers
         ``query.grad``), ``"stored"`` (reconstructed from its last stored update) or ``"auto"``.
     noise_epsilon, noise_delta
         ``influence``: Gaussian noise on the result for this (ε, δ) (:func:`~fedunlearn.certify.removal_noise`);
         ``noise_epsilon = 0`` adds none.
-    calibration_rounds, calibration_epochs
+    calibration_rounds, calibration_epochs, space
         ``subtract``: K replayed rounds calibrated by the remaining organizations (0 = pure
-        subtraction) and the local epochs of each calibration fit (FedEraser uses half the original).
+        subtraction), the local epochs of each calibration fit (FedEraser uses half the original),
+        and where the history is replayed: ``"deltaw"`` (ΔW = s·B A, re-factorized by truncated SVD)
+        or ``"factors"`` (LoRA-factor space, the first version, kept for comparison).
     negate_scale
         ``negate``: α in ``θ − α τ_subject``.
     forget_rounds, forget_epochs, forget_lr, npo_beta, retain_weight
@@ -62,16 +81,19 @@ class ApproxOptions:
         round, AdamW step (0 = ``train.lr``), NPO's β, γ of the retain term.
     """
 
-    solver: str = "cg"
-    damping: float = 1.0
+    solver: str = "local"
+    curvature: str = "fisher"
+    damping: float = 0.3
     iterations: int = 10
     lissa_scale: float = 10.0
     tolerance: float = 1e-3
+    step_scale: float = 1.0
     gradient: str = "auto"
     noise_epsilon: float = 0.0
     noise_delta: float = 1e-5
-    calibration_rounds: int = 1
+    calibration_rounds: int = 3
     calibration_epochs: int = 1
+    space: str = "deltaw"
     negate_scale: float = 1.0
     forget_rounds: int = 1
     forget_epochs: int = 10
@@ -84,8 +106,12 @@ class ApproxOptions:
             v = getattr(self, f.name)
             if isinstance(v, (int, float)) and (not math.isfinite(v) or v < 0):
                 raise ConfigError(f"option {f.name} = {v!r}: expected a finite number >= 0")
-        if self.solver not in ("cg", "lissa"):
-            raise ConfigError(f"option solver = {self.solver!r}: expected 'cg' or 'lissa'")
+        if self.solver not in ("local", "cg", "lissa"):
+            raise ConfigError(f"option solver = {self.solver!r}: expected 'local', 'cg' or 'lissa'")
+        if self.space not in ("deltaw", "factors"):
+            raise ConfigError(f"option space = {self.space!r}: expected 'deltaw' or 'factors'")
+        if self.curvature not in ("fisher", "hessian"):
+            raise ConfigError(f"option curvature = {self.curvature!r}: expected 'fisher' or 'hessian'")
         if self.gradient not in ("auto", "subject", "stored"):
             raise ConfigError(f"option gradient = {self.gradient!r}: expected 'auto', 'subject' or 'stored'")
         if self.iterations < 1 or self.forget_rounds < 1 or self.forget_epochs < 1 or self.calibration_epochs < 1:
@@ -182,8 +208,83 @@ class ApproximateUnlearner(Unlearner):
     def affected_shards(self, ledger: Ledger, subjects: Sequence[str]) -> list[int]:
         return sorted({d.shard for s in subjects for d in ledger.dependents(s)})
 
+    def needs_grid(self, request: EraseRequest, ledger: Ledger, run: RunFolder) -> bool:
+        """No Flower to complete a journaled erasure of the same request; else :meth:`needs_flower`."""
+        pending = pending_erasure(ledger)
+        if pending is not None and _same_request(pending, request):
+            return False
+        return self.needs_flower(request, ledger, run)
+
+    def needs_flower(self, request: EraseRequest, ledger: Ledger, run: RunFolder) -> bool:
+        """Whether computing the new adapters needs Flower (queries or training); default yes."""
+        return True
+
+    def applied(self, request: EraseRequest, ledger: Ledger) -> None:
+        """Ledger changes of the switch phase besides heads and statuses (idempotent); default none."""
+
     def unlearn(self, request: EraseRequest, federation: Federation) -> UnlearnResult:
+        """Compute, journal, switch (see the module doc); a second call completes a killed erasure."""
         start = time.perf_counter()
+        run, ledger = federation.run, federation.ledger
+        pending = pending_erasure(ledger)
+        if pending is not None and not _same_request(pending, request):
+            raise RunStateError(
+                f"run {str(run.path)!r} has an unfinished erasure of {pending['subjects']} by method "
+                f"{pending['method']!r}; complete it first by requesting exactly that erasure again"
+            )
+        if pending is None:
+            pending = self._compute(request, federation, start)
+            ledger.set_meta(JOURNAL_KEY, json.dumps(pending, sort_keys=True))  # one transaction
+        else:
+            federation.reporter.message(f"completing the interrupted {self.name} erasure from its journal")
+            if self.level == "organization":
+                check_request(request, ledger, resuming=True)
+        recomputed = {}
+        for key, doc in sorted(pending["shards"].items()):  # switch: idempotent
+            shard = int(key)
+            head = ledger.head(shard)
+            if head.id == doc["parent"]:
+                contributions = [Contribution(**c) for c in doc["contributions"]]
+                ledger.commit_round(shard=shard, round=doc["round"], aggregate_hash=doc["hash"],
+                                    contributions=contributions, parent_id=doc["parent"])
+            elif (head.parent_id, head.round, head.hash) != (doc["parent"], doc["round"], doc["hash"]):
+                raise RunStateError(
+                    f"shard {shard}'s head (checkpoint {head.id}) is neither the erasure's parent "
+                    f"{doc['parent']} nor its new checkpoint: the ledger changed after the erasure was "
+                    f"journaled. Restore the run folder from a backup, or clear the ledger meta key "
+                    f"{JOURNAL_KEY!r} and request the erasure again"
+                )
+            recomputed[shard] = (doc["round"],)
+        served = export_served(run, ledger)
+        self.applied(request, ledger)
+        if self.level == "organization":
+            for subject in request.subjects:
+                ledger.mark_erased(subject)
+            # Only abandoned checkpoints are purged: this method's head chain keeps the subjects'
+            # contributions by construction (see Ledger.purge_dependents), hence "empirical".
+            ledger.purge_erased()
+        ledger.set_meta(JOURNAL_KEY, "")
+        cost_doc = dict(pending["cost"])
+        cost = Cost(**{**cost_doc, "organizations": tuple(cost_doc["organizations"]),
+                       "wall_seconds": float(cost_doc["wall_seconds"]) + time.perf_counter() - start})
+        full = Cost(**{**pending["full"], "organizations": tuple(pending["full"]["organizations"])})
+        result = UnlearnResult(
+            method=self.name, subjects=request.subjects, guarantee=pending["guarantee"],
+            served_hash=served.hash, served_path=served.path, previous_served_hash=pending["previous_served"],
+            heads={s: ledger.head(s).hash for s in range(run.settings.topology.shards)},
+            recomputed=recomputed, organizations=cost.organizations, cost=cost, full_retrain_cost=full,
+            notes=tuple(pending["notes"]),
+        )
+        record = {"time": utc_now(), "requested_by": request.requested_by, "options": dict(request.options),
+                  "records": len(request.records), "details": pending["details"], **result.to_dict()}
+        with open(run.path / "erasures.jsonl", "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(record, sort_keys=True, default=str) + "\n")
+        federation.reporter.message(f"{self.name}: served model {served.hash[:16]}… ({result.guarantee})")
+        self.details = pending["details"]  # for callers that want residuals etc. (benchmarks, tests)
+        return result
+
+    def _compute(self, request: EraseRequest, federation: Federation, start: float) -> dict[str, Any]:
+        """Phase 1: the new adapters, stored as blobs but not committed; return the journal."""
         run, ledger = federation.run, federation.ledger
         options = ApproxOptions.from_request(request)
         self.validate(request, ledger)
@@ -191,41 +292,27 @@ class ApproximateUnlearner(Unlearner):
         previous = ledger.served()
         full = estimate_full_retrain(ledger, run, request.subjects if self.level == "organization" else ())
         outcome = self.compute(request, federation, options)
-        recomputed = {}
+        shards = {}
         for shard, state in sorted(outcome.states.items()):
             head = ledger.head(shard)
-            digest = ledger.put_state(state)
-            ledger.commit_round(shard=shard, round=head.round + 1, aggregate_hash=digest,
-                                contributions=outcome.contributions.get(shard, []), parent_id=head.id)
-            recomputed[shard] = (head.round + 1,)
-        served = export_served(run, ledger)
-        if self.level == "organization":
-            for subject in request.subjects:
-                ledger.mark_erased(subject)
-            # Only abandoned checkpoints are purged: this method's head chain keeps the subjects'
-            # contributions by construction (see Ledger.purge_dependents), hence "empirical".
-            ledger.purge_erased()
+            shards[str(shard)] = {"parent": head.id, "round": head.round + 1, "hash": ledger.put_state(state),
+                                  "contributions": [dataclasses.asdict(c) for c in outcome.contributions.get(shard, [])]}
         cost = Cost(client_steps=outcome.client_steps, wall_seconds=time.perf_counter() - start,
                     rounds=outcome.rounds, aggregations=len(outcome.states), bytes_sent=outcome.bytes_sent,
                     organizations=tuple(sorted(outcome.organizations)),
                     basis=f"measured during this erasure; {self.cost_basis}")
-        result = UnlearnResult(
-            method=self.name, subjects=request.subjects, guarantee=outcome.guarantee or self.guarantee,
-            served_hash=served.hash, served_path=served.path,
-            previous_served_hash=(previous or {}).get("served_hash"),
-            heads={s: ledger.head(s).hash for s in range(run.settings.topology.shards)},
-            recomputed=recomputed, organizations=cost.organizations, cost=cost, full_retrain_cost=full,
-            notes=tuple(outcome.notes),
-        )
-        record = {"time": utc_now(), "requested_by": request.requested_by, "options": dict(request.options),
-                  "records": len(request.records), "details": outcome.details, **result.to_dict()}
-        with open(run.path / "erasures.jsonl", "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(record, sort_keys=True, default=str) + "\n")
-        federation.reporter.message(f"{self.name}: served model {served.hash[:16]}… ({result.guarantee})")
-        self.details = outcome.details  # for callers that want residuals etc. (benchmarks, tests)
-        return result
+        return {"kind": "approximate", "method": self.name, "subjects": list(request.subjects),
+                "records": list(request.records), "shards": shards, "cost": cost.to_dict(), "full": full.to_dict(),
+                "notes": outcome.notes, "details": json.loads(json.dumps(outcome.details, default=str)),
+                "guarantee": outcome.guarantee or self.guarantee,
+                "previous_served": (previous or {}).get("served_hash")}
 
     cost_basis: str = "client-steps count local batches processed"
+
+
+def _same_request(pending: Mapping[str, Any], request: EraseRequest) -> bool:
+    return (pending["method"], pending["subjects"], pending.get("records", [])) == (
+        request.method, list(request.subjects), list(request.records))
 
 
 def shard_weights(ledger: Ledger, shard: int) -> dict[str, float]:

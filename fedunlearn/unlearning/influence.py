@@ -9,9 +9,32 @@ remaining objective is
 
     θ' = θ + x,   (Σ_{i≠s} w_i ∇²L_i(θ) + λI) x = g,   g = w_s ∇L_s(θ).
 
-The system is solved by conjugate gradients or LiSSA (:mod:`fedunlearn.unlearning.solvers`); every
-Hessian-vector product is one federated round of ``query.hvp``: each remaining organization
-multiplies on its own data and the server sums ``w_i H_i v``. ``g`` comes from the subject
+Solvers (``--option solver=``):
+
+``local`` (default)
+    GIANT (Wang, Roosta, Xu & Mahoney, NeurIPS 2018): one round of ``query.solve``. The server sends
+    ``θ`` and ``g``; each remaining organization solves ``(c·C_i + λI) x_i = g`` by CG on its own
+    records (``c = Σ_{i≠s} w_i``) and the server averages ``x = Σ (w_i / c) x_i``. It assumes the
+    organizations' curvatures are alike (data roughly i.i.d. across them): the average of local
+    inverses stands for the inverse of the average, exactly so when the ``C_i`` are equal, and the
+    gap grows with their heterogeneity (GIANT's analysis bounds it through the local Hessians'
+    concentration). The local curvature ``C_i`` is the empirical Fisher of the per-record losses
+    (``curvature=fisher``, default: positive semi-definite, one backward pass per record, then CG
+    iterations cost no model passes) or the exact Hessian (``curvature=hessian``: two passes per
+    local product; the loss is not convex and CG stops at negative curvature). Cost: one round and
+    about one epoch of local work per remaining organization, instead of one round per product.
+``cg``, ``lissa``
+    Conjugate gradients or LiSSA (:mod:`fedunlearn.unlearning.solvers`) on the exact federated
+    Hessian: every product is one federated round of ``query.hvp``; each remaining organization
+    multiplies on its own data and the server sums ``w_i H_i v``.
+
+``λ`` (``damping``) sets how far the step goes in the directions the remaining organizations' data
+do not constrain (there ``x ≈ g / λ``); measured on ``benchmarks/bench_approx.py``, λ = 1 barely
+moves a memorized canary and λ ≤ 0.2 removes it at a clear utility cost, so the default λ = 0.3 is a
+compromise for that scenario, not a law: λ is in the units of the loss curvature and must be tuned
+per model (see benchmarks/results/approx.md). ``step-scale`` multiplies the step.
+
+``g`` comes from the subject
 (``query.grad``) when it still takes part. Otherwise it is reconstructed from the subject's last
 stored update ``U_s`` (sent from ``W``, ``k`` local steps at step size ``η``):
 ``∇L_s(θ) ≈ (W − U_s) / (k η)``. That assumes plain gradient descent with a gradient constant over
@@ -28,11 +51,14 @@ assumptions do not hold and the guarantee stays ``empirical``.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
 from fedunlearn.certify.removal import removal_noise
 from fedunlearn.errors import FederationError, RunStateError
 from fedunlearn.federation import protocol
+from fedunlearn.federation.coordinator import forgotten_records
 from fedunlearn.federation.nodes import discover
 from fedunlearn.federation.topology import derive_seed
 from fedunlearn.ledger import Ledger
@@ -49,7 +75,7 @@ from fedunlearn.unlearning.approx import (
     sub,
 )
 from fedunlearn.unlearning.base import EraseRequest, Federation
-from fedunlearn.unlearning.solvers import norm, solve
+from fedunlearn.unlearning.solvers import SolveResult, norm, solve
 
 __all__ = ["InfluenceUnlearner", "stored_gradient"]
 
@@ -101,9 +127,14 @@ class InfluenceUnlearner(ApproximateUnlearner):
                 for o in here:
                     g = add(g, scale(w[o], stored_gradient(ledger, shard, o, run.settings.train.lr)))
             kept = sum(w[o] for o in orgs)
+            exclude = {o: forgotten_records(ledger, o) for o in orgs}
+
+            def config(o: str, **extra) -> dict:
+                return {**extra, protocol.EXCLUDE_RECORDS: "\n".join(exclude[o])} if exclude[o] else extra
 
             def grad_remaining(state: State, tag: str) -> State:
-                rep = queries.ask(protocol.QUERY_GRAD, {o: protocol.make_content(state=state) for o in orgs},
+                rep = queries.ask(protocol.QUERY_GRAD, {o: protocol.make_content(state=state, config=config(o))
+                                                        for o in orgs},
                                   group_id=f"influence/shard-{shard}/grad-{tag}", sizes={o: nbytes(state) for o in orgs})
                 return {k: sum(w[o] * rep[o].state[k] for o in orgs) / kept for k in state}
 
@@ -112,17 +143,24 @@ class InfluenceUnlearner(ApproximateUnlearner):
             def hvp(v: State) -> State:
                 calls[0] += 1
                 payload = {**theta, **{protocol.VECTOR_PREFIX + k: t for k, t in v.items()}}
-                rep = queries.ask(protocol.QUERY_HVP, {o: protocol.make_content(state=payload) for o in orgs},
+                rep = queries.ask(protocol.QUERY_HVP, {o: protocol.make_content(state=payload, config=config(o))
+                                                       for o in orgs},
                                   group_id=f"influence/shard-{shard}/hvp-{calls[0]}", passes=2,
                                   sizes={o: nbytes(payload) for o in orgs})
                 return {k: sum(w[o] * rep[o].state[k] for o in orgs) for k in v}
 
-            grad_before = norm(grad_remaining(theta, "before"))
-            sol = solve(options.solver, hvp, g, damping=options.damping, iterations=options.iterations,
-                        scale=options.lissa_scale, tol=options.tolerance)
+            if options.solver == "local":
+                sol, grad_before = self._giant(queries, shard, theta, g, orgs, w, kept, options, config)
+            else:
+                grad_before = norm(grad_remaining(theta, "before"))
+                sol = solve(options.solver, hvp, g, damping=options.damping, iterations=options.iterations,
+                            scale=options.lissa_scale, tol=options.tolerance)
+            sol = replace(sol, x=scale(options.step_scale, sol.x)) if options.step_scale != 1.0 else sol
             new = add(theta, sol.x)
             grad_after = norm(grad_remaining(new, "after"))
             detail = {"shard": shard, "subjects": here, "gradient_source": source["kind"], "solver": options.solver,
+                      "curvature": options.curvature if options.solver == "local" else "hessian",
+                      "damping": options.damping, "step_scale": options.step_scale,
                       "residual": sol.residual, "iterations": sol.iterations, "stopped": sol.stopped,
                       "g_norm": norm(g), "step_norm": norm(sol.x), "remaining_grad_norm_before": grad_before,
                       "remaining_grad_norm_after": grad_after}
@@ -135,7 +173,8 @@ class InfluenceUnlearner(ApproximateUnlearner):
             outcome.states[shard] = new
             outcome.details.setdefault("shards", []).append(detail)
             outcome.notes.append(
-                f"shard {shard}: {options.solver} {sol.iterations} HVPs, residual {sol.residual:.2e} ({sol.stopped}); "
+                f"shard {shard}: {self._describe(options)} {sol.iterations} iterations, residual {sol.residual:.2e} "
+                f"({sol.stopped}); "
                 f"‖∇L_remaining‖ {grad_before:.3g} → {grad_after:.3g}; gradient from {source['kind']}"
             )
         outcome.client_steps, outcome.bytes_sent, outcome.rounds = queries.client_steps, queries.bytes_sent, queries.rounds
@@ -143,6 +182,38 @@ class InfluenceUnlearner(ApproximateUnlearner):
         if source["kind"] == "subject":
             outcome.notes.append(f"the subjects {sorted(subjects)} answered query.grad (and were not sent anything else)")
         return outcome
+
+    @staticmethod
+    def _describe(options: ApproxOptions) -> str:
+        if options.solver == "local":
+            return f"local {options.curvature} CG (GIANT, one round),"
+        return f"federated {options.solver} (one round per HVP),"
+
+    @staticmethod
+    def _giant(queries: Queries, shard: int, theta: State, g: State, orgs: list[str], w: dict[str, float],
+               kept: float, options: ApproxOptions, config) -> tuple[SolveResult, float]:
+        """One ``query.solve`` round: x = Σ (w_i / kept) x_i with (kept·C_i + λI) x_i = g on each org's data.
+
+        Each remaining organization states the system with its own curvature ``C_i`` scaled to the
+        remaining objective's weight ``kept = Σ_{i≠s} w_i``, so that with identical ``C_i`` the average
+        is the exact solution of ``(Σ_{i≠s} w_i C_i + λI) x = g`` (GIANT's harmonic-vs-arithmetic mean
+        gap is the approximation otherwise). Also returns ``‖∇L_R(θ)‖`` from the gradients the
+        organizations send with their solutions. The reported residual is the weighted mean of the
+        local residuals (the global one would cost one more round of HVPs).
+        """
+        payload = {**theta, **{protocol.VECTOR_PREFIX + k: t for k, t in g.items()}}
+        cfg = {"curvature": options.curvature, "damping": options.damping, "iterations": options.iterations,
+               "tolerance": options.tolerance, "hessian-scale": kept, "solver": "cg"}
+        rep = queries.ask(protocol.QUERY_SOLVE, {o: protocol.make_content(state=payload, config=config(o, **cfg))
+                                                 for o in orgs},
+                          group_id=f"influence/shard-{shard}/solve", sizes={o: nbytes(payload) for o in orgs},
+                          passes=1)
+        x = {k: sum(w[o] * rep[o].state[k] for o in orgs) / kept for k in g}
+        grad = {k: sum(w[o] * rep[o].state[protocol.GRADIENT_PREFIX + k] for o in orgs) / kept for k in g}
+        residual = sum(w[o] * rep[o].metrics["residual"] for o in orgs) / kept
+        iterations = max(int(rep[o].metrics["iterations"]) for o in orgs)
+        return SolveResult(x=x, iterations=iterations, residual=residual, converged=residual <= options.tolerance,
+                           stopped="tolerance" if residual <= options.tolerance else "iterations"), norm(grad)
 
     @staticmethod
     def _gradient_source(federation: Federation, subjects: list[str], options: ApproxOptions) -> dict:

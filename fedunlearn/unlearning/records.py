@@ -24,6 +24,7 @@ import time
 
 from fedunlearn.errors import ConfigError, RunStateError
 from fedunlearn.federation import protocol
+from fedunlearn.federation.coordinator import FORGOTTEN_PREFIX, forgotten_records
 from fedunlearn.federation.serving import export_served
 from fedunlearn.federation.topology import derive_seed
 from fedunlearn.ledger import Contribution, Ledger
@@ -50,9 +51,9 @@ def check_record_request(request: EraseRequest, ledger: Ledger) -> None:
 
 
 def remember_forgotten(ledger: Ledger, org: str, records: tuple[str, ...]) -> None:
-    key = f"forgotten-records/{org}"
-    known = set(json.loads(ledger.meta.get(key, "[]")))
-    ledger.set_meta(key, json.dumps(sorted(known | set(records))))
+    """Add ``records`` to ``org``'s forgotten ids: every later round leaves them out (see the coordinator)."""
+    known = set(forgotten_records(ledger, org))
+    ledger.set_meta(FORGOTTEN_PREFIX + org, json.dumps(sorted(known | set(records))))
 
 
 class _LocalForget(ApproximateUnlearner):
@@ -64,6 +65,9 @@ class _LocalForget(ApproximateUnlearner):
 
     def validate(self, request: EraseRequest, ledger: Ledger) -> None:
         check_record_request(request, ledger)
+
+    def applied(self, request: EraseRequest, ledger: Ledger) -> None:
+        remember_forgotten(ledger, request.subjects[0], request.records)
 
     def compute(self, request: EraseRequest, federation: Federation, options: ApproxOptions) -> ApproxOutcome:
         ledger, run = federation.ledger, federation.run
@@ -77,11 +81,13 @@ class _LocalForget(ApproximateUnlearner):
                       "seed": derive_seed(run.settings.run.seed, "forget", shard, r, org),
                       "epochs": options.forget_epochs, "lr": options.forget_lr or run.settings.train.lr,
                       "beta": options.npo_beta, "retain-weight": options.retain_weight}
+            earlier = sorted(set(forgotten_records(ledger, org)) - set(request.records))
+            if earlier:  # forgotten before: kept out of the retain set
+                config[protocol.EXCLUDE_RECORDS] = "\n".join(earlier)
             reply = queries.ask(protocol.FORGET, {org: protocol.make_content(state=state, config=config)},
                                 group_id=f"forget/{self.name}/round-{r}", sizes={org: nbytes(state)})[org]
             state, metrics = reply.state, reply.metrics
         digest = ledger.put_state(state, org=org)
-        remember_forgotten(ledger, org, request.records)
         contribution = Contribution(org=org, update_hash=digest, weight=1.0,
                                     num_examples=int(metrics["num-examples"]), metrics=metrics)
         note = (f"{org} forgot {int(metrics['num-examples'])} records with {self.name} in {options.forget_rounds} rounds: "

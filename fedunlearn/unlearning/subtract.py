@@ -1,19 +1,28 @@
 """``subtract`` and ``negate``: remove organizations by arithmetic on their stored contributions.
 
 ``subtract`` follows FedEraser (Liu et al., "FedEraser: Enabling Efficient Client-Level Data Removal
-from Federated Learning Models", IWQoS 2021). For each affected shard, starting from the checkpoint
-before the subject joined, the history is replayed in LoRA-factor space (FedAvg averages factors,
-so that is the space the aggregates live in) without the subject::
+from Federated Learning Models", IWQoS 2021), in ΔW space (``space=deltaw``, default). The served
+model depends on an adapter only through ``ΔW = s · B A`` per module, which is linear where the LoRA
+factors are not. For each affected shard, from the checkpoint before the subject joined, every
+round's actual aggregate step ``A_t = ΔW(W_t) − ΔW(W_{t-1})`` has the subjects' weighted steps
+``w_s D_{s,t}`` (``D_{i,t} = ΔW(U_{i,t}) − ΔW(W_{t-1})``, ``U``: stored, encrypted updates) removed
+and is renormalized over the remaining weight::
 
-    W'_t = W'_{t-1} + Σ_{i≠s} w'_i · D_{i,t},    D_{i,t} = U_{i,t} − W_{t-1},   w'_i = n_i / Σ_{j≠s} n_j
+    M'_t = M'_{t-1} + (A_t − Σ_s w_s D_{s,t}) / (1 − Σ_s w_s)
 
-where ``U_{i,t}`` are the stored (encrypted) updates and the weights are renormalized over the
-remaining organizations. The stored deltas were computed from models that had seen the subject; in
-K of the replayed rounds (evenly spread, K = ``calibration-rounds``, 0 allowed) the remaining
-organizations *calibrate* them: each trains ``calibration-epochs`` local epochs from ``W'_{t-1}``
-(a ``train`` message, same seed as the original round) and the server keeps the direction of that
-calibration update and, per LoRA factor, the magnitude of the stored one:
-``D'_{i,t}[k] = ‖D_{i,t}[k]‖ · C_{i,t}[k] / ‖C_{i,t}[k]‖``. No client trains more than K short fits.
+i.e. the kept organizations' steps with weights ``w_i / Σ_{j≠s} w_j`` plus FedAvg's factor-averaging
+cross term, so that erasing nobody replays the run exactly. The stored steps were computed from
+models that had seen the subject; in K of the replayed rounds (evenly spread, K =
+``calibration-rounds``, 0 allowed) the remaining organizations *calibrate* them: each trains
+``calibration-epochs`` local epochs from the replayed model (a ``train`` message, same seed as the
+original round) and the server keeps, per module, the ΔW direction of that calibration update and
+the ΔW magnitude of the stored one. The final ``M'`` is re-factorized to the adapter's rank by
+truncated SVD (:func:`factorize`; the discarded share is reported). No client trains more than K
+short fits.
+
+``space=factors`` is the first version, kept for comparison: the same replay on the LoRA factors
+(``W'_t = W'_{t-1} + Σ_{i≠s} w'_i (U_{i,t} − W_{t-1})``), exact after one round, but the factor
+deltas of the with-subject trajectory do not compose on another trajectory (``B A`` is bilinear).
 
 ``negate`` is the task-vector baseline (Ilharco et al., "Editing Models with Task Arithmetic",
 ICLR 2023): the subject's task vector is its weighted contributions to the aggregates,
@@ -29,8 +38,11 @@ import torch
 
 from fedunlearn.errors import RunStateError
 from fedunlearn.federation import protocol
+from fedunlearn.federation.coordinator import forgotten_records
 from fedunlearn.federation.topology import derive_seed
 from fedunlearn.ledger import Ledger
+from fedunlearn.models import delta_weights
+from fedunlearn.models.delta import lora_modules
 from fedunlearn.runs import RunFolder
 from fedunlearn.unlearning.approx import (
     ApproximateUnlearner,
@@ -43,9 +55,10 @@ from fedunlearn.unlearning.approx import (
     scale,
     sub,
 )
+from fedunlearn.training.client import lora_spec
 from fedunlearn.unlearning.base import EraseRequest, Federation
 
-__all__ = ["NegateUnlearner", "SubtractUnlearner", "calibration_rounds"]
+__all__ = ["NegateUnlearner", "SubtractUnlearner", "calibration_rounds", "factorize"]
 
 
 def calibration_rounds(rounds: list[int], k: int) -> list[int]:
@@ -77,6 +90,36 @@ def _rescale(stored: State, calibrated: State) -> State:
     return out
 
 
+def factorize(deltas: dict[str, torch.Tensor], like: State, scaling: float) -> tuple[State, float]:
+    """LoRA factors of rank ``r`` (``like``'s) whose ``scaling · B A`` best approximates each ``ΔW``.
+
+    Truncated SVD ``ΔW ≈ U_r Σ_r V_rᵀ`` (Eckart-Young: the best rank-``r`` approximation in Frobenius
+    norm), split evenly: ``B = U_r √(Σ_r/s)``, ``A = √(Σ_r/s) V_rᵀ``. Returns the state and the relative
+    Frobenius error ``‖ΔW − s B A‖ / ‖ΔW‖`` over all modules (what the rank-``r`` adapter cannot hold).
+    """
+    out: State = {}
+    lost = total = 0.0
+    for prefix, (a, _) in lora_modules(like).items():
+        m = deltas[prefix].double()
+        r = a.shape[0]
+        u, sv, vh = torch.linalg.svd(m, full_matrices=False)
+        root = (sv[:r] / scaling).sqrt()
+        out[prefix + ".lora_A.weight"] = (root[:, None] * vh[:r]).float()
+        out[prefix + ".lora_B.weight"] = (u[:, :r] * root[None, :]).float()
+        lost += float((sv[r:] ** 2).sum())
+        total += float((sv ** 2).sum())
+    return dict(sorted(out.items())), (lost / total) ** 0.5 if total > 0 else 0.0
+
+
+def _dw_rescale(stored: dict[str, torch.Tensor], calibrated: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Per module: the calibrated ΔW direction with the stored ΔW magnitude (FedEraser's calibration)."""
+    out = {}
+    for k, d in stored.items():
+        cn = float(calibrated[k].norm())
+        out[k] = calibrated[k] * (float(d.norm()) / cn) if cn > 0 else d.clone()
+    return out
+
+
 class SubtractUnlearner(ApproximateUnlearner):
     """FedEraser-style: replay the shard's history without the subject, K rounds calibrated."""
 
@@ -89,13 +132,12 @@ class SubtractUnlearner(ApproximateUnlearner):
             return "the run did not store client updates (ledger.store-updates = false); use sisa"
         return None
 
-    def needs_grid(self, request: EraseRequest, ledger: Ledger, run: RunFolder) -> bool:
+    def needs_flower(self, request: EraseRequest, ledger: Ledger, run: RunFolder) -> bool:
         return ApproxOptions.from_request(request).calibration_rounds > 0
 
     def compute(self, request: EraseRequest, federation: Federation, options: ApproxOptions) -> ApproxOutcome:
         ledger, run = federation.ledger, federation.run
         subjects = set(request.subjects)
-        t = run.settings.train
         outcome = ApproxOutcome(states={})
         plans = {}
         for shard in self.affected_shards(ledger, request.subjects):
@@ -105,35 +147,108 @@ class SubtractUnlearner(ApproximateUnlearner):
         needed = sorted({c.org for _, chain, cal in plans.values() for ck in chain if ck.round in cal
                          for c in ledger.contributions(ck.id) if c.org not in subjects})
         queries = Queries(federation, dict(federation.coordinator(needed).nodes) if needed else {})
+        replay = self._replay_deltaw if options.space == "deltaw" else self._replay_factors
         for shard, (base, chain, calibrated) in sorted(plans.items()):
-            previous_old = ledger.get_state(base.hash)  # W_{t-1}
-            state = previous_old  # W'_{t-1}
-            for ckpt in chain:
-                kept = [c for c in ledger.contributions(ckpt.id) if c.org not in subjects]
-                if kept:
-                    total = sum(c.num_examples for c in kept)
-                    deltas = {c.org: sub(_stored(ledger, c.org, c.update_hash), previous_old) for c in kept}
-                    if ckpt.round in calibrated:
-                        contents = {c.org: protocol.make_content(state=state, config={
-                            "round": ckpt.round, "shard": shard, "org": c.org, "epochs": options.calibration_epochs,
-                            "seed": derive_seed(run.settings.run.seed, "train", shard, ckpt.round, c.org),
-                            "lr": t.lr, "batch-size": t.batch_size}) for c in kept}
-                        replies = queries.ask(protocol.TRAIN, contents, group_id=f"subtract/shard-{shard}/round-{ckpt.round}",
-                                              sizes={c.org: nbytes(state) for c in kept})
-                        deltas = {o: _rescale(d, sub(replies[o].state, state)) for o, d in deltas.items()}
-                    step = {k: torch.zeros_like(v) for k, v in state.items()}
-                    for c in kept:
-                        step = add(step, scale(c.num_examples / total, deltas[c.org]))
-                    state = add(state, step)
-                previous_old = ledger.get_state(ckpt.hash)
+            state, detail = replay(ledger, run, shard, base, chain, calibrated, subjects, options, queries)
             outcome.states[shard] = state
             outcome.notes.append(f"shard {shard}: replayed rounds {chain[0].round}..{chain[-1].round} without "
-                                 f"{sorted(subjects)}; calibrated rounds {calibrated or 'none'}")
+                                 f"{sorted(subjects)} in {options.space} space; calibrated rounds {calibrated or 'none'}"
+                                 + (f"; rank-{detail['rank']} re-factorization keeps all but "
+                                    f"{detail['truncation_error']:.1%} of ΔW" if "rank" in detail else ""))
             outcome.details.setdefault("shards", []).append({"shard": shard, "base_round": base.round,
-                                                             "calibrated_rounds": calibrated})
+                                                             "calibrated_rounds": calibrated, **detail})
         outcome.client_steps, outcome.bytes_sent, outcome.rounds = queries.client_steps, queries.bytes_sent, queries.rounds
         outcome.organizations = tuple(sorted(queries.organizations))
         return outcome
+
+    @staticmethod
+    def _calibrate(queries: Queries, run: RunFolder, ledger: Ledger, shard: int, rnd: int, state: State,
+                   orgs: list[str], options: ApproxOptions) -> dict[str, State]:
+        """The kept organizations train ``calibration-epochs`` from ``state``; their new adapters."""
+        t = run.settings.train
+        contents = {}
+        for o in orgs:
+            config = {"round": rnd, "shard": shard, "org": o, "epochs": options.calibration_epochs,
+                      "seed": derive_seed(run.settings.run.seed, "train", shard, rnd, o),
+                      "lr": t.lr, "batch-size": t.batch_size}
+            if forgotten_records(ledger, o):
+                config[protocol.EXCLUDE_RECORDS] = "\n".join(forgotten_records(ledger, o))
+            contents[o] = protocol.make_content(state=state, config=config)
+        replies = queries.ask(protocol.TRAIN, contents, group_id=f"subtract/shard-{shard}/round-{rnd}",
+                              sizes={o: nbytes(state) for o in orgs})
+        return {o: replies[o].state for o in orgs}
+
+    def _replay_deltaw(self, ledger, run, shard, base, chain, calibrated, subjects, options, queries):
+        """Replay in ΔW space: ``M'_t = M'_{t-1} + (A_t − Σ_s w_s D_s) / (1 − Σ_s w_s)`` per round.
+
+        ``A_t = ΔW(W_t) − ΔW(W_{t-1})`` is the aggregate's actual step and ``D_i = ΔW(U_i) − ΔW(W_{t-1})``
+        organization i's; removing the subjects' weighted steps and renormalizing leaves the kept
+        organizations' steps with weights ``w_i / Σ_{j≠s} w_j`` plus FedAvg's factor-averaging cross
+        term (so erasing nobody replays the run exactly). A calibrated round replaces the kept steps
+        by the calibration fits' ΔW directions with the stored ΔW magnitudes. The result is
+        re-factorized to the adapter's rank by truncated SVD (:func:`factorize`).
+        """
+        s = lora_spec(run.settings).scaling
+        prev_old = ledger.get_state(base.hash)
+        prev_dw = delta_weights(prev_old, s)
+        m = {k: v.double() for k, v in prev_dw.items()}
+        for ckpt in chain:
+            contribs = ledger.contributions(ckpt.id)
+            new_dw = delta_weights(ledger.get_state(ckpt.hash), s)
+            gone = [c for c in contribs if c.org in subjects]
+            kept = [c for c in contribs if c.org not in subjects]
+            if not contribs:
+                step = {k: new_dw[k].double() - prev_dw[k].double() for k in m}
+            elif not kept:
+                step = {k: torch.zeros_like(v) for k, v in m.items()}
+            else:
+                dws = {c.org: delta_weights(_stored(ledger, c.org, c.update_hash), s) for c in contribs}
+                d = {o: {k: dw[k].double() - prev_dw[k].double() for k in m} for o, dw in dws.items()}
+                total = sum(c.num_examples for c in contribs)
+                if ckpt.round in calibrated:
+                    sent, _ = factorize(m, prev_old, s)
+                    sent_dw = delta_weights(sent, s)
+                    states = self._calibrate(queries, run, ledger, shard, ckpt.round, sent, [c.org for c in kept], options)
+                    kept_total = sum(c.num_examples for c in kept)
+                    step = {k: torch.zeros_like(v) for k, v in m.items()}
+                    for c in kept:
+                        cal = {k: delta_weights(states[c.org], s)[k].double() - sent_dw[k].double() for k in m}
+                        step = {k: step[k] + (c.num_examples / kept_total) * v
+                                for k, v in _dw_rescale(d[c.org], cal).items()}
+                else:
+                    w_gone = sum(c.num_examples for c in gone) / total
+                    agg = {k: new_dw[k].double() - prev_dw[k].double() for k in m}
+                    for c in gone:
+                        agg = {k: agg[k] - (c.num_examples / total) * d[c.org][k] for k in m}
+                    step = {k: v / (1.0 - w_gone) for k, v in agg.items()}
+            m = {k: m[k] + step[k] for k in m}
+            prev_old, prev_dw = ledger.get_state(ckpt.hash), new_dw
+        state, error = factorize(m, prev_old, s)
+        return state, {"space": "deltaw", "rank": run.settings.lora.r, "truncation_error": error}
+
+    def _replay_factors(self, ledger, run, shard, base, chain, calibrated, subjects, options, queries):
+        """The first version, kept for comparison: replay in LoRA-factor space (the aggregates' space).
+
+        ``W'_t = W'_{t-1} + Σ_{i≠s} w'_i (U_{i,t} − W_{t-1})``; after one round it equals retraining
+        exactly, but over several rounds the factor deltas of the with-subject trajectory do not
+        compose on another trajectory (``B A`` is bilinear), see benchmarks/results/approx.md.
+        """
+        previous_old = ledger.get_state(base.hash)  # W_{t-1}
+        state = previous_old  # W'_{t-1}
+        for ckpt in chain:
+            kept = [c for c in ledger.contributions(ckpt.id) if c.org not in subjects]
+            if kept:
+                total = sum(c.num_examples for c in kept)
+                deltas = {c.org: sub(_stored(ledger, c.org, c.update_hash), previous_old) for c in kept}
+                if ckpt.round in calibrated:
+                    states = self._calibrate(queries, run, ledger, shard, ckpt.round, state, [c.org for c in kept], options)
+                    deltas = {o: _rescale(d, sub(states[o], state)) for o, d in deltas.items()}
+                step = {k: torch.zeros_like(v) for k, v in state.items()}
+                for c in kept:
+                    step = add(step, scale(c.num_examples / total, deltas[c.org]))
+                state = add(state, step)
+            previous_old = ledger.get_state(ckpt.hash)
+        return state, {"space": "factors"}
 
 
 class NegateUnlearner(ApproximateUnlearner):
@@ -146,7 +261,7 @@ class NegateUnlearner(ApproximateUnlearner):
     def supports(self, run: RunFolder) -> str | None:
         return SubtractUnlearner().supports(run)
 
-    def needs_grid(self, request: EraseRequest, ledger: Ledger, run: RunFolder) -> bool:
+    def needs_flower(self, request: EraseRequest, ledger: Ledger, run: RunFolder) -> bool:
         return False
 
     def compute(self, request: EraseRequest, federation: Federation, options: ApproxOptions) -> ApproxOutcome:
