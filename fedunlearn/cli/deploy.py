@@ -3,7 +3,7 @@
 ``up`` makes the key material (CA, SuperLink certificate, one key pair per organization), starts
 the SuperLink, registers each organization's public key under its name and starts one SuperNode
 per organization (node config ``org="NAME" data="FOLDER"``); ``run`` submits the app with
-``flwr run``; ``down`` stops every process by the PIDs recorded in ``WORK/deployment.json``.
+``flwr run`` (the app staged in ``WORK/app``); ``down`` stops every process by the PIDs recorded in ``WORK/deployment.json``.
 """
 
 from __future__ import annotations
@@ -75,25 +75,25 @@ def run(
     app_dir: Path = typer.Option(_ROOT, "--app", help="Flower app folder (with pyproject.toml)."),
     timeout: float = typer.Option(3600.0, "--timeout", help="Seconds before `flwr run` is stopped."),
 ) -> None:
-    """``flwr run APP fedunlearn-deploy --stream`` against the deployment in WORK."""
-    import json
+    """``flwr run`` of the app (staged in WORK/app) against the deployment in WORK; exits with its status."""
     import subprocess
 
-    from fedunlearn.deploy import CONNECTION, LocalDeployment
+    from fedunlearn.deploy import LocalDeployment
 
-    state = Path(work) / "deployment.json"
-    if not state.is_file():
-        fail(ConfigError(f"{str(state)!r} does not exist: start the deployment with `fedunlearn deploy up --work {work}`"))
-        return
-    info = json.loads(state.read_text(encoding="utf-8"))
-    dep = LocalDeployment(work, app_dir, secure=info["secure"], isolation=info["isolation"], port=info["port"])
-    args = ["run", str(dep.app_dir), CONNECTION, "--stream"] + (["--run-config", " ".join(config)] if config else [])
     try:
-        done = subprocess.run([dep.tool("flwr"), *args], env=dep.env(), cwd=dep.app_dir, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        fail(ConfigError(f"flwr run did not finish within --timeout {timeout:g} s: raise --timeout"))
+        dep = LocalDeployment.from_record(work, app_dir)
+        dep.stage_app()  # the app as it is now
+    except FedUnlearnError as exc:
+        fail(exc)
         return
-    raise typer.Exit(code=done.returncode)
+    with subprocess.Popen([dep.tool("flwr"), *dep.run_args(" ".join(config))], env=dep.env(), cwd=dep.work) as proc:
+        try:
+            code = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            fail(ConfigError(f"flwr run did not finish within --timeout {timeout:g} s: raise --timeout"))
+            return
+    raise typer.Exit(code=code)
 
 
 @deploy_app.command("down")

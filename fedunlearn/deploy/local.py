@@ -6,12 +6,22 @@ every file under one work folder::
     WORK/pki/          ca.crt, ca.key, server.pem, server.key     (TLS of the SuperLink)
     WORK/node-keys/    <org>.key, <org>.pub                        (SuperNode authentication)
     WORK/flwr-home/    FLWR_HOME: config.toml with the SuperLink connection, installed FABs
+    WORK/app/          the Flower app that ``flwr run`` submits (see :meth:`LocalDeployment.stage_app`)
     WORK/logs/         one log per process
     WORK/superlink.db  the SuperLink's state
+    WORK/deployment.json  port, isolation and the PIDs of a detached deployment (``deploy up``)
 
 Every process is started in its own process group (``start_new_session``) and stopped by that
 group's id (SIGTERM, then SIGKILL after a bounded wait), so helpers a SuperLink or SuperNode
 starts (SuperExec, ServerApp, ClientApp processes) stop with it. Only 127.0.0.1 is used.
+
+Isolation ``"warm"`` starts the SuperLink and every SuperNode with ``--isolation process`` and one
+``python -m fedunlearn.deploy.warm --sources WORK/warm-sources`` process (``warm``, started first so
+that its imports overlap the SuperLink's start) that imports torch, transformers and peft once and
+forks the SuperExec of each of them: ServerApp runs and ClientApp messages then fork a process that
+has everything imported already.
+Every process polls for tasks every ``FLWR_SUPEREXEC_TASK_POLL_INTERVAL`` seconds (Flower's own
+setting; 0.2 here unless set, Flower's default is 1.0).
 """
 
 from __future__ import annotations
@@ -29,14 +39,16 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fedunlearn.deploy.pki import NodeKeys, make_ca, make_node_keys, make_server_certificate
+from fedunlearn.deploy.pki import NodeKeys, ServerCertificate, make_ca, make_node_keys, make_server_certificate
 from fedunlearn.errors import ConfigError, FederationError
 
-__all__ = ["CONNECTION", "LocalDeployment", "free_port", "run_config_arg", "stop_recorded"]
+__all__ = ["CONNECTION", "LocalDeployment", "free_port", "run_config_arg", "serverapp_pids", "stop_recorded"]
 
 CONNECTION = "fedunlearn-deploy"
 HOST = "127.0.0.1"
 ISOLATIONS = ("subprocess", "warm")
+POLL_INTERVAL = "0.2"
+_STATE = "deployment.json"
 
 
 def free_port() -> int:
@@ -73,12 +85,14 @@ class LocalDeployment:
     work : Path
         Folder for keys, FLWR_HOME, logs and the SuperLink database.
     app_dir : Path
-        The Flower app (the folder with ``pyproject.toml``) that ``flwr run`` submits.
+        The Flower app (the folder with ``pyproject.toml``); ``flwr run`` submits its copy in
+        ``WORK/app`` (:meth:`stage_app`).
     secure : bool
         TLS and SuperNode authentication (``False``: ``--insecure``, for comparisons only).
     isolation : str
         ``"subprocess"`` (Flower's default: a fresh ClientApp process per message) or ``"warm"``
-        (``--isolation process`` plus :mod:`fedunlearn.deploy.warm`).
+        (``--isolation process`` plus :mod:`fedunlearn.deploy.warm`, for the SuperLink's ServerApp
+        runs and the SuperNodes' ClientApp messages).
     """
 
     work: Path
@@ -109,7 +123,47 @@ class LocalDeployment:
         env.update(FLWR_HOME=str(self.flwr_home), FLWR_TELEMETRY_ENABLED="0", FLWR_DISABLE_UPDATE_CHECK="1",
                    TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1",
                    PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}")
+        env.setdefault("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", POLL_INTERVAL)
         return env
+
+    @property
+    def app_path(self) -> Path:
+        """The staged app that ``flwr run`` submits (``WORK/app``)."""
+        return self.work / "app"
+
+    def stage_app(self) -> Path:
+        """Copy the app's ``pyproject.toml`` and the packages of its components into ``WORK/app``.
+
+        ``flwr run`` packs every ``.py``/``.toml``/``.md``/``.json`` file under the folder it is
+        given into the FAB, walking the whole tree first: on a repository with a virtual
+        environment that takes tens of seconds per run. The ServerApp and ClientApp import
+        :mod:`fedunlearn` from the installed package, so the FAB needs only the component modules
+        (``[tool.flwr.app.components]``, e.g. ``server.app:app`` -> ``server/``).
+        """
+        import shutil
+        import tomllib
+
+        source = self.app_dir / "pyproject.toml"
+        try:
+            components = tomllib.loads(source.read_text(encoding="utf-8"))["tool"]["flwr"]["app"]["components"]
+        except (OSError, KeyError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"{str(source)!r} is not a Flower app ({type(exc).__name__}: {exc}): expected a "
+                              "pyproject.toml with [tool.flwr.app.components]; pass the app folder with --app") from exc
+        stage = self.app_path
+        shutil.rmtree(stage, ignore_errors=True)
+        stage.mkdir(parents=True)
+        shutil.copy2(source, stage / "pyproject.toml")
+        for ref in components.values():
+            package = str(ref).split(":")[0].split(".")[0]
+            src = self.app_dir / package
+            if src.is_dir():
+                shutil.copytree(src, stage / package, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+            elif (self.app_dir / f"{package}.py").is_file():
+                shutil.copy2(self.app_dir / f"{package}.py", stage / f"{package}.py")
+            else:
+                raise ConfigError(f"component {ref!r} of {str(source)!r} names {package!r}, which is neither a "
+                                  f"folder nor a module in {str(self.app_dir)!r}: fix [tool.flwr.app.components]")
+        return stage
 
     def tool(self, name: str) -> str:
         """Path of a command of this venv (flwr, flower-superlink, ...), else its bare name."""
@@ -126,6 +180,23 @@ class LocalDeployment:
         else:
             conn += "insecure = true\n"
         (self.flwr_home / "config.toml").write_text(conn, encoding="utf-8")
+        self.stage_app()
+
+    @classmethod
+    def from_record(cls, work: Path, app_dir: Path) -> LocalDeployment:
+        """The deployment ``fedunlearn deploy up`` recorded in ``WORK/deployment.json`` (to run on it)."""
+        state = Path(work) / _STATE
+        if not state.is_file():
+            raise ConfigError(f"{str(state)!r} does not exist: start the deployment with "
+                              f"`fedunlearn deploy up --work {work}` first")
+        info = json.loads(state.read_text(encoding="utf-8"))
+        dep = cls(work, app_dir, secure=info["secure"], isolation=info["isolation"], port=info["port"])
+        pki = dep.work / "pki"
+        if dep.secure:
+            dep.server = ServerCertificate(cert=pki / "server.pem", key=pki / "server.key", ca=pki / "ca.crt")
+        for pub in sorted((dep.work / "node-keys").glob("*.pub")):
+            dep.node_keys[pub.stem] = NodeKeys(pub.stem, pub.with_suffix(".key"), pub)
+        return dep
 
     # -- processes ----------------------------------------------------------------------------
     def _start(self, name: str, cmd: list[str]) -> subprocess.Popen:
@@ -149,18 +220,43 @@ class LocalDeployment:
                     "--ssl-keyfile", str(self.server.key), "--enable-supernode-auth"]
         else:
             cmd += ["--insecure"]
+        if self.isolation == "warm":
+            cmd += ["--isolation", "process"]
+            self.start_warm()  # imports while the SuperLink starts
         proc = self._start("superlink", cmd)
+        if self.isolation == "warm":  # its SuperExec polls the SuperLink until it is up
+            self._warm_source("superlink", f"{HOST}:{self.port}", str(self.server.ca) if self.secure else None,
+                              proc.pid)
         deadline = time.monotonic() + timeout
         while not _port_open(self.port):
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise FederationError(f"the SuperLink did not start on {HOST}:{self.port} within {timeout:.0f} s; "
                                       f"see {self.work / 'logs' / 'superlink.log'}")
-            time.sleep(0.2)
+            time.sleep(0.1)
         return proc
+
+    @property
+    def warm_sources(self) -> Path:
+        return self.work / "warm-sources"
+
+    def start_warm(self) -> subprocess.Popen:
+        """Start the shared warm executor (isolation ``warm``) unless it runs already."""
+        if "warm" in self.procs and self.procs["warm"].poll() is None:
+            return self.procs["warm"]
+        import shutil
+
+        shutil.rmtree(self.warm_sources, ignore_errors=True)
+        return self._start("warm", [sys.executable, "-m", "fedunlearn.deploy.warm", "--sources", str(self.warm_sources)])
+
+    def _warm_source(self, name: str, address: str, root_certificates: str | None, parent: int) -> None:
+        from fedunlearn.deploy.warm import add_source
+
+        self.start_warm()
+        add_source(self.warm_sources, name, address, parent_pid=parent, root_certificates=root_certificates)
 
     def flwr(self, *args: str, timeout: float = 120.0) -> subprocess.CompletedProcess:
         """Run Flower's CLI (``flwr ...``) against this deployment; bounded by ``timeout``."""
-        return subprocess.run([self.tool("flwr"), *args], env=self.env(), cwd=self.app_dir, capture_output=True,
+        return subprocess.run([self.tool("flwr"), *args], env=self.env(), cwd=self.work, capture_output=True,
                               text=True, timeout=timeout, start_new_session=True)
 
     def register(self, *orgs: str, timeout: float = 120.0) -> list[NodeKeys]:
@@ -170,7 +266,7 @@ class LocalDeployment:
         """
         keys = [make_node_keys(org, self.work / "node-keys") for org in orgs]
         procs = [subprocess.Popen([self.tool("flwr"), "supernode", "register", str(k.public_key), CONNECTION,
-                                   "--name", k.org], env=self.env(), cwd=self.app_dir, stdout=subprocess.PIPE,
+                                   "--name", k.org], env=self.env(), cwd=self.work, stdout=subprocess.PIPE,
                                   stderr=subprocess.STDOUT, text=True, start_new_session=True) for k in keys]
         failures = []
         for k, proc in zip(keys, procs):
@@ -186,10 +282,13 @@ class LocalDeployment:
             raise FederationError(f"registering organizations with the SuperLink failed: {'; '.join(failures)}")
         return keys
 
-    def start_supernode(self, org: str, data: Path | None = None, *, key: Path | None = None) -> subprocess.Popen:
+    def start_supernode(self, org: str, data: Path | None = None, *, key: Path | None = None,
+                        executor: bool = True) -> subprocess.Popen:
         """Start ``org``'s SuperNode with node config ``org="..."`` (and ``data="..."`` when given).
 
         ``key`` overrides the authentication key (default: the one :meth:`register` made).
+        ``executor=False`` starts no SuperExec for it (``--isolation process`` and nothing serving
+        its tasks): for a node that must never get one, such as an unregistered one being refused.
         """
         node_config = f'org="{org}"' + (f' data="{Path(data).resolve()}"' if data else "")
         runtime_port = free_port()
@@ -200,18 +299,20 @@ class LocalDeployment:
             cmd += ["--root-certificates", str(self.server.ca), "--auth-supernode-private-key", str(key)]
         else:
             cmd += ["--insecure"]
-        if self.isolation == "warm":
+        if self.isolation == "warm" or not executor:
             cmd += ["--isolation", "process"]
         proc = self._start(f"supernode-{org}", cmd)
-        if self.isolation == "warm":
-            self._start(f"warm-{org}", [sys.executable, "-m", "fedunlearn.deploy.warm", "--runtime-api-address",
-                                        f"{HOST}:{runtime_port}", "--insecure", "--parent-pid", str(proc.pid)])
+        if self.isolation == "warm" and executor:  # the SuperNode's Runtime API is plain HTTP on 127.0.0.1
+            self._warm_source(f"supernode-{org}", f"{HOST}:{runtime_port}", None, proc.pid)
         return proc
 
+    def run_args(self, run_config: str = "") -> list[str]:
+        """Arguments of ``flwr run WORK/app CONNECTION --stream [--run-config ...]``."""
+        return ["run", str(self.app_path), CONNECTION, "--stream"] + (["--run-config", run_config] if run_config else [])
+
     def run(self, run_config: dict[str, object], *, timeout: float = 600.0) -> subprocess.CompletedProcess:
-        """``flwr run APP CONNECTION --stream --run-config ...``; returns when the run ends."""
-        return self.flwr("run", str(self.app_dir), CONNECTION, "--stream", "--run-config", run_config_arg(run_config),
-                         timeout=timeout)
+        """``flwr run`` of the staged app with ``run_config``; returns when the run ends."""
+        return self.flwr(*self.run_args(run_config_arg(run_config)), timeout=timeout)
 
     def stop(self, name: str, *, grace: float = 10.0) -> None:
         """Stop process ``name`` and its process group: SIGTERM, then SIGKILL after ``grace`` s."""
@@ -254,7 +355,7 @@ class LocalDeployment:
 
     def record(self) -> Path:
         """Write ``WORK/deployment.json`` (port, PIDs) so that another command can stop the processes."""
-        path = self.work / "deployment.json"
+        path = self.work / _STATE
         path.write_text(json.dumps({"port": self.port, "secure": self.secure, "isolation": self.isolation,
                                     "pids": self.pids()}, indent=2) + "\n", encoding="utf-8")
         return path
@@ -274,23 +375,46 @@ def stop_recorded(work: Path, *, grace: float = 10.0) -> list[str]:
     """
     import psutil
 
-    path = Path(work) / "deployment.json"
+    path = Path(work) / _STATE
     if not path.is_file():
         raise FederationError(f"{str(path)!r} does not exist: expected the work folder of `fedunlearn deploy up`")
     pids: dict[str, int] = json.loads(path.read_text(encoding="utf-8"))["pids"]
-    stopped = []
-    for name, pid in sorted(pids.items(), key=lambda kv: kv[0] == "superlink"):
-        try:
+    ours: dict[str, psutil.Process] = {}
+    for name, pid in pids.items():
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied, ProcessLookupError):  # gone: nothing to stop
             proc = psutil.Process(pid)
-            if os.getpgid(pid) != pid or str(Path(work).resolve()) not in " ".join(proc.cmdline()) + str(proc.cwd()):
-                continue  # not ours any more (PID reused)
-            os.killpg(pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=grace)
-            except psutil.TimeoutExpired:
-                os.killpg(pid, signal.SIGKILL)
-            stopped.append(name)
-        except (psutil.NoSuchProcess, ProcessLookupError):
-            continue
+            if os.getpgid(pid) == pid and str(Path(work).resolve()) in " ".join(proc.cmdline()) + str(proc.cwd()):
+                ours[name] = proc  # else: not ours any more (PID reused)
+    for proc in ours.values():  # SIGTERM to every group at once, SIGKILL to what is left after `grace`
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+    psutil.wait_procs(list(ours.values()), timeout=grace)
+    for proc in ours.values():
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # the group's leftovers (or the leader itself)
+    stopped = sorted(ours)
     path.unlink()
     return stopped
+
+
+def serverapp_pids(work: Path) -> list[int]:
+    """PIDs of the ServerApp processes now running on the deployment recorded in ``WORK``.
+
+    They are the children of the SuperLink's SuperExec: Flower's ``flower-superexec`` (isolation
+    ``subprocess``) or the SuperLink's loop of :mod:`fedunlearn.deploy.warm` (isolation ``warm``,
+    its PID in ``WORK/warm-sources/superlink.pid``). Killing one is what a crash of the
+    coordinator's server looks like to the rest of the deployment.
+    """
+    import psutil
+
+    info = json.loads((Path(work) / _STATE).read_text(encoding="utf-8"))
+    pids = info["pids"]
+    try:
+        if info["isolation"] == "warm":
+            executors = [psutil.Process(int((Path(work) / "warm-sources" / "superlink.pid").read_text()))]
+        else:
+            executors = [p for p in psutil.Process(pids["superlink"]).children()
+                         if "flower-superexec" in " ".join(p.cmdline())]
+        return sorted(c.pid for e in executors for c in e.children() if c.status() != psutil.STATUS_ZOMBIE)
+    except (psutil.NoSuchProcess, FileNotFoundError, ValueError):  # not started (yet) or gone
+        return []

@@ -16,7 +16,30 @@ from flwr.serverapp import Grid
 from fedunlearn.errors import FederationError, NodesMissingError
 from fedunlearn.federation import protocol
 
-__all__ = ["discover", "exchange", "exchange_partial"]
+__all__ = ["discover", "exchange", "exchange_partial", "send_and_receive"]
+
+PULL_INTERVAL = 0.2
+"""Seconds between reply pulls from a SuperLink (Flower's ``HttpGrid.send_and_receive`` sleeps 3 s)."""
+
+
+def send_and_receive(grid: Grid, msgs: list[Message], *, timeout: float) -> list[Message]:
+    """``grid.send_and_receive``, but a real SuperLink (``HttpGrid``) is asked for replies every
+    :data:`PULL_INTERVAL` s instead of Flower's fixed 3 s; other grids are called unchanged."""
+    from flwr.superlink.grid.http_grid import HttpGrid
+
+    if not isinstance(grid, HttpGrid):
+        return list(grid.send_and_receive(msgs, timeout=timeout))
+    waiting = set(grid.push_messages(msgs))
+    deadline = time.monotonic() + timeout
+    replies: list[Message] = []
+    while waiting:
+        got = list(grid.pull_messages(waiting))
+        replies += got
+        waiting -= {m.metadata.reply_to_message_id for m in got}
+        if not waiting or time.monotonic() >= deadline:
+            break
+        time.sleep(PULL_INTERVAL)
+    return replies
 
 
 def discover(grid: Grid, expected: Sequence[str], *, timeout: float, poll: float = 0.5,
@@ -36,7 +59,7 @@ def discover(grid: Grid, expected: Sequence[str], *, timeout: float, poll: float
         new = [n for n in grid.get_node_ids() if n not in asked]
         if new:
             msgs = [Message(protocol.make_content(), dst_node_id=n, message_type=protocol.IDENTIFY) for n in new]
-            replies = list(grid.send_and_receive(msgs, timeout=max(1.0, deadline - time.monotonic())))
+            replies = send_and_receive(grid, msgs, timeout=max(1.0, deadline - time.monotonic()))
             answered = set()
             for reply in replies:
                 node = reply.metadata.src_node_id
@@ -108,7 +131,7 @@ def exchange_partial(
         Message(contents[org], dst_node_id=nodes[org], message_type=message_type, group_id=group_id)
         for org in contents
     ]
-    replies = list(grid.send_and_receive(msgs, timeout=timeout))
+    replies = send_and_receive(grid, msgs, timeout=timeout)
     out: dict[str, protocol.Reply] = {}
     failed: dict[str, str] = {}
     for reply in replies:
