@@ -1,75 +1,184 @@
-"""A real Flower deployment on 127.0.0.1: SuperLink with TLS, SuperNodes authenticated by key.
+"""A real Flower deployment on 127.0.0.1, driven by the `fedunlearn` CLI as an operator would.
 
-Two training rounds, a SISA erasure of one organization through the same ServerApp
-(``run.workflow = "erase"``), ``fedunlearn verify``; a SuperNode whose key was never registered
-cannot join. Every process is stopped by its PID (process group) in the fixture's finalizer.
+One deployment (``fedunlearn deploy up``: SuperLink with TLS, three SuperNodes authenticated by
+their registered keys, warm ServerApp/ClientApp processes) serves the whole module:
+
+1. a SuperNode whose key was never registered tries to join the whole time and is refused;
+2. training (``fedunlearn deploy run``) is killed (its ServerApp process, by PID) after round 1:
+   the ledger is consistent at round 1; running the same command again resumes to round 2;
+3. an erasure of org-2 through the same ServerApp (``run.workflow = "erase"``) is killed once the
+   retraining has started: the served model, heads and keys are untouched; run again, it completes;
+4. ``fedunlearn forget`` erases org-1 (alone in its shard: no training) with a signed certificate;
+5. ``fedunlearn verify`` passes on the run; ``fedunlearn deploy down`` stops every process by PID.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import re
+import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from fedunlearn.ledger import Ledger
-from tests.deployment.conftest import ORGS, tail
+from tests.deployment.conftest import FEDUNLEARN, ORGS, ROOT, cli, tail, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.deployment, pytest.mark.timeout(600)]
 
 
-def _config(run_dir, model_dir, **extra):
-    return {"run.dir": str(run_dir), "model.path": str(model_dir), "model.device": "cpu", "model.threads": 1,
-            "organizations.names": ",".join(ORGS), "topology.shards": 2, "train.rounds": 2,
-            "train.local-epochs": 1, "train.batch-size": 8, "data.max-length": 32,
-            "run.discovery-timeout": 120.0, "run.round-timeout": 180.0, **extra}
+def _config(run_dir: Path, model_dir: Path, **extra: object) -> list[str]:
+    config = {"run.dir": str(run_dir), "model.path": str(model_dir), "model.device": "cpu", "model.threads": 1,
+              "organizations.names": ",".join(ORGS), "topology.shards": 2, "train.rounds": 2,
+              "train.local-epochs": 1, "train.batch-size": 8, "data.max-length": 32,
+              "run.discovery-timeout": 120.0, "run.round-timeout": 120.0, **extra}
+    args = []
+    for key, value in config.items():
+        text = json.dumps(value) if isinstance(value, str) else repr(value)
+        args += ["-c", f"{key}={text}"]
+    return args
 
 
-def test_train_erase_verify_on_a_secure_deployment(deployment, consortium_dirs, tiny_model_dir, tmp_path):
-    started = time.monotonic()
-    deployment.start_superlink()
-    deployment.register(*ORGS)
-    for org in ORGS:
-        deployment.start_supernode(org, consortium_dirs[org])
-    run_dir = tmp_path / "run"
+def _run(work: Path, config: list[str], timeout: float = 240.0):
+    return cli("deploy", "run", "--work", str(work), *config, timeout=timeout)
 
-    trained = deployment.run(_config(run_dir, tiny_model_dir), timeout=300)
-    assert trained.returncode == 0, trained.stdout[-2000:] + trained.stderr[-2000:] + tail(deployment, "superlink")
+
+def _snapshot(run_dir: Path) -> dict:
     with Ledger.open(run_dir) as ledger:
-        assert [ledger.head(s).round for s in (0, 1)] == [2, 2], tail(deployment, "superlink")
+        served = ledger.served()
+        return {"served": served and served["served_hash"],
+                "heads": {s: ledger.head(s).id for s in (0, 1)},
+                "status": {o.name: o.status for o in ledger.organizations()},
+                "shredded": {o.name: ledger.keys.is_shredded(o.name) for o in ledger.organizations()},
+                "pending": ledger.meta.get("erasure.pending", ""),
+                "served_files": sorted(str(p.relative_to(run_dir)) for p in (run_dir / "export").rglob("*")
+                                       if p.is_file())}
+
+
+def _consistent(run_dir: Path) -> dict[int, int]:
+    """Check every shard's chain (rounds 0..head, each round's contributions stored); return the heads."""
+    with Ledger.open(run_dir) as ledger:
+        heads = {}
+        for shard in (0, 1):
+            chain = ledger.chain(shard)
+            assert [c.round for c in chain] == list(range(len(chain))), chain
+            assert all(ledger.contributions(c.id) for c in chain[1:]), f"shard {shard}: a round without updates"
+            heads[shard] = chain[-1].round
+        assert ledger.verify_blobs() == []
+    return heads
+
+
+def _kill_serverapp(work: Path, run: subprocess.Popen, log: Path) -> None:
+    """Kill the running ServerApp process(es) by PID (SIGKILL) and the `deploy run` that streamed it,
+    then stop the dead run as an operator would (``flwr stop RUN_ID``): until the SuperLink marks the
+    run stopped (on its own only after the ServerApp's heartbeat expires, ~50 s) SuperNodes holding
+    one of its messages wait for it."""
+    from fedunlearn.deploy import CONNECTION, LocalDeployment
+    from fedunlearn.deploy.local import serverapp_pids
+
+    pids = wait_for("a ServerApp process", lambda: serverapp_pids(work), timeout=30)
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    os.killpg(run.pid, signal.SIGKILL)
+    run.wait(timeout=10)
+    run_id = re.search(r"started run (\d+)", log.read_text(errors="replace"))
+    assert run_id, log.read_text(errors="replace")[-2000:]
+    stopped = LocalDeployment.from_record(work, ROOT).flwr("stop", run_id.group(1), CONNECTION, timeout=60)
+    assert stopped.returncode == 0, stopped.stdout[-2000:] + stopped.stderr[-2000:]
+
+
+def _received(work: Path, org: str, kind: str) -> int:
+    log = work / "logs" / f"supernode-{org}.log"
+    return log.read_text(errors="replace").count(f"Receiving: {kind} message") if log.exists() else 0
+
+
+def test_operator_cli_on_a_secure_deployment_survives_kills(deployed, processes, tiny_model_dir, tmp_path):
+    from fedunlearn.deploy import LocalDeployment, make_node_keys
+
+    work, run_dir = deployed, tmp_path / "run"
+    started = time.monotonic()
+    timings: dict[str, float] = {}
+
+    def lap(name: str) -> None:
+        timings[name] = round(time.monotonic() - started - sum(timings.values()), 1)
+
+    # 1. a stranger's SuperNode (key never registered) knocks during everything that follows
+    stranger = LocalDeployment.from_record(work, ROOT)
+    key = make_node_keys("stranger", tmp_path / "unregistered").private_key
+    intruder = stranger.start_supernode("stranger", key=key, executor=False)  # it must never get a task
+    processes.adopt({"supernode-stranger": intruder.pid})
+
+    # 2. training killed after round 1 (its ServerApp, by PID), then resumed by the same command
+    config = _config(run_dir, tiny_model_dir)
+    log = tmp_path / "train-killed.log"
+    training = processes.start("deploy-run", [FEDUNLEARN, "deploy", "run", "--work", str(work), *config], log)
+
+    def round_one_evaluated() -> bool:
+        metrics = run_dir / "metrics.jsonl"
+        rows = [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.exists() else []
+        return any(r.get("kind") == "evaluate" and r.get("round") == 1 for r in rows)
+
+    wait_for("round 1 to be committed and evaluated", round_one_evaluated, timeout=240)
+    _kill_serverapp(work, training, log)
+    heads = _consistent(run_dir)
+    assert heads[1] == 1 and heads[0] in (1, 2), (heads, log.read_text()[-2000:])
+    lap("train-killed")
+    resumed = _run(work, config)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + tail(work, "superlink")
+    assert _consistent(run_dir) == {0: 2, 1: 2}
+    with Ledger.open(run_dir) as ledger:
         # organizations are known by their registered names, never by Flower node ids
         assert sorted(o.name for o in ledger.organizations()) == list(ORGS)
         assert {d.shard for d in ledger.dependents("org-2")} == {0}
+        assert all(len(ledger.contributions(c.id)) == 2 for c in ledger.chain(0)[1:])
+    lap("train-resumed")
 
-    erased = deployment.run(_config(run_dir, tiny_model_dir, **{"run.workflow": "erase", "run.erase-orgs": "org-2"}),
-                            timeout=300)
-    assert erased.returncode == 0, erased.stdout[-2000:] + erased.stderr[-2000:]
+    # 3. an erasure of org-2 killed once retraining has started leaves the run as it was; re-run completes
+    before = _snapshot(run_dir)
+    erase_config = _config(run_dir, tiny_model_dir, **{"run.workflow": "erase", "run.erase-orgs": "org-2"})
+    trained = _received(work, "org-0", "train")
+    log = tmp_path / "erase-killed.log"
+    erasing = processes.start("deploy-run-erase", [FEDUNLEARN, "deploy", "run", "--work", str(work), *erase_config],
+                              log)
+    wait_for("the erasure's retraining to reach org-0", lambda: _received(work, "org-0", "train") > trained,
+             timeout=180)
+    _kill_serverapp(work, erasing, log)
+    assert _snapshot(run_dir) == before
+    lap("erase-killed")
+    erased = _run(work, erase_config)
+    assert erased.returncode == 0, erased.stdout[-3000:]
     with Ledger.open(run_dir) as ledger:
-        assert ledger.organization("org-2").status == "erased", tail(deployment, "superlink")
+        assert ledger.organization("org-2").status == "erased", tail(work, "superlink")
         assert ledger.dependents("org-2") == []
-        chain = ledger.chain(0)
-        assert [c.round for c in chain] == [0, 1, 2]
-        assert all(c.org == "org-0" for ck in chain[1:] for c in ledger.contributions(ck.id))
+        assert [c.round for c in ledger.chain(0)] == [0, 1, 2]
+        assert all(c.org == "org-0" for ck in ledger.chain(0)[1:] for c in ledger.contributions(ck.id))
+        assert ledger.served()["served_hash"] != before["served"]
+    lap("erase-completed")
 
-    verified = subprocess.run([str(Path(sys.executable).parent / "fedunlearn"), "verify", "--run", str(run_dir)],
-                              capture_output=True, text=True, timeout=120)
-    assert verified.returncode == 0, verified.stdout[-3000:] + verified.stderr[-1000:]
-    print(f"deployment test: {time.monotonic() - started:.0f} s")
+    # 4. the operator's own erasure command: org-1 is alone in shard 1, so nothing needs training
+    forgot = cli("forget", "--run", str(run_dir), "--org", "org-1", timeout=120)
+    assert forgot.returncode == 0, forgot.stdout[-3000:]
+    with Ledger.open(run_dir) as ledger:
+        assert ledger.organization("org-1").status == "erased"
+        assert ledger.organization("org-0").status == "active"
+    lap("forget")
 
+    # 5. the run verifies from its log, public key and artifacts alone
+    verified = cli("verify", "--run", str(run_dir), timeout=120)
+    assert verified.returncode == 0, verified.stdout[-3000:]
+    lap("verify")
 
-def test_an_unregistered_supernode_cannot_join(deployment, tmp_path):
-    from fedunlearn.deploy import make_node_keys
-
-    deployment.start_superlink()
-    stranger = make_node_keys("stranger", tmp_path / "unregistered")
-    proc = deployment.start_supernode("stranger", key=stranger.private_key)
+    # 1'. the stranger never joined: refused by the SuperLink, it gave up; only the three were activated
     try:
-        proc.wait(timeout=90)  # refused by the SuperLink: the SuperNode gives up and exits
-    except subprocess.TimeoutExpired:
+        intruder.wait(timeout=60)
+    except subprocess.TimeoutExpired:  # asserted below, with its log
         pass
-    log = tail(deployment, "supernode-stranger", 6000)
-    superlink = tail(deployment, "superlink", 6000)
-    assert "Activated node_id" not in superlink, superlink
-    assert proc.poll() is not None and proc.returncode != 0, log
+    assert intruder.poll() is not None and intruder.returncode != 0, tail(work, "supernode-stranger")
+    stranger.stop_all(grace=2)  # its process group, by PID
+    activated = set(re.findall(r"Activated node_id=(\d+)", tail(work, "superlink", 10**7)))
+    assert len(activated) == len(ORGS), tail(work, "superlink", 6000)
+    lap("stranger")
+    print(f"deployment test timings (s): {timings}")
