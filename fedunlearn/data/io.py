@@ -12,6 +12,8 @@ Layout written by :func:`save_consortium`::
 
 An organization folder alone is what a client needs (:func:`load_organization`); the manifest
 lets :func:`load_consortium` detect files changed after saving.
+
+Loading an organization is cached in memory by its files (:mod:`fedunlearn.data.cache`).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from fedunlearn.data.records import (
     OrganizationData,
     Record,
 )
+from fedunlearn.data.cache import cached_organization
 from fedunlearn.errors import ConfigError, DataError
 
 __all__ = [
@@ -44,8 +47,6 @@ FORMAT = "fedunlearn-consortium"
 VERSION = 1
 _TOP_LEVEL = ("canaries.json", "manifest.json", "public.jsonl")
 _CANARY_FIELDS = ("id", "org", "prefix", "secret", "suffix", "repeats")
-
-
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -241,8 +242,16 @@ def load_organization(folder: Path, name: str | None = None) -> OrganizationData
     ------
     DataError
         If the folder or a required file is missing or malformed (the message names the file).
+
+    Notes
+    -----
+    Cached by the folder's files (:func:`fedunlearn.data.cache.cached_organization`): loading an unchanged folder again
+    returns the same object without reading it.
     """
-    folder = Path(folder)
+    return cached_organization(folder, ("saved", name), lambda: _load_organization(Path(folder), name))
+
+
+def _load_organization(folder: Path, name: str | None) -> OrganizationData:
     if not folder.is_dir():
         raise DataError(
             f"organization folder {folder} does not exist; expected a folder with train.jsonl "

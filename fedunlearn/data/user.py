@@ -20,6 +20,7 @@ import hashlib
 from collections.abc import Iterable
 from pathlib import Path
 
+from fedunlearn.data.cache import cached_organization
 from fedunlearn.data.io import read_jsonl
 from fedunlearn.data.records import NAME_PATTERN, OrganizationData, Record
 from fedunlearn.errors import ConfigError, DataError
@@ -214,6 +215,11 @@ def load_user_organization(
     DataError
         If the path is missing, holds no records, or a file or dataset is malformed; the message
         names the file (and line for ``.jsonl``).
+
+    Notes
+    -----
+    Cached by the path's files, ``(relative path, mtime, size)`` of each
+    (:func:`fedunlearn.data.cache.cached_organization`): an unchanged source is read once per process.
     """
     if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
         raise ConfigError(
@@ -229,7 +235,11 @@ def load_user_organization(
             f"holdout_fraction={holdout_fraction!r} is invalid; expected a number in [0, 1); "
             "use e.g. 0.1"
         )
-    path = Path(path)
+    return cached_organization(path, ("user", name, float(holdout_fraction), seed),
+                               lambda: _load_user(Path(path), name, holdout_fraction, seed))
+
+
+def _load_user(path: Path, name: str, holdout_fraction: float, seed: int) -> OrganizationData:
     if not path.exists():
         raise DataError(
             f"{path} does not exist; expected a folder of .txt/.jsonl files, one such file, or a "
