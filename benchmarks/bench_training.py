@@ -56,6 +56,7 @@ def machine() -> dict:
 def plain_loop(model, data, *, epochs: int, batch_size: int, lr: float, seed: int) -> float:
     """The reference: the textbook loop, HF's token-averaged loss, no per-sequence bookkeeping."""
     params = [p for p in model.parameters() if p.requires_grad]
+    device = params[0].device
     opt = torch.optim.AdamW(params, lr=lr)
     gen = torch.Generator().manual_seed(seed)
     model.train()
@@ -70,14 +71,22 @@ def plain_loop(model, data, *, epochs: int, batch_size: int, lr: float, seed: in
             ids = data.input_ids[idx, :width]
             mask = mask[:, :width]
             labels = ids.masked_fill(mask == 0, -100)
+            ids, mask, labels = ids.to(device), mask.to(device), labels.to(device)
             loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
     return time.perf_counter() - start
 
 
-def bench_local(repeats: int = 3) -> dict:
+def bench_local(repeats: int = 3, settings=None) -> dict:
+    """fit_local against :func:`plain_loop` on organization 0 of ``settings`` (default: the defaults).
+
+    ``settings.model`` picks the base (a local folder, or the embedded default) and the device
+    (``cuda`` runs both loops on the GPU in the model's dtype, e.g. bf16).
+    """
     from fedunlearn.config import Settings
     from fedunlearn.federation.coordinator import initial_state
     from fedunlearn.models import resolve_model_path, set_cpu_threads
@@ -85,8 +94,9 @@ def bench_local(repeats: int = 3) -> dict:
     from fedunlearn.training.client import OrganizationClient
     from fedunlearn.training.local import fit_local
 
-    settings = Settings()
-    base_path = resolve_model_path(None)
+    settings = settings or Settings()
+    base_path = resolve_model_path(settings.model.path or None)
+    settings = settings.replace(model={"path": str(base_path)})
     with tempfile.TemporaryDirectory() as tmp:
         run = RunFolder.create_or_resume(Path(tmp) / "run", settings, base_path)
         state = initial_state(run, 0)
@@ -96,13 +106,15 @@ def bench_local(repeats: int = 3) -> dict:
     ours, plain = [], []
     for r in range(repeats):
         model = client.model_with(state)
-        set_cpu_threads(model, settings.model.threads)
+        if client.base.device.device.type == "cpu":
+            set_cpu_threads(model, settings.model.threads)
         res = fit_local(model, data, epochs=t.local_epochs, batch_size=t.batch_size, lr=t.lr, seed=r)
         ours.append(res.tokens / res.seconds)
         model = client.model_with(state)
         seconds = plain_loop(model, data, epochs=t.local_epochs, batch_size=t.batch_size, lr=t.lr, seed=r)
         plain.append(res.tokens / seconds)  # same batches, so the same tokens
     return {
+        "device": str(client.base.device.device), "model": str(base_path),
         "records": len(data), "epochs": t.local_epochs, "batch_size": t.batch_size,
         "threads": torch.get_num_threads(),
         "fedunlearn_tokens_per_s": statistics.median(ours), "plain_tokens_per_s": statistics.median(plain),

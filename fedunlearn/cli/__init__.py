@@ -8,6 +8,7 @@ from fedunlearn.cli import verify  # noqa: F401  (verify, keys)
 from fedunlearn.cli import deploy  # noqa: F401  (deploy up, run, down)
 from fedunlearn.cli import evaluate  # noqa: F401  (evaluate, report)
 from fedunlearn.cli import ledger  # noqa: F401  (ledger compact)
+from fedunlearn.cli import bench  # noqa: F401  (bench)
 from fedunlearn.cli._app import app
 
 __all__ = ["app", "run"]

@@ -1,0 +1,206 @@
+"""Run the benchmark suite and write ``benchmarks/RESULTS.md`` (tables, SVG plots, the machine).
+
+Sections (``--only``, comma-separated): ``training`` (local training throughput against a plain
+PyTorch loop), ``erasure`` (cost and quality of every erasure method against full retraining, one
+run, with the retrain seed spread), ``dp`` (DP-SGD and DP-FedAvg against non-private training),
+``scale`` (10, 100 and 1000 simulated organizations sampled per round, S shards: wall time per
+round, peak server memory, ledger storage before and after compaction). ``--quick`` shrinks every
+section to a smoke test. ``--model PATH --device cuda`` runs the same code on a GPU with a larger
+local model. Also ``fedunlearn bench``. Usage::
+
+    .venv/bin/python benchmarks/run.py [--only scale,dp] [--quick] [--model PATH] [--device cuda]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from suite import ROOT, SECTIONS, Options, run_sections  # noqa: E402
+
+from fedunlearn.evaluate.report import bar_chart  # noqa: E402
+
+
+def _f(value: Any, fmt: str = ".2f") -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, (int, float)):
+        return format(value, fmt)
+    return str(value)
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _plot(plots: dict[str, str], name: str, svg: str) -> str:
+    plots[name] = svg
+    return f"![{name}](plots/{name}.svg)"
+
+
+def render_training(doc: dict, plots: dict) -> str:
+    return "\n".join([
+        "## Local training throughput", "",
+        f"One organization's {doc['records']} records, {doc['epochs']} epoch(s), batch {doc['batch_size']}, "
+        f"device {doc['device']}, torch threads {doc['threads']}; median of the repeats.", "",
+        _table(["loop", "tokens/s"], [["fedunlearn `fit_local`", _f(doc["fedunlearn_tokens_per_s"], ".0f")],
+                                      ["plain PyTorch loop", _f(doc["plain_tokens_per_s"], ".0f")],
+                                      ["**ratio**", f"**{_f(doc['ratio'])}**"]])])
+
+
+def render_erasure(doc: dict, plots: dict) -> str:
+    rows = []
+    for label, r in doc["methods"].items():
+        rows.append([label, _f(r["wall_seconds"], ".1f"), _f(r["wall_ratio"]), r["client_steps"], _f(r["steps_ratio"]),
+                     _f(r["bytes"] / 1e6, ".2f"), _f(r["bytes_ratio"]), _f(r["exposure"]), _f(r["auc_loss"], ".3f"),
+                     _f(r["auc_minkpp"], ".3f"), _f(r["holdout_loss"], ".3f"), _f(r.get("kl_to_retrain"), ".4f")])
+    spread = doc["retrain_seeds"]
+    lo_hi = {k: (min(s[k] for s in spread), max(s[k] for s in spread))
+             for k in ("exposure", "auc_loss", "auc_minkpp", "holdout_loss")}
+    labels = list(doc["methods"])
+    chart = bar_chart("Erasure cost / full retraining", labels, [
+        ("wall time", [doc["methods"][m]["wall_ratio"] for m in labels]),
+        ("client steps", [doc["methods"][m]["steps_ratio"] for m in labels])], ylabel="ratio to retrain")
+    b = doc["before"]
+    return "\n".join([
+        "## Erasure: cost and quality against full retraining", "",
+        f"Scenario: {doc['scenario']} Subject `{doc['subject']}`; trained in {doc['train_seconds']:.0f} s. "
+        f"Before erasure: exposure {b['exposure']:.2f} bits, MIA AUC (loss) {b['auc_loss']:.3f}, "
+        f"retained holdout loss {b['holdout_loss']:.3f}. Every method erases a copy of the same trained run, "
+        "in this one process, one after the other.", "",
+        _table(["method", "wall s", "wall / retrain", "client steps", "steps / retrain", "MB sent", "bytes / retrain",
+                "exposure (bits)", "AUC loss", "AUC Min-K%++", "retained holdout loss", "KL to retrain"], rows), "",
+        f"Retrain seed spread over {len(spread)} seeds: exposure {lo_hi['exposure'][0]:.2f}–{lo_hi['exposure'][1]:.2f} "
+        f"bits, AUC loss {lo_hi['auc_loss'][0]:.3f}–{lo_hi['auc_loss'][1]:.3f}, Min-K%++ "
+        f"{lo_hi['auc_minkpp'][0]:.3f}–{lo_hi['auc_minkpp'][1]:.3f}, retained holdout loss "
+        f"{lo_hi['holdout_loss'][0]:.3f}–{lo_hi['holdout_loss'][1]:.3f}; KL between seeds up to "
+        f"{max((s.get('kl_to_retrain') or 0.0) for s in spread):.4f}. (PrivLeak-style reading: a method forgets "
+        "as well as retraining when its exposure and AUCs fall inside this spread.)", "",
+        _plot(plots, "erasure_cost", chart)])
+
+
+def render_dp(doc: dict, plots: dict) -> str:
+    rows = [[label, _f(r["seconds"], ".1f"), _f(r["time_ratio"]), _f(r["holdout_loss"], ".3f"), _f(r["loss_delta"], "+.3f"),
+             ", ".join(f"{k} ε={v:.2f}" for k, v in (r["epsilon"] or {}).items()) or "–"]
+            for label, r in doc["modes"].items()]
+    return "\n".join([
+        "## DP overhead", "",
+        f"{doc['organizations']} organizations, {doc['rounds']} rounds, in-process grid; utility = mean holdout loss "
+        "after the last round (lower is better); ε at δ = 1e-5 from the run's audit log (PRV accountant).", "",
+        _table(["training", "wall s", "time / non-private", "holdout loss", "Δ loss", "ε"], rows)])
+
+
+def render_scale(doc: dict, plots: dict) -> str:
+    rows = []
+    for p in doc["points"]:
+        c = p.get("compaction") or {}
+        rows.append([p["orgs"], p["fraction"], p["shards"], p["rounds"], _f(p["trained_per_round"], ".1f"),
+                     _f(p["round_wall_mean_s"], ".1f"), _f(p["total_s"], ".0f"),
+                     _f(p["server_rss_start_mb"], ".0f"), _f(p["server_rss_peak_mb"], ".0f"),
+                     _f(p["actors_rss_peak_mb"], ".0f"), _f(p["ledger_bytes"] / 2**20, ".2f"),
+                     _f(p["ledger_bytes_per_round"] / 2**20, ".3f"),
+                     _f(c.get("ledger_bytes_after", 0) / 2**20, ".2f") if c else "–",
+                     "yes" if p.get("verify_before") and p.get("verify_after") else "NO",
+                     "/".join(f"{x:.1f}" for x in p["load_average_start"])])
+    fewest = min((q["rounds"] for q in doc["points"]), default=0)
+    same = [p for p in doc["points"] if p["shards"] == 1 and p["rounds"] == fewest]
+    same.sort(key=lambda p: p["orgs"])
+    labels = [f"{p['orgs']} (f={p['fraction']})" for p in same]
+    charts = [
+        bar_chart("Peak server RSS (MB)", labels, [("start", [p["server_rss_start_mb"] for p in same]),
+                                                   ("peak", [p["server_rss_peak_mb"] for p in same])], ylabel="MB"),
+        bar_chart("Mean wall time per round (s)", labels, [("round", [p["round_wall_mean_s"] for p in same])], ylabel="s"),
+        bar_chart("Ledger storage (MB)", labels, [("trained", [p["ledger_bytes"] / 2**20 for p in same]),
+                                                 ("compacted", [(p.get("compaction") or {}).get("ledger_bytes_after", 0)
+                                                                / 2**20 for p in same])], ylabel="MB")]
+    return "\n".join([
+        "## Scale", "",
+        f"Federation: {'Flower simulation engine (Ray), one process per point' if doc['grid'] == 'ray' else 'in-process grid'}. "
+        "Each organization: 16 records, 8 held out, 1 local epoch; f = share of a shard's members sampled "
+        "per round (`topology.sample-fraction`), so about N·f organizations train and evaluate each round. "
+        "Round wall time: mean of the seconds between round commits, round 1 left out (it includes "
+        "start-up). Server RSS: the process running the ServerApp, ledger, audit log and Flower's driver "
+        "(start = before the simulation, after imports). Compacted: ledger after `fedunlearn ledger compact` "
+        "(default policy: client updates dropped); verify = `fedunlearn verify` passes before and after.", "",
+        _table(["orgs", "f", "S", "rounds", "trained/round", "s/round", "total s", "RSS start MB", "RSS peak MB",
+                "actors MB", "ledger MB", "MB/round", "compacted MB", "verify", "load avg"], rows), "",
+        " ".join(_plot(plots, f"scale_{i}", c) for i, c in enumerate(charts))]
+        + [f"\n**Failed point** {f['orgs']} orgs, f={f['fraction']}, S={f['shards']}, {f['rounds']} rounds: "
+           f"`{f['error'].strip().splitlines()[-1][:400]}`" for f in doc.get("failed", [])])
+
+
+RENDER = {"training": render_training, "erasure": render_erasure, "dp": render_dp, "scale": render_scale}
+
+
+def render(doc: dict, plots: dict[str, str]) -> str:
+    m = doc["machine"]
+    quick = [name for name, sec in doc["sections"].items() if sec.get("quick")]
+    head = [
+        "# Benchmark results", "",
+        f"Machine: {m['cpu']}, {m['cores']} cores, {m['ram_gb']} GB RAM, device {m['device']}"
+        + (f" ({m['gpu']})" if m.get("gpu") else "") + f", model {m['model']}; Python {m['python']}, torch {m['torch']}, "
+        f"transformers {m['transformers']}, peft {m['peft']}, flwr {m['flwr']}. Load average at start "
+        f"{m['load_average_at_start']}, at end {m.get('load_average_at_end')} (a shared machine: other jobs ran too; "
+        "wall times are upper bounds)." + (f" **Quick mode** (smoke-test sizes, not the real suite) in: {', '.join(quick)}."
+                                   if quick else ""),
+        "", "Reproduce: `fedunlearn bench` (or `.venv/bin/python benchmarks/run.py`); sections with `--only`.", ""]
+    body = [RENDER[name](sec, plots) + f"\n\n_Section time: {sec['section_seconds']:.0f} s, run {sec.get('when', '?')}, "
+            f"load average {sec.get('load_average_start')} → {sec.get('load_average_end')}._\n"
+            for name, sec in sorted(doc["sections"].items(), key=lambda kv: SECTIONS.index(kv[0]))]
+    return "\n".join(head + body)
+
+
+def parse_points(text: str) -> tuple[tuple[int, float, int, int], ...]:
+    """``"10:1.0:1:5,1000:0.01:1:3"`` -> ((orgs, fraction, shards, rounds), ...)."""
+    points = []
+    for item in filter(None, (t.strip() for t in text.split(","))):
+        parts = item.split(":")
+        if len(parts) != 4:
+            raise SystemExit(f"--scale-points item {item!r}: expected ORGS:FRACTION:SHARDS:ROUNDS, e.g. 100:0.1:1:5")
+        points.append((int(parts[0]), float(parts[1]), int(parts[2]), int(parts[3])))
+    return tuple(points)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated sections of {list(SECTIONS)}")
+    ap.add_argument("--quick", action="store_true", help="smoke-test sizes (seconds per section on a tiny model)")
+    ap.add_argument("--model", default="", help="local model folder (default: the embedded default)")
+    ap.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
+    ap.add_argument("--grid", default="ray", choices=("ray", "local"), help="federation of the scale section")
+    ap.add_argument("--scale-points", default="", help="ORGS:FRACTION:SHARDS:ROUNDS,... (default: 10, 100, 1000)")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "RESULTS.md")
+    ap.add_argument("--merge", action="store_true",
+                    help="keep the other sections of an existing OUT (its .json); replace only those run now")
+    args = ap.parse_args(argv)
+    names = [n.strip() for n in args.only.split(",") if n.strip()]
+    with tempfile.TemporaryDirectory(prefix="fedunlearn-bench-") as tmp:
+        opts = Options(quick=args.quick, model=args.model, device=args.device, grid=args.grid, work=Path(tmp),
+                       scale_points=parse_points(args.scale_points))
+        doc = run_sections(names, opts)
+    previous = args.out.with_suffix(".json")
+    if args.merge and previous.is_file():
+        old = json.loads(previous.read_text(encoding="utf-8"))
+        doc["sections"] = {**old["sections"], **doc["sections"]}
+    plots: dict[str, str] = {}
+    text = render(doc, plots)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    (args.out.parent / "plots").mkdir(exist_ok=True)
+    for name, svg in plots.items():
+        (args.out.parent / "plots" / f"{name}.svg").write_text(svg, encoding="utf-8")
+    args.out.write_text(text, encoding="utf-8")
+    args.out.with_suffix(".json").write_text(json.dumps(doc, indent=1, default=str), encoding="utf-8")
+    print(f"wrote {args.out}", flush=True)
+    return doc
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,70 @@
+"""Smoke test of the benchmark suite (benchmarks/run.py) in --quick form on the tiny model.
+
+Not the real suite: it proves every selected section measures real training and erasure and that
+RESULTS.md and its plots are written from the measurements.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _runner():
+    spec = importlib.util.spec_from_file_location("bench_run", ROOT / "benchmarks" / "run.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+def test_quick_suite_writes_results_with_measured_sections(tiny_model_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "RESULTS.md"
+    doc = _runner().main(["--quick", "--grid", "local", "--model", str(tiny_model_dir), "--only",
+                          "training,erasure,dp,scale", "--scale-points", "3:1.0:1:2,6:0.5:2:2", "--out", str(out)])
+    text = out.read_text(encoding="utf-8")
+    for heading in ("# Benchmark results", "## Local training throughput", "## Erasure", "## DP overhead", "## Scale"):
+        assert heading in text
+    assert "Load average at start" in text and "Quick mode" in text
+    sections = doc["sections"]
+    assert sections["training"]["fedunlearn_tokens_per_s"] > 0 and sections["training"]["ratio"] > 0
+    methods = sections["erasure"]["methods"]
+    assert list(methods) == ["retrain", "sisa", "negate"] and methods["retrain"]["wall_ratio"] == 1.0
+    assert methods["sisa"]["kl_to_retrain"] == pytest.approx(0.0, abs=1e-6)  # S = 1: SISA is retraining
+    assert methods["negate"]["client_steps"] == 0 and methods["negate"]["kl_to_retrain"] > 0
+    assert len(sections["erasure"]["retrain_seeds"]) == 2
+    modes = sections["dp"]["modes"]
+    assert modes["DP-SGD (record level)"]["epsilon"]["record"] > 0
+    assert modes["DP-FedAvg (client level)"]["epsilon"]["client"] > 0
+    assert modes["non-private"]["epsilon"] is None
+    points = sections["scale"]["points"]
+    assert [(p["orgs"], p["shards"]) for p in points] == [(3, 1), (6, 2)] and not sections["scale"]["failed"]
+    for p in points:
+        assert p["verify_before"] and p["verify_after"], p["verify_problems"]
+        assert p["compaction"]["bytes_after"] < p["compaction"]["bytes_before"]
+        assert p["server_rss_peak_mb"] >= p["server_rss_start_mb"] > 0
+    assert points[0]["trained_per_round"] == 3.0
+    assert 0 < points[1]["trained_per_round"] < 6  # half of each shard's members sampled per round
+    assert json.loads(out.with_suffix(".json").read_text())["sections"].keys() == sections.keys()
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["erasure_cost.svg", "scale_0.svg", "scale_1.svg",
+                                                                "scale_2.svg"]
+
+
+def test_unknown_section_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match="unknown section.*'sclae'.*scale"):
+        _runner().main(["--only", "sclae", "--out", str(tmp_path / "R.md")])
+
+
+def test_fedunlearn_bench_runs_the_suite_script(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from fedunlearn.cli import app
+
+    result = CliRunner().invoke(app, ["bench", "--only", "sclae", "--out", str(tmp_path / "R.md")])
+    assert result.exit_code == 1  # benchmarks/run.py ran in a subprocess and refused the section
+    assert not (tmp_path / "R.md").exists()
