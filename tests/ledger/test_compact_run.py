@@ -39,6 +39,13 @@ def test_each_round_trains_its_seeded_sample(sampled_run: Path) -> None:
     expected = {r: [n for n in names if in_round_sample(SEED, 0, r, n, 0.6)] for r in (1, 2, 3)}
     assert trained == expected
     assert any(len(t) < 5 for t in trained.values())  # the sample is not everyone
+    from fedunlearn.runs import RunFolder
+
+    evaluated: dict[int, list[str]] = {}
+    for row in RunFolder.open(sampled_run).read_metrics():
+        if row.get("kind") == "evaluate":
+            evaluated.setdefault(row["round"], []).append(row["org"])
+    assert {r: sorted(v) for r, v in evaluated.items()} == expected  # each round evaluated by its sample
 
 
 def test_compact_then_verify_then_exact_erasure_still_equals_retraining(sampled_run: Path, tmp_path: Path) -> None:
