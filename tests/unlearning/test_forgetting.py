@@ -2,8 +2,9 @@
 
 The conftest's tiny model does not memorize canaries (see ``test_approx.py``), so this test trains the
 embedded default model (``ensure_default_model()``, cached in the user cache) long enough for the
-subject's canary to be memorized, then erases the subject with ``sisa``, ``retrain``, ``influence``,
-``subtract`` and ``negate`` on copies of the run folder and audits the canary's exposure over all
+subject's canary to be memorized, then erases the subject with ``retrain``, ``influence``,
+``subtract`` and ``negate`` (with their defaults) on copies of the run folder (``sisa`` equals
+``retrain`` at S = 1, which ``test_exactness.py`` proves on the tiny model) and audits the canary's exposure over all
 10^4 candidate secrets and the retained organizations' holdout loss.
 
 Scenario (the cheapest found on 2 shared cores with a clear signal): 3 organizations, 30 records
@@ -37,7 +38,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 SUBJECT = "org-2"
 RETAINED = ("org-0", "org-1")
-METHODS = ("sisa", "retrain", "influence", "subtract", "negate")
+METHODS = ("retrain", "influence", "subtract", "negate")
 
 
 def forgetting_settings(model_dir: Path, run_dir: Path) -> Settings:
@@ -114,31 +115,22 @@ def test_organization_methods_against_retrain_on_a_memorized_canary(memorized_ru
         loss[method] = holdout_losses(settings, state)
         shutil.rmtree(run)
     print({"before": before, "baseline": baseline, "after": after, "holdout_loss": loss})
-    # Measured (seed 0; the whole test takes 86 s on 2 cores at load ~2, 4.4 min at load 5-7):
+    # Measured (seed 0; benchmarks/results/approx.md, same scenario):
     #   exposure before 12.29 of 13.29 bits; never-inserted 0.54, 2.68
-    #   after: sisa 3.63, retrain 3.63, influence 10.97, subtract 4.11, negate 1.84
-    #   retained holdout loss (org-0, org-1): retrain 2.558, 2.685; sisa identical; influence +0.079, +0.115;
-    #   negate +0.53, +0.53; subtract +4.33, +4.13 (it removes the canary by wrecking the adapter)
-    for method in FORGETS:
+    #   after: retrain 3.63 (other seeds 1.18, 0.45), influence 4.64, subtract 2.47, negate 1.84
+    #   retained holdout loss (org-0, org-1): retrain 2.555, 2.683; influence +0.31, +0.28 (GIANT Fisher
+    #   solve, λ = 0.3); subtract +0.44, +0.48 (ΔW space, K = 3); negate +0.53, +0.53
+    for method in METHODS:
         # "Most of its exposure": less than half the bits before, i.e. the secret's rank among the 10^4
         # candidates worsens by a factor > 2^(before/2) ≈ 70. Retrain itself lands at 3.6 bits, the level of
         # never-inserted canaries (their template is in the public pre-training corpus, hence > 1.4).
         assert after[method] < before / 2, (method, after[method], before)
-    # influence with its defaults (CG, 10 HVPs, damping 1) does NOT forget the canary: one damped Newton
-    # step on the remaining objective removes about 1.3 of 12.3 bits. Asserted as it is, so that a fix
-    # of the method shows up here; see benchmarks/results/approx.md.
-    assert after["influence"] > before / 2, after["influence"]
-    assert loss["sisa"] == loss["retrain"]  # S = 1: sisa replays retrain's rounds with the same seeds
     for org in RETAINED:
         for method, tolerance in UTILITY_TOLERANCE.items():
             assert abs(loss[method][org] - loss["retrain"][org]) < tolerance, (method, org, loss)
-        # subtract is NOT close to retrain on this scenario (measured +4.1-4.3 nats): asserted as it is
-        assert loss["subtract"][org] - loss["retrain"][org] > 1.0, loss
 
 
-#: Methods whose erasure removes most of the canary's exposure on this scenario.
-FORGETS = ("sisa", "retrain", "subtract", "negate")
-#: Retained holdout loss vs ``retrain`` (nats per token): the measured |Δ| (influence +0.12 at most,
-#: negate +0.53) with about 60% headroom. For scale, retrain's own seed spread on this scenario is
-#: 0.05 nats (benchmarks/results/approx.md): influence is close, negate is not.
-UTILITY_TOLERANCE = {"influence": 0.2, "negate": 0.85}
+#: Retained holdout loss vs ``retrain`` (nats per token): the measured |Δ| (influence +0.31, subtract
+#: +0.48, negate +0.53 at most) with about 60% headroom. For scale, retrain's own seed spread on this
+#: scenario is 0.05 nats (benchmarks/results/approx.md): none of the approximate methods is that close.
+UTILITY_TOLERANCE = {"influence": 0.5, "subtract": 0.75, "negate": 0.85}
