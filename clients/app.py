@@ -52,11 +52,21 @@ def make_app(overrides: Mapping[str, object] | None = None) -> ClientApp:
         cfg = protocol.config_of(msg)
         if cfg.get("org") not in (None, org.name):
             raise FederationError(f"train message for {cfg.get('org')!r} reached organization {org.name!r}")
-        new_state, fit = org.train(
-            protocol.state_of(msg), seed=int(cfg["seed"]), epochs=int(cfg.get("epochs", 0)) or None,
-            lr=float(cfg.get("lr", 0.0)) or None, batch_size=int(cfg.get("batch-size", 0)) or None,
-            exclude=_excluded(cfg),
-        )
+        history, budget_error = [], ()
+        if org.settings.dp.record_level:  # the budget counts all earlier DP rounds: server's or node's account
+            from fedunlearn.training.dp import PrivacyBudgetError, node_history, worst_history
+
+            history, budget_error = worst_history(protocol.dp_history_of(cfg), node_history(context.state),
+                                                  delta=org.settings.dp.delta), (PrivacyBudgetError,)
+        try:
+            new_state, fit = org.train(
+                protocol.state_of(msg), seed=int(cfg["seed"]), epochs=int(cfg.get("epochs", 0)) or None,
+                lr=float(cfg.get("lr", 0.0)) or None, batch_size=int(cfg.get("batch-size", 0)) or None,
+                exclude=_excluded(cfg), dp_history=history,
+            )
+        except budget_error as exc:  # refused before training: a clean "budget exhausted" reply
+            return Message(protocol.budget_refusal_content(reason=str(exc), epsilon=exc.epsilon,
+                                                           max_epsilon=exc.max_epsilon), reply_to=msg)
         metrics = {
             "num-examples": fit.num_examples, "train-loss": fit.loss_last_epoch,
             "train-loss-first": fit.loss_first_epoch, "steps": fit.steps, "tokens": fit.tokens,

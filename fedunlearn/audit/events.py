@@ -17,6 +17,9 @@ certificate         a signed erasure certificate was issued (its hash)
 key-rotation        a signing key changed: ``role`` coordinator (log/certificate key) or organization
                     (``org``: keyed hash), ``old``/``new`` raw keys, ``attestation`` by the old key
 refusal             a request was refused, with the reason
+budget-exhausted    an organization's DP budget is spent: it trains no round from ``from_round`` on
+                    (``by``: the organization refused the round, or the coordinator predicted it;
+                    ``level``, predicted ``epsilon``, ``max_epsilon``, ``delta`` as decimal strings)
 ==================  ===========================================================================
 """
 
@@ -33,6 +36,7 @@ __all__ = ["EVENT_TYPES", "check_event"]
 
 EVENT_TYPES = frozenset(
     {
+        "budget-exhausted",
         "certificate",
         "enrolment",
         "erasure-applied",

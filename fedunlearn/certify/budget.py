@@ -18,7 +18,7 @@ from typing import Any
 from fedunlearn.certify.accounting import AccountantReport, Step, account, epsilon
 from fedunlearn.config import DpSettings
 
-__all__ = ["BudgetCheck", "check_budget", "client_history", "privacy_accounts", "record_history"]
+__all__ = ["BudgetCheck", "check_budget", "client_history", "over_budget", "privacy_accounts", "record_history"]
 
 
 def client_history(events: Iterable[tuple[int, dict[str, Any]]], subject: str) -> list[Step]:
@@ -60,10 +60,17 @@ def privacy_accounts(audit: Any, orgs: Iterable[str], dp: DpSettings) -> dict[st
 
 @dataclass(frozen=True)
 class BudgetCheck:
-    """Whether one more round keeps every organization within ``dp.max-epsilon``."""
+    """Whether one more round keeps an organization (or everyone) within ``dp.max-epsilon``.
+
+    When not ``ok``: ``org`` is who would exceed it, ``level`` ("client" or "record") which
+    account, ``epsilon`` the predicted ε after the round.
+    """
 
     ok: bool
     reason: str = ""
+    org: str = ""
+    level: str = ""
+    epsilon: float = 0.0
 
 
 def _within(history: list[Step], delta: float, limit: float) -> float | None:
@@ -74,18 +81,20 @@ def _within(history: list[Step], delta: float, limit: float) -> float | None:
     return None if eps <= limit else eps
 
 
-def check_budget(audit: Any, eligible: Iterable[str], dp: DpSettings) -> BudgetCheck:
-    """Would a further round with ``eligible`` organizations push anyone's ε over the budget?
+def over_budget(audit: Any, eligible: Iterable[str], dp: DpSettings) -> dict[str, BudgetCheck]:
+    """The organizations among ``eligible`` whom one more round would push over the budget.
 
     Client level: the next round adds (z, q, 1) for each eligible organization. Record level:
     it adds the organization's last logged (z, q, steps). The server does not know an
     organization's record count before its first round, so that round is checked where it is
     known: the organization's DP-SGD refuses to train it when it alone would exceed the budget
-    (:func:`fedunlearn.training.dp.check_round_budget`), and the round fails without a commit.
+    (:func:`fedunlearn.training.dp.check_round_budget`) and replies so; the coordinator then
+    stops addressing it, as it does for the organizations returned here.
     """
     if dp.max_epsilon <= 0 or not dp.enabled:
-        return BudgetCheck(ok=True)
+        return {}
     events = audit.events("round-commit")
+    out: dict[str, BudgetCheck] = {}
     for org in eligible:
         who = audit.subject(org)
         plans: list[tuple[str, list[Step]]] = []
@@ -99,10 +108,20 @@ def check_budget(audit: Any, eligible: Iterable[str], dp: DpSettings) -> BudgetC
         for level, history in plans:
             eps = _within(history, dp.delta, dp.max_epsilon)
             if eps is not None:
-                return BudgetCheck(
-                    ok=False,
+                out[org] = BudgetCheck(
+                    ok=False, org=org, level=level, epsilon=eps,
                     reason=(f"one more round would give organization {org!r} a {level}-level ε of "
                             f"{eps:.3f} at δ={dp.delta:g}, over dp.max-epsilon = {dp.max_epsilon:g}; "
-                            "training stops here (raise the budget or the noise to train longer)"),
+                            "it trains no further round (raise the budget or the noise to train longer)"),
                 )
-    return BudgetCheck(ok=True)
+                break
+    return out
+
+
+def check_budget(audit: Any, eligible: Iterable[str], dp: DpSettings) -> BudgetCheck:
+    """Would a further round with ``eligible`` organizations push anyone's ε over the budget?
+
+    Returns the first organization that would exceed it (see :func:`over_budget`), or ``ok``.
+    """
+    over = over_budget(audit, eligible, dp)
+    return next(iter(over.values())) if over else BudgetCheck(ok=True)

@@ -357,6 +357,24 @@ class RunAudit:
             self.checkpoint()
         return added
 
+    def log_budget_exhausted(self, org: str, *, shard: int, round: int, from_round: int, by: str, level: str,
+                             epsilon: float, max_epsilon: float, delta: float) -> int:
+        """Log that ``org``'s DP budget is spent: it trains no round from ``from_round`` on; sign.
+
+        ``by`` is ``"organization"`` (it refused round ``round`` before training) or
+        ``"coordinator"`` (the audit log's account predicted round ``round`` over the budget).
+        """
+        if by not in ("organization", "coordinator"):
+            raise ConfigError(f"by = {by!r}: expected 'organization' or 'coordinator'")
+        index = self.append({
+            "type": "budget-exhausted", "org": self.subject(org), "shard": int(shard), "round": int(round),
+            "from_round": int(from_round), "by": by, "level": level,
+            "epsilon": decimal_str(min(float(epsilon), 1e300), 6), "max_epsilon": decimal_str(float(max_epsilon), 6),
+            "delta": decimal_str(float(delta), 12),
+        })
+        self.checkpoint()
+        return index
+
     def log_export(self, served_hash: str, folders: Iterable[Path]) -> int:
         """Log the served hash and the SHA-256 of every file of the exported folders."""
         files: dict[str, str] = {}

@@ -37,6 +37,9 @@ def _summary(report) -> None:
         stats = ledger.stats()
     console.print(table)
     console.print(f"[bold]run folder[/]      {run.path.resolve()}")
+    if report.served is None:  # every organization's DP budget was spent before it trained a round
+        console.print("[bold]served adapter[/]  none: no round was trained within dp.max-epsilon (see above)")
+        return
     console.print(f"[bold]served adapter[/]  {report.served.path.resolve()}  (sha256 {report.served.hash[:16]}…)")
     console.print(f"[bold]ledger[/]          {stats}")
     console.print("load it:  [cyan]from peft import AutoPeftModelForCausalLM; "

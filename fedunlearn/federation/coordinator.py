@@ -11,6 +11,12 @@ One round of one shard:
 A shard with no members in a round commits a carry-over checkpoint (same adapter, no
 contributions), so every shard's checkpoint chain has one entry per round. Training resumes from
 each shard's head, so a run stopped mid-round loses only that round.
+
+DP budget (``dp.max-epsilon``): an organization whose next round would exceed it stops training,
+either predicted here from the audit log before the round, or refused by the organization itself
+(a "budget exhausted" reply, no update). It is recorded (ledger meta ``budget-exhausted/<org>``,
+the audit log, ``metrics.jsonl``) and is no member of later rounds (:meth:`Ledger.members`); when
+no organization can train any more, training stops and the run exports the last committed model.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from dataclasses import dataclass, field, replace
 import torch
 from flwr.serverapp import Grid
 
-from fedunlearn.certify.budget import check_budget
+from fedunlearn.certify.budget import over_budget, record_history
 from fedunlearn.certify.runaudit import RunAudit, dp_secret
 from fedunlearn.errors import FederationError
 from fedunlearn.federation import protocol
@@ -33,6 +39,7 @@ from fedunlearn.federation.nodes import discover, exchange_partial
 from fedunlearn.federation.serving import export_served
 from fedunlearn.federation.topology import Topology, derive_seed
 from fedunlearn.ledger import Contribution, Ledger
+from fedunlearn.ledger.store import BUDGET_STOP_PREFIX
 from fedunlearn.models import average_states, get_lora_state, load_base_model, pick_device, wrap_lora
 from fedunlearn.progress import LogReporter, Reporter
 from fedunlearn.runs import RunFolder, utc_now
@@ -72,6 +79,7 @@ class RoundSummary:
     bytes_sent: int = 0
     absent: dict[str, str] = field(default_factory=dict)  # members without a reply (see federation.faults)
     rejected: dict[str, str] = field(default_factory=dict)  # members whose update was rejected
+    exhausted: dict[str, str] = field(default_factory=dict)  # members that refused: DP budget spent
 
 
 @dataclass
@@ -202,6 +210,8 @@ class Coordinator:
         summary = RoundSummary(shard=shard, round=rnd, members=list(members))
         t = self.settings.train
         contents = {}
+        dp = self.settings.dp  # record-level budget: each organization checks its cumulative ε, so send the log's
+        events = self.audit.events("round-commit") if dp.record_level and dp.max_epsilon > 0 and self.audit else None
         for org in members:
             config = {"round": rnd, "shard": shard, "org": org,
                       "seed": derive_seed(self.settings.run.seed, "train", shard, rnd, org),
@@ -212,6 +222,8 @@ class Coordinator:
                 config.get(protocol.EXCLUDE_RECORDS, "")).split("\n") if i}
             if exclude:
                 config[protocol.EXCLUDE_RECORDS] = "\n".join(sorted(exclude))
+            if events is not None:
+                config.update(protocol.dp_history_config(record_history(events, self.audit.subject(org))))
             contents[org] = protocol.make_content(state=state, config=config)
         collected = collect_train_replies(self.grid, {o: self.nodes[o] for o in members}, contents, sent=state,
                                           settings=self.settings, group_id=f"shard-{shard}/round-{rnd}")
@@ -221,8 +233,14 @@ class Coordinator:
                 self.reporter.message(f"round {rnd} shard {shard}: {org} {kind}: {why}")
                 self.run.append_metrics({"time": utc_now(), "round": rnd, "shard": shard, "org": org, "kind": kind,
                                          "reason": why, "attempts": collected.attempts})
-        if members:  # an empty DP-FedAvg sample is a valid round: the aggregate is the noise alone
-            check_quorum(collected, len(members), self.settings, group_id=f"shard-{shard}/round-{rnd}")
+        for org, reply in collected.exhausted.items():  # refused before training: out from the next round
+            summary.exhausted[org] = str(reply.budget_refusal)
+            self._budget_spent(org, shard=shard, rnd=rnd, from_round=rnd + 1, by="organization", level="record",
+                               epsilon=reply.metrics.get("dp-epsilon-predicted", float("inf")),
+                               reason=str(reply.budget_refusal))
+        trainable = len(members) - len(collected.exhausted)
+        if trainable:  # an empty DP-FedAvg sample is a valid round: the aggregate is the noise alone
+            check_quorum(collected, trainable, self.settings, group_id=f"shard-{shard}/round-{rnd}")
         states, weights, contributions = [], [], []
         for org in (m for m in members if m in replies):  # fixed order: aggregation is deterministic
             reply = replies[org]
@@ -245,8 +263,10 @@ class Coordinator:
                                  rng=keyed_generator(dp_key, shard=shard, rnd=rnd))
             aggregate = dp_round.state
             contributions = [replace(c, weight=1.0 / (dp_round.sample_rate * eligible)) for c in contributions]
-        else:
+        elif states:
             aggregate = average_states(states, weights)
+        else:  # every member refused over its DP budget: a carry-over (same adapter, no contributions)
+            aggregate = {k: v.clone() for k, v in state.items()}
         digest = self.ledger.put_state(aggregate)
         summary.seconds = time.perf_counter() - start
         return FittedRound(aggregate=aggregate, aggregate_hash=digest, contributions=contributions, summary=summary)
@@ -285,7 +305,9 @@ class Coordinator:
         with self.reporter.task("federated training", total=len(todo) + done_before) as advance:
             advance(done_before)
             for r in sorted({r for _, r in todo}):
-                if not self._within_budget(r):
+                self._stop_over_budget(r)
+                if not self._anyone_can_train(r):
+                    self._report_budget_stop(r)
                     break
                 round_summaries = []
                 for s in sorted(s for s, rr in todo if rr == r):
@@ -309,12 +331,65 @@ class Coordinator:
             self.audit.checkpoint()
         return served
 
-    def _within_budget(self, rnd: int) -> bool:
-        """False (and a message) when round ``rnd`` would exceed ``dp.max-epsilon`` for someone."""
-        if self.audit is None or self.settings.dp.max_epsilon <= 0 or not self.settings.dp.enabled:
-            return True
+    # -- DP budget ------------------------------------------------------------------------------
+    def _budget_spent(self, org: str, *, shard: int, rnd: int, from_round: int, by: str, level: str,
+                      epsilon: float, reason: str) -> None:
+        """Record that ``org`` trains no round from ``from_round`` on (ledger, metrics, audit log); idempotent."""
+        key = BUDGET_STOP_PREFIX + org
+        if key in self.ledger.meta:  # already stopped: the first record stands
+            return
+        eps = min(float(epsilon), 1e300)
+        self.ledger.set_meta(key, json.dumps({"from_round": from_round, "round": rnd, "shard": shard, "by": by,
+                                              "level": level, "epsilon": eps, "reason": reason}, sort_keys=True))
+        self.reporter.message(f"round {rnd} shard {shard}: {org} trains no further round, its DP budget is spent "
+                              f"({by}): {reason}")
+        self.run.append_metrics({"time": utc_now(), "round": rnd, "shard": shard, "org": org,
+                                 "kind": "budget-exhausted", "by": by, "level": level, "epsilon": eps,
+                                 "from-round": from_round, "reason": reason})
+        if self.audit is not None:
+            self.audit.log_budget_exhausted(org, shard=shard, round=rnd, from_round=from_round, by=by, level=level,
+                                            epsilon=eps, max_epsilon=self.settings.dp.max_epsilon,
+                                            delta=self.settings.dp.delta)
+
+    def _stop_over_budget(self, rnd: int) -> None:
+        """Stop the organizations whom round ``rnd`` would take over ``dp.max-epsilon`` (predicted from the log)."""
+        dp = self.settings.dp
+        if self.audit is None or dp.max_epsilon <= 0 or not dp.enabled:
+            return
+        shard_of = {o.name: o.shard for o in self.ledger.organizations()}
         eligible = [m for s in range(self.topology.shards) for m in self.ledger.members(s, rnd)]
-        check = check_budget(self.audit, eligible, self.settings.dp)
-        if not check.ok:
-            self.reporter.message(check.reason)
-        return check.ok
+        for org, check in over_budget(self.audit, eligible, dp).items():
+            self._budget_spent(org, shard=shard_of[org], rnd=rnd, from_round=rnd, by="coordinator",
+                               level=check.level, epsilon=check.epsilon, reason=check.reason)
+
+    def _spent(self) -> dict[str, dict]:
+        """Organizations whose DP budget is spent -> their record (see :meth:`_budget_spent`)."""
+        return {k[len(BUDGET_STOP_PREFIX):]: json.loads(v) for k, v in self.ledger.meta.items()
+                if k.startswith(BUDGET_STOP_PREFIX)}
+
+    def _anyone_can_train(self, rnd: int) -> bool:
+        """Whether some active organization's DP budget is not spent by round ``rnd``."""
+        spent = self._spent()
+        return any(not (o.name in spent and spent[o.name]["from_round"] <= rnd)
+                   for o in self.ledger.organizations() if o.status == "active")
+
+    def _trained_rounds(self) -> list[int]:
+        return [ck.round for s in range(self.topology.shards) for ck in self.ledger.chain(s)
+                if ck.round and self.ledger.contributions(ck.id)]
+
+    def trained(self) -> bool:
+        """Whether any committed round has a contribution (else there is no model to export)."""
+        return bool(self._trained_rounds())
+
+    def _report_budget_stop(self, rnd: int) -> None:
+        """Say why training stopped before round ``rnd`` and which model the run exports."""
+        trained = self._trained_rounds()
+        budget = f"dp.max-epsilon = {self.settings.dp.max_epsilon:g}"
+        if trained:
+            self.reporter.message(f"training stops before round {rnd}: every organization's DP budget ({budget}) "
+                                  f"is spent; the run exports the last committed model (trained up to round "
+                                  f"{max(trained)})")
+        else:
+            self.reporter.message(f"no round was trained: every organization refused its first round, which alone "
+                                  f"would exceed {budget}; there is no model to export. Raise dp.max-epsilon or "
+                                  "dp.noise-multiplier, or train fewer local epochs, in a new run")

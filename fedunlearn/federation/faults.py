@@ -16,6 +16,11 @@ Absent and rejected members are recorded: in the round's summary, in ``RUN_DIR/m
 (``kind = "dropout"`` / ``"rejected"``) and in the ledger's metadata under
 ``round-absent/<checkpoint id>``. They stay members: the next round addresses them again.
 With the default ``f = 1.0`` a round never commits without a member (exact replay).
+
+A member that refuses the round because its DP budget is spent (a well-formed ``train`` reply
+without an adapter, see :func:`fedunlearn.federation.protocol.budget_refusal_content`) is neither
+absent nor rejected: it is listed in ``exhausted``, never asked again, and does not count
+towards the quorum (the coordinator stops addressing it, see ``Coordinator.fit_round``).
 """
 
 from __future__ import annotations
@@ -57,6 +62,7 @@ class RoundReplies:
     replies: dict[str, protocol.Reply]
     absent: dict[str, str] = field(default_factory=dict)  # no reply or an error reply, after retries
     rejected: dict[str, str] = field(default_factory=dict)  # invalid or out-of-bound updates
+    exhausted: dict[str, protocol.Reply] = field(default_factory=dict)  # refused: DP budget spent
     attempts: int = 1
 
     @property
@@ -83,6 +89,9 @@ def collect_train_replies(grid: Grid, nodes: Mapping[str, int], contents: Mappin
         got, failed = exchange_partial(grid, nodes, todo, message_type=protocol.TRAIN, group_id=group_id,
                                        timeout=run.round_timeout, expect_state=True)
         for org, reply in got.items():
+            if reply.budget_refusal is not None:  # refused before training: not an update, not a fault
+                result.exhausted[org] = reply
+                continue
             norm = update_norm(reply.state, sent)
             if bound > 0 and norm > bound:
                 result.rejected[org] = (f"update norm {norm:.4g} exceeds train.max-update-norm = {bound:g}: rejected")

@@ -25,7 +25,7 @@ class TrainReport:
 
     run_dir: Path
     rounds: list[RoundSummary]
-    served: ServedModel
+    served: ServedModel | None  # None: no round was trained (every organization's DP budget was spent first)
 
 
 def default_run_dir(settings: Settings) -> Path:
@@ -50,5 +50,5 @@ def train_workflow(grid: Grid, settings: Settings, *, reporter: Reporter | None 
         coord.initialize()
         coord.connect()
         rounds = coord.train()
-        served = coord.export()
+        served = coord.export() if coord.trained() else None  # nothing trained: nothing to serve (it says why)
     return TrainReport(run_dir=run.path, rounds=rounds, served=served)

@@ -52,6 +52,9 @@ _Self = TypeVar("_Self", bound="LedgerStore")
 
 ROUND_SAMPLE_KEY = "round-sample"
 """Ledger metadata key of the per-round sample of organizations (see LedgerStore.set_round_sample)."""
+BUDGET_STOP_PREFIX = "budget-exhausted/"
+"""Meta key prefix: ``budget-exhausted/<org>`` (JSON with ``from_round``): the organization's DP budget is
+spent and it is no member of that round or any later one (written by the coordinator)."""
 
 
 def in_round_sample(seed: int, shard: int, round: int, org: str, fraction: float) -> bool:
@@ -289,7 +292,8 @@ class LedgerStore:
 
     def members(self, shard: int, round: int) -> list[str]:
         """Active organizations of ``shard`` that have joined by ``round``, sorted; when the run
-        samples organizations per round (:meth:`set_round_sample`), only those sampled for ``round``."""
+        samples organizations per round (:meth:`set_round_sample`), only those sampled for ``round``;
+        never those whose DP budget was spent by ``round`` (:data:`BUDGET_STOP_PREFIX`)."""
         shard = check_int("shard", shard, minimum=0)
         round = check_int("round", round, minimum=0)
         rows = self._query(
@@ -298,6 +302,9 @@ class LedgerStore:
             (shard, round),
         )
         names = [r["name"] for r in rows]
+        stopped = self._query("SELECT key, value FROM meta WHERE key LIKE ?", (BUDGET_STOP_PREFIX + "%",))
+        spent = {r["key"][len(BUDGET_STOP_PREFIX):] for r in stopped if json.loads(r["value"])["from_round"] <= round}
+        names = [n for n in names if n not in spent]  # DP budget spent: out of this and later rounds
         sample = self._query("SELECT value FROM meta WHERE key = ?", (ROUND_SAMPLE_KEY,))
         if sample:
             rule = json.loads(sample[0]["value"])

@@ -194,11 +194,15 @@ class OrganizationClient:
 
     def train(self, state: Mapping[str, torch.Tensor], *, seed: int, epochs: int | None = None,
               lr: float | None = None, batch_size: int | None = None,
-              exclude: Sequence[str] = ()) -> tuple[dict[str, torch.Tensor], FitResult]:
+              exclude: Sequence[str] = (),
+              dp_history: Sequence[tuple[float, float, int]] = ()) -> tuple[dict[str, torch.Tensor], FitResult]:
         """Fit the adapter on this organization's training records; return the new state.
 
         ``exclude``: record ids left out: records the organization forgot (the server sends them with
         every later round) or a record-level erasure by retraining (see :meth:`split_records`).
+        ``dp_history``: this organization's earlier DP-SGD rounds (z, q, steps); with ``dp.max-epsilon``
+        the round is refused (:class:`~fedunlearn.training.dp.PrivacyBudgetError`, before any step)
+        when it would take their cumulative ε over the budget.
         """
         t = self.settings.train
         model = self.model_with(state)
@@ -212,6 +216,7 @@ class OrganizationClient:
                 seed=seed, weight_decay=t.weight_decay, noise_multiplier=self.settings.dp.noise_multiplier,
                 max_grad_norm=self.settings.dp.max_grad_norm,
                 max_epsilon=self.settings.dp.max_epsilon, delta=self.settings.dp.delta,  # refuse before training
+                history=dp_history,
             )
             return get_lora_state(model), result
         result = fit_local(

@@ -20,8 +20,12 @@ Budget. The organization knows its record count ``n``, hence the round's mechani
 trains: ``q = min(1, batch_size / n)``, ``steps = epochs * ceil(1 / q)``, noise ``z``
 (:func:`planned_mechanism`). With ``max_epsilon > 0`` :func:`fit_local_dp` predicts ε after the
 round (its earlier rounds plus this one, PRV accountant) and refuses to take a single step when it
-would exceed the budget (:class:`PrivacyBudgetError`), the first round included. The coordinator
-checks later rounds from the audit log as well (:func:`fedunlearn.certify.check_budget`).
+would exceed the budget (:class:`PrivacyBudgetError`), the first round included. "Its earlier
+rounds" are the larger account of two (:func:`worst_history`): the server's, from the signed audit
+log (sent with every ``train`` message), and the node's own (:func:`node_history`, which also counts
+updates the server received but never committed). The ClientApp answers a refusal with a
+well-formed "budget exhausted" reply, and the coordinator stops addressing the organization; it
+also predicts later rounds from the audit log (:func:`fedunlearn.certify.budget.over_budget`).
 """
 
 from __future__ import annotations
@@ -46,12 +50,14 @@ __all__ = [
     "DPFitResult",
     "PrivacyBudgetError",
     "check_round_budget",
+    "node_history",
     "planned_mechanism",
     "dp_reply_metrics",
     "dp_step",
     "fit_local_dp",
     "private_optimizer",
     "secret_generator",
+    "worst_history",
 ]
 
 
@@ -66,7 +72,14 @@ class DPFitResult(FitResult):
 
 
 class PrivacyBudgetError(RunStateError):
-    """A DP round was refused before training: it would take ε over ``dp.max-epsilon``."""
+    """A DP round was refused before training: it would take ε over ``dp.max-epsilon``.
+
+    ``epsilon`` is the predicted ε had it trained; ``max_epsilon`` and ``delta`` the budget.
+    """
+
+    def __init__(self, message: str, *, epsilon: float = math.inf, max_epsilon: float = 0.0, delta: float = 0.0):
+        super().__init__(message)
+        self.epsilon, self.max_epsilon, self.delta = epsilon, max_epsilon, delta
 
 
 def planned_mechanism(records: int, *, batch_size: int, epochs: int) -> tuple[float, int]:
@@ -92,9 +105,33 @@ def check_round_budget(
         raise PrivacyBudgetError(
             f"this DP-SGD round (z={z:g}, q={q:.4g}, {n} steps) would raise the organization's record-level ε "
             f"to {eps:.3f} at δ={delta:g}, over dp.max-epsilon = {max_epsilon:g}; it was refused before training: "
-            "raise dp.max-epsilon or dp.noise-multiplier, or train fewer local epochs"
+            "raise dp.max-epsilon or dp.noise-multiplier, or train fewer local epochs",
+            epsilon=eps, max_epsilon=max_epsilon, delta=delta,
         )
     return eps
+
+
+def worst_history(*histories: Sequence[tuple[float, float, int]], delta: float) -> list[tuple[float, float, int]]:
+    """Of several accounts of the same organization's earlier rounds, the one with the largest ε.
+
+    The server's account (the audit log) and the node's own may differ: the node also counts an
+    update it sent in a round that never committed; the server also counts rounds the node has
+    forgotten (a restarted node). Budget checks use the larger. RDP (fast) ranks them.
+    """
+    from fedunlearn.certify.accounting import epsilon
+
+    distinct = [list(h) for i, h in enumerate(histories) if list(h) not in [list(g) for g in histories[:i]]]
+    if len(distinct) <= 1:
+        return distinct[0] if distinct else []
+    return max(distinct, key=lambda h: epsilon(h, delta, accountant="rdp"))
+
+
+def node_history(state: MutableMapping[str, Any]) -> list[tuple[float, float, int]]:
+    """The (z, q, steps) of every DP fit this node ran, from its Flower ``context.state`` (see :func:`dp_reply_metrics`)."""
+    if "dp-history" not in state:
+        return []
+    record = state["dp-history"]
+    return [(float(z), float(q), int(n)) for z, q, n in zip(record["z"], record["q"], record["steps"])]
 
 
 def secret_generator(device: torch.device | str = "cpu") -> torch.Generator:
@@ -276,13 +313,10 @@ def dp_reply_metrics(fit: DPFitResult, state: MutableMapping[str, Any], *, delta
 
     from fedunlearn.certify.accounting import epsilon
 
-    record = state["dp-history"] if "dp-history" in state else ConfigRecord({"z": [], "q": [], "steps": []})
-    z, q, steps = list(record["z"]), list(record["q"]), list(record["steps"])
-    z.append(float(fit.noise_multiplier))
-    q.append(float(fit.sample_rate))
-    steps.append(int(fit.dp_steps))
-    state["dp-history"] = ConfigRecord({"z": z, "q": q, "steps": steps})
-    eps = epsilon(list(zip(z, q, steps)), delta)
+    history = [*node_history(state), (float(fit.noise_multiplier), float(fit.sample_rate), int(fit.dp_steps))]
+    state["dp-history"] = ConfigRecord({"z": [h[0] for h in history], "q": [h[1] for h in history],
+                                        "steps": [h[2] for h in history]})
+    eps = epsilon(history, delta)
     return {
         "dp-noise-multiplier": float(fit.noise_multiplier), "dp-max-grad-norm": float(fit.max_grad_norm),
         "dp-sample-rate": float(fit.sample_rate), "dp-steps": int(fit.dp_steps),
