@@ -56,6 +56,7 @@ def up(
                 dep.register(*orgs)
             for name, data in orgs.items():
                 dep.start_supernode(name, data)
+            dep.check_running()
         except BaseException:
             dep.stop_all()
             raise

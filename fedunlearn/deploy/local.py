@@ -349,6 +349,15 @@ class LocalDeployment:
                 os.killpg(proc.pid, signal.SIGKILL)  # the group's leftovers (or the leader itself)
             proc.wait(timeout=5.0)
 
+    def check_running(self) -> None:
+        """Raise FederationError naming every started process that has exited, with its log's end."""
+        dead = {n: p.returncode for n, p in self.procs.items() if p.poll() is not None}
+        if dead:
+            name = next(iter(dead))
+            log = (self.work / "logs" / f"{name}.log").read_text(errors="replace")[-1500:]
+            raise FederationError(f"{', '.join(f'{n} (exit {c})' for n, c in dead.items())} stopped right after "
+                                  f"starting; see {self.work / 'logs'}. End of {name}.log:\n{log}")
+
     def pids(self) -> dict[str, int]:
         """PIDs (= process group ids) of the running processes by name."""
         return {n: p.pid for n, p in self.procs.items() if p.poll() is None}

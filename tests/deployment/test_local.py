@@ -88,3 +88,12 @@ def test_the_warm_executor_refuses_a_flower_it_was_not_checked_against(monkeypat
     monkeypatch.delattr(superexec, "get_executor")
     with pytest.raises(FederationError, match=r"version 1\.43\.0.*get_executor is gone.*--isolation subprocess"):
         warm.check_flower()
+
+
+def test_a_process_that_died_at_start_is_reported_with_its_log(tmp_path):
+    dep = LocalDeployment(tmp_path / "w", ROOT, secure=False)
+    dep._start("warm", [sys.executable, "-c", "import sys; sys.exit('error: this Flower does not match')"])
+    dep.procs["warm"].wait(timeout=20)
+    with pytest.raises(FederationError, match=r"(?s)warm \(exit 1\) stopped right after starting.*\nerror: this Flower does not match"):
+        dep.check_running()
+    dep.stop_all(grace=1)
