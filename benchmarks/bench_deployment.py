@@ -5,8 +5,9 @@ Three organizations, the tiny test model, ``--rounds`` rounds of one local epoch
 1. ``simulation``: Flower's simulation engine (Ray), one process for every ClientApp;
 2. ``deployment``: SuperLink + 3 SuperNodes on 127.0.0.1 with TLS and node authentication,
    Flower's default isolation (a fresh ``flwr-clientapp`` process per message);
-3. ``deployment-warm``: the same, with ``flower-supernode --isolation process`` and
-   ``fedunlearn.deploy.warm`` (pre-imported torch/transformers/peft; a fork per message).
+3. ``deployment-warm``: the same, with the SuperLink and the SuperNodes started with
+   ``--isolation process`` and one ``fedunlearn.deploy.warm`` process serving all of them
+   (torch/transformers/peft imported once; a fork per ServerApp run and per message).
 
 A round's wall time is the interval between two consecutive commits of the shard in the ledger
 (rounds 2..R: one ``train`` and one ``evaluate`` exchange with every organization); its client
