@@ -3,7 +3,7 @@
 Layout::
 
     RUN_DIR/
-      run.json          format version, tool version, creation time, flat settings, base model path
+      run.json          format version, tool version, creation time, random run id, flat settings, base model path
       ledger.sqlite     lineage index (see fedunlearn.ledger)
       blobs/  keys/     content-addressed states; per-organization keys
       data/             the synthetic consortium the simulation trained on (when synthetic)
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -82,6 +83,7 @@ class RunFolder:
             "format": RUN_FORMAT,
             "fedunlearn": __version__,
             "created": utc_now(),
+            "run_id": secrets.token_hex(8),  # scopes the run's files in a shared run.key-dir (fedunlearn.ledger.keys)
             "base_model": str(Path(base_model).resolve()),
             "settings": settings_to_flat(settings),
         }

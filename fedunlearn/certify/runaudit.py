@@ -10,8 +10,8 @@ Files (see also :mod:`fedunlearn.runs`)::
     RUN_DIR/org-keys/<org>.pub        an organization's verifier key, enrolled when found
 
 ``secrets/`` (like the ledger's ``keys/``) lives in the run's key folder: the run folder by default,
-or ``run.key-dir`` (see :func:`fedunlearn.ledger.keys.key_folder`), so that a copy of the run folder
-holds no secret. Keep it out of backups you hand to auditors; a verifier needs only
+or the run's own ``run-<run id>/`` sub-folder of ``run.key-dir`` (see
+:func:`fedunlearn.ledger.keys.key_folder`), so that a copy of the run folder holds no secret. Keep it out of backups you hand to auditors; a verifier needs only
 ``audit.sqlite``, ``audit.pub`` (pinned out of band), certificates and exported artifacts.
 
 ``audit.pub`` is the run's *first* coordinator key and never changes. :meth:`RunAudit.rotate_key`
@@ -115,7 +115,7 @@ class RunAudit:
             The run folder.
         key_dir : str or Path, optional
             Folder of the coordinator's secrets (default ``secrets/`` of the run's key folder:
-            ``RUN_DIR/secrets``, or ``<run.key-dir>/secrets``).
+            ``RUN_DIR/secrets``, or ``<run.key-dir>/run-<run id>/secrets``).
 
         Raises
         ------

@@ -18,8 +18,15 @@ Limits: shredding overwrites the key file before unlinking it, but copy-on-write
 file systems or SSD wear levelling may keep old blocks; keep the key folder out of backups and on
 storage you trust, as the guarantee rests on no other copy of the key existing. With the default
 key folder a backup of the run folder holds the keys too, which defeats crypto-shredding for that
-backup: set ``run.key-dir`` (``fedunlearn simulate --key-dir``) to a folder outside the run, one per
-run, and back it up separately or not at all.
+backup: set ``run.key-dir`` (``fedunlearn simulate --key-dir``) to a folder outside the run, and
+back it up separately or not at all.
+
+Several runs may share one ``run.key-dir``: each run keeps its files under its own sub-folder
+``<run.key-dir>/run-<run id>/`` (``keys/`` and ``secrets/``), where the run id is the random
+``run_id`` of ``RUN_DIR/run.json``, so two runs never read, overwrite or shred each other's keys.
+A copy of the run folder (a backup) has the same id and therefore finds the same keys, which is
+what makes crypto-shredding reach the backup. Runs made before run ids existed use
+``<run.key-dir>`` itself.
 """
 
 from __future__ import annotations
@@ -45,27 +52,34 @@ _NAME_DOMAIN = b"fedunlearn/ledger/org-key/v1\x00"
 
 
 def key_folder(run_dir: str | os.PathLike[str]) -> Path:
-    """The folder holding a run's ``keys/`` and ``secrets/``: ``run.key-dir`` from ``RUN_DIR/run.json``.
+    """The folder holding a run's ``keys/`` and ``secrets/``.
 
-    An empty or absent setting means the run folder itself (the historical layout); a relative
-    one is taken relative to the run folder.
+    With ``run.key-dir`` set in ``RUN_DIR/run.json``: ``<run.key-dir>/run-<run id>`` (a relative
+    key-dir is taken relative to the run folder; see the module docstring for runs without an id).
+    Without it: the run folder itself.
 
     Raises
     ------
     LedgerError
-        If ``run.json`` exists but cannot be read.
+        If ``run.json`` exists but cannot be read, or its run id is not a short hex string.
     """
     run_dir = Path(run_dir)
     meta = run_dir / "run.json"
     if not meta.is_file():
         return run_dir
     try:
-        configured = json.loads(meta.read_text(encoding="utf-8")).get("settings", {}).get("run.key-dir", "")
+        doc = json.loads(meta.read_text(encoding="utf-8"))
+        configured, run_id = doc.get("settings", {}).get("run.key-dir", ""), doc.get("run_id", "")
     except (OSError, ValueError, AttributeError) as exc:
         raise LedgerError(f"cannot read the key folder setting from {meta}: {exc}; restore run.json") from exc
     if not configured:
         return run_dir
-    return run_dir / Path(configured).expanduser()  # an absolute path replaces run_dir
+    folder = run_dir / Path(configured).expanduser()  # an absolute path replaces run_dir
+    if not run_id:  # a run made before run ids: the historical, unscoped layout
+        return folder
+    if not (isinstance(run_id, str) and 0 < len(run_id) <= 64 and all(c in "0123456789abcdef" for c in run_id)):
+        raise LedgerError(f"run id {run_id!r} in {meta} is not a hex string; restore run.json from a backup")
+    return folder / f"run-{run_id}"
 
 
 class ShreddedError(LedgerError):

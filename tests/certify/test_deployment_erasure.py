@@ -1,9 +1,10 @@
-"""A run whose keys live outside the run folder, erased by the ServerApp's workflow and certified.
+"""A run whose keys live outside the run folder, trained and erased by the ServerApp and certified.
 
 One 2-shard run (org-0 and org-2 share shard 0) with ``run.key-dir`` outside the run folder and
-client-level DP-FedAvg sampling half of the organizations: the ServerApp of ``flwr run``
-(``run.workflow = "erase"``) retrains shard 0 without org-2 over the in-process grid, must replay the
-keyed sample, and must authorize and certify the erasure exactly as ``fedunlearn forget`` does.
+client-level DP-FedAvg sampling half of the organizations, end to end through the ServerApp of
+``flwr run`` over the in-process grid: ``run.workflow = "train"`` trains it, ``run.workflow = "erase"``
+retrains shard 0 without org-2, must replay the keyed sample, and must authorize and certify the
+erasure exactly as ``fedunlearn forget`` does; ``verify`` passes and the run folder never holds a key.
 """
 
 from __future__ import annotations
@@ -19,8 +20,10 @@ from clients.app import make_app as client_app
 from fedunlearn.certify import Certificate, RunAudit, verify_run
 from fedunlearn.config import settings_to_flat
 from fedunlearn.federation.dpfedavg import keyed_poisson_sample
-from fedunlearn.ledger import ShreddedError
-from fedunlearn.ledger import Ledger
+from fedunlearn.ledger import Ledger, ShreddedError
+from fedunlearn.ledger.keys import key_folder
+from fedunlearn.models import resolve_model_path
+from fedunlearn.runs import RunFolder
 from server.app import make_app as server_app
 from tests.certify.conftest import small
 from tests.localgrid import LocalGrid
@@ -28,11 +31,19 @@ from tests.localgrid import LocalGrid
 SECRETS = ("*.key", "*.pem", "*.shredded")
 
 
+def _serve(settings, **run):
+    """Run the ServerApp (as ``flwr run`` does) with ``run.*`` overrides over a fresh in-process grid."""
+    flat = settings_to_flat(settings.replace(run=run) if run else settings)
+    grid, results = LocalGrid(client_app(), 3, run_config=flat), []
+    server_app(results=results)(grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(),
+                                              run_config=flat))
+    assert len(results) == 1  # the workflow finished
+    return grid, results[0]
+
+
 @pytest.fixture(scope="module")
 def outside_keys_run(tiny_model_dir, tmp_path_factory):
-    """(run folder, settings) of a trained 2-shard run whose key folder is ``../run-keys``."""
-    from fedunlearn.federation.workflow import train_workflow
-
+    """(run folder, settings) of a 2-shard run trained by the ServerApp whose key folder is ``../run-keys``."""
     root = tmp_path_factory.mktemp("keydir")
     settings = small(tiny_model_dir, root / "run", topology={"shards": 2},
                      dp={"client_level": True, "client_noise_multiplier": 1.0, "client_clip": 0.5,
@@ -40,12 +51,14 @@ def outside_keys_run(tiny_model_dir, tmp_path_factory):
     settings = settings.replace(run={"key_dir": "../run-keys"})  # relative to the run folder
     # a run secret under which org-0 trains in both rounds of shard 0 and org-2 in one at least (so the
     # retrain has work to replay); any secret works the same way, this one just makes the test meaningful
-    secrets = root / "run-keys" / "secrets"
+    RunFolder.create_or_resume(root / "run", settings, resolve_model_path(settings.model.path))
+    secrets = key_folder(root / "run") / "secrets"  # the run's own sub-folder of ../run-keys
     secrets.mkdir(parents=True, mode=0o700)
     fd = os.open(secrets / "dp-sampling.key", os.O_WRONLY | os.O_CREAT, 0o600)
     os.write(fd, _useful_secret())
     os.close(fd)
-    train_workflow(LocalGrid(client_app(), 3, run_config=settings_to_flat(settings)), settings)
+    _, report = _serve(settings)  # run.workflow = "train" (the default)
+    assert report.served is not None and report.run_dir == root / "run"
     return root / "run", settings
 
 
@@ -68,7 +81,8 @@ def _secret_files(folder):
 
 def test_keys_and_secrets_live_outside_the_run_folder(outside_keys_run):
     run_dir, _ = outside_keys_run
-    keys = run_dir.parent / "run-keys"
+    keys = key_folder(run_dir)
+    assert keys.parent.resolve() == (run_dir.parent / "run-keys").resolve() and keys.name.startswith("run-")  # run id
     assert _secret_files(run_dir) == []  # a copy of the run folder holds no key material
     assert not (run_dir / "keys").exists() and not (run_dir / "secrets").exists()
     assert {p.name for p in (keys / "secrets").iterdir()} >= {"coordinator.pem", "subject-hmac.key"}
@@ -89,13 +103,7 @@ def test_deployment_erasure_is_certified_and_shredding_beats_a_backup(outside_ke
         sampled_before = _sampled(ledger, 0)
     assert org2_updates
 
-    erase = settings.replace(run={"workflow": "erase", "erase_orgs": "org-2"})
-    flat = settings_to_flat(erase)
-    grid = LocalGrid(client_app(), 3, run_config=flat)
-    results: list = []
-    server_app(results=results)(grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(),
-                                              run_config=flat))
-    result = results[0]
+    grid, result = _serve(settings, workflow="erase", erase_orgs="org-2")
     assert result.subjects == ("org-2",) and result.method == "sisa"
     trained = {grid.contexts[m.metadata.dst_node_id].node_config["partition-id"] for m in grid.sent
                if m.metadata.message_type == "train"}
@@ -118,7 +126,7 @@ def test_deployment_erasure_is_certified_and_shredding_beats_a_backup(outside_ke
     assert report.ok, report.problems
 
     # crypto-shredding: org-2's key is gone from the key folder, and the backup cannot read its updates
-    assert _secret_files(backup) == []
+    assert _secret_files(run_dir) == [] and _secret_files(backup) == []
     with Ledger.open(backup) as old:
         with pytest.raises(ShreddedError):
             old.get_state(org2_updates[0], org="org-2")
