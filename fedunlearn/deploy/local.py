@@ -31,11 +31,13 @@ import contextlib
 import json
 import os
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -140,9 +142,6 @@ class LocalDeployment:
         :mod:`fedunlearn` from the installed package, so the FAB needs only the component modules
         (``[tool.flwr.app.components]``, e.g. ``server.app:app`` -> ``server/``).
         """
-        import shutil
-        import tomllib
-
         source = self.app_dir / "pyproject.toml"
         try:
             components = tomllib.loads(source.read_text(encoding="utf-8"))["tool"]["flwr"]["app"]["components"]
@@ -240,11 +239,10 @@ class LocalDeployment:
         return self.work / "warm-sources"
 
     def start_warm(self) -> subprocess.Popen:
-        """Start the shared warm executor (isolation ``warm``) unless it runs already."""
-        if "warm" in self.procs and self.procs["warm"].poll() is None:
+        """Start the shared warm executor (isolation ``warm``) once; a dead one is reported by
+        :meth:`check_running`, not restarted (it would not serve the sources added before)."""
+        if "warm" in self.procs:
             return self.procs["warm"]
-        import shutil
-
         shutil.rmtree(self.warm_sources, ignore_errors=True)
         return self._start("warm", [sys.executable, "-m", "fedunlearn.deploy.warm", "--sources", str(self.warm_sources)])
 

@@ -40,6 +40,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import functools
 import inspect
 import json
 import os
@@ -110,6 +111,7 @@ def check_flower() -> None:
         )
 
 
+@functools.lru_cache(maxsize=None)
 def _entry_point(command: str):
     """The function behind Flower's console script ``command`` (e.g. ``flwr-clientapp``)."""
     from importlib.metadata import entry_points
