@@ -121,6 +121,12 @@ def render_scale(doc: dict, plots: dict) -> str:
         bar_chart("Ledger storage (MB)", labels, [("trained", [p["ledger_bytes"] / 2**20 for p in same]),
                                                  ("compacted", [(p.get("compaction") or {}).get("ledger_bytes_after", 0)
                                                                 / 2**20 for p in same])], ylabel="MB")]
+    growth = []
+    for p in sorted(doc["points"], key=lambda p: (p["shards"], p["rounds"], p["orgs"])):
+        extra = p["server_rss_peak_mb"] - p["server_rss_start_mb"]
+        growth.append(f"{p['orgs']} orgs (f={p['fraction']}, S={p['shards']}, {p['rounds']} rounds): server RSS "
+                      f"+{extra:.0f} MB over start ({extra / p['orgs']:.2f} MB/org), ledger "
+                      f"{p['ledger_bytes'] / max(p['updates'], 1) / 1024:.1f} KiB per stored update")
     return "\n".join([
         "## Scale", "",
         f"Federation: {'Flower simulation engine (Ray), one process per point' if doc['grid'] == 'ray' else 'in-process grid'}. "
@@ -132,6 +138,7 @@ def render_scale(doc: dict, plots: dict) -> str:
         "(default policy: client updates dropped); verify = `fedunlearn verify` passes before and after.", "",
         _table(["orgs", "f", "S", "rounds", "trained/round", "s/round", "total s", "RSS start MB", "RSS peak MB",
                 "actors MB", "ledger MB", "MB/round", "compacted MB", "verify", "load avg"], rows), "",
+        "How it grows: " + "; ".join(growth) + ".", "",
         " ".join(_plot(plots, f"scale_{i}", c) for i, c in enumerate(charts))]
         + [f"\n**Failed point** {f['orgs']} orgs, f={f['fraction']}, S={f['shards']}, {f['rounds']} rounds: "
            f"`{f['error'].strip().splitlines()[-1][:400]}`" for f in doc.get("failed", [])])

@@ -15,6 +15,7 @@ the real ClientApp, no Ray).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import statistics
@@ -233,6 +234,7 @@ def scale(opts: Options) -> dict[str, Any]:
             print(f"scale point {orgs} orgs f={fraction} S={shards} FAILED: {str(exc)[-300:]}", flush=True)
             continue
         print(f"scale point {orgs} orgs f={fraction} S={shards}: {rows[-1]['total_s']:.0f} s", flush=True)
+        print("SCALE-POINT " + json.dumps(rows[-1]), flush=True)  # kept in the log if a later point fails
     return {"grid": opts.grid, "points": rows, "failed": failed}
 
 
