@@ -8,8 +8,8 @@ name       guarantee what it does
 ``sisa``   exact     roll back the shards that saw the subject, retrain them without it (Flower)
 ``drop``   exact     S = N: drop the subject's own adapter and recombine (no training)
 ``retrain`` exact    the reference: retrain every shard from round 0 without the subject
-``influence`` empirical one damped Newton step; gradients and HVPs by query messages (Flower)
-``subtract`` empirical FedEraser: replay stored history without the subject, K calibrated rounds
+``influence`` empirical one damped Newton step; GIANT local solves in one round (or federated CG)
+``subtract`` empirical FedEraser in ΔW space: replay stored history without the subject, K calibrated
 ``negate`` empirical task-vector negation of the subject's stored contributions (no training)
 ``ga`` ``graddiff`` ``npo`` empirical record-level: the organization forgets some of its records
 ``sisa-records`` exact record-level: retrain its shard, the organization without those records

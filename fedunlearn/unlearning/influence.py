@@ -117,7 +117,7 @@ class InfluenceUnlearner(ApproximateUnlearner):
             here = sorted(o for o in w if o in subjects)
             if not orgs:  # nobody left to compute curvature: the shard keeps no data, start over
                 raise RunStateError(f"shard {shard} would keep no organization after erasing {here}; use sisa")
-            if source["kind"] == "subject":
+            if source["kind"] == "subject":  # all its records, those it forgot before included: all go
                 replies = queries.ask(protocol.QUERY_GRAD, {o: protocol.make_content(state=theta) for o in here},
                                       group_id=f"influence/shard-{shard}/grad-subject",
                                       sizes={o: nbytes(theta) for o in here})

@@ -14,7 +14,11 @@
 
 The request names one organization (``subjects``) and its record ids (``records``; an id without
 ``#k`` names every inserted copy). The organization stays ``active``. Forgotten ids are kept in the
-ledger metadata ``forgotten-records/<org>`` (a JSON list).
+ledger metadata ``forgotten-records/<org>`` (a JSON list), written when the erasure is switched in;
+from then on every message that makes the organization train or compute on its records (later
+training rounds, retraining for another erasure, calibration fits, influence queries, later
+forgetting) carries them as ``exclude-records`` and the organization leaves them out
+(:func:`~fedunlearn.federation.coordinator.forgotten_records`).
 """
 
 from __future__ import annotations
