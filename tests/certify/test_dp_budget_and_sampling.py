@@ -175,6 +175,7 @@ def test_the_coordinator_stops_each_organization_at_its_own_budget(tiny_model_di
     assert {o: (r["by"], r["from_round"]) for o, r in spent.items()} == {
         "org-0": ("coordinator", 3), "org-1": ("coordinator", 3), "org-2": ("coordinator", 4)}
     assert any("training stops before round 4" in line and "up to round 3" in line for line in said.lines)
+    assert report.served is not None and report.served.path.is_dir()  # the last committed model is exported
     with Ledger.open(report.run_dir) as ledger:
         assert [ledger.head(s).round for s in range(3)] == [3, 3, 3]
         assert ledger.members(0, 3) == [] and ledger.members(2, 3) == ["org-2"]
