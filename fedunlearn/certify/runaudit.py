@@ -296,9 +296,16 @@ class RunAudit:
 
     def enrol_from_folder(self, orgs: Iterable[tuple[str, int, int]]) -> None:
         """Enrol (name, shard, join round) organizations, with ``RUN_DIR/org-keys/<name>.pub`` if present."""
+        enrolled = {e.get("org") for _, e in self.events("enrolment")}  # one pass: enrol() replays the log per call
         for name, shard, join_round in orgs:
             path = self.run_dir / "org-keys" / f"{name}.pub"
             key = load_public_key(path) if path.is_file() else None
+            if key is None:  # what enrol() does without a key, minus its two log replays (O(N²) at 1000 orgs)
+                if self.subject(name) not in enrolled:
+                    self.append({"type": "enrolment", "org": self.subject(name), "shard": shard,
+                                 "join_round": join_round})
+                    enrolled.add(self.subject(name))
+                continue
             self.enrol(name, shard=shard, join_round=join_round, public_key=key)
 
     # -- rounds and exports -----------------------------------------------------------------
