@@ -11,10 +11,13 @@ is then about 1.4 bits on average (E[log2|R| − log2 U] for U uniform on 1..|R|
 memorized it ranks it first: exposure ``log2 |R|`` (13.3 bits for 10^4 candidates).
 
 Exact ranks (enumerating the space, rather than the paper's extrapolation) are affordable because
-every candidate shares the prefix: its keys and values are computed once (KV cache) and only the
-few continuation tokens of each candidate are scored, in large batches. Tokens before the first
+every candidate shares the prefix: its keys and values are computed once (KV cache), and the
+continuations are scored as a prefix tree (candidates sharing their first secret tokens share
+those positions' forward passes), batched one tree depth at a time. Tokens before the first
 position where candidates differ contribute the same log-likelihood to every candidate, so
-ranking by the continuation alone equals ranking by the full sentence.
+ranking by the continuation alone equals ranking by the full sentence. Canaries of one template
+(the same prefix and suffix, e.g. an organization's several canaries) share one scoring of the
+space: :func:`exposure_report` scores each template once.
 
 The reference distribution comes from **never-inserted** canaries (same template, secrets absent
 from all training data): an inserted canary is memorized when its exposure is far above theirs.
@@ -188,7 +191,7 @@ def candidate_losses(
     max_length : int, default 64
         As in training; a canary cut short by it is an error.
     batch_size : int, default 256
-        Candidates per forward pass (on CPU, 128 to 1024 measured alike).
+        Candidates per prefix tree (chunk); larger chunks share more nodes and hold more KV cache.
 
     Returns
     -------
@@ -208,19 +211,36 @@ def candidate_losses(
     return _score_rows(model, rows, batch_size=batch_size, what=prefix + secrets[0] + suffix, max_length=max_length)
 
 
-@torch.no_grad()
-def _score_rows(model: nn.Module, rows: list[list[int]], *, batch_size: int, what: str, max_length: int) -> np.ndarray:
-    lengths = np.array([len(r) for r in rows])
-    pad = -1
-    grid = np.full((len(rows), int(lengths.max())), pad, dtype=np.int64)  # [N, W]
-    for i, row in enumerate(rows):
-        grid[i, : len(row)] = row
-    if len(np.unique(grid, axis=0)) != len(rows):
+def _check_distinct(grid: np.ndarray, *, what: str, max_length: int) -> np.ndarray:
+    """Lexicographic order of the rows of ``grid``; raise if two candidates have the same tokens."""
+    order = np.lexsort(grid.T[::-1])  # [N] first column most significant
+    ordered = grid[order]
+    if len(ordered) > 1 and bool(np.any(np.all(ordered[1:] == ordered[:-1], axis=1))):
         raise ConfigError(
             f"max_length = {max_length} truncates the canary {what!r} so that different secrets "
             "give the same tokens; expected max_length to cover the whole canary: raise "
             "max_length (the run's data.max-length)"
         )
+    return order
+
+
+@torch.no_grad()
+def _score_rows(model: nn.Module, rows: list[list[int]], *, batch_size: int, what: str, max_length: int) -> np.ndarray:
+    """NLL of each row's tokens after the prefix shared by all rows, scored as a prefix tree.
+
+    The shared prefix goes through the model once. The continuations are sorted lexicographically
+    and cut into chunks of ``batch_size`` candidates; in each chunk, depth ``k`` of the prefix tree
+    (the distinct first ``k`` continuation tokens) is one batched forward pass of one token per
+    node on the KV cache of its parent node. A node shared by many candidates (e.g. the first
+    digit) is computed once: for 4-digit secrets about 21,000 token positions instead of
+    38,000, and no padding.
+    """
+    lengths = np.array([len(r) for r in rows])
+    pad = -1
+    grid = np.full((len(rows), int(lengths.max())), pad, dtype=np.int64)  # [N, W]
+    for i, row in enumerate(rows):
+        grid[i, : len(row)] = row
+    order = _check_distinct(grid, what=what, max_length=max_length)
     differs = np.any(grid != grid[:1], axis=0)  # [W] columns where some candidate differs
     shared = int(np.argmax(differs))  # first differing column = shared prefix length P >= 1 (bos)
     if shared == 0:
@@ -240,44 +260,62 @@ def _score_rows(model: nn.Module, rows: list[list[int]], *, batch_size: int, wha
             position_ids=torch.arange(shared, device=device).unsqueeze(0),
             use_cache=True,
         )
-        first_logp = torch.log_softmax(out.logits[0, -1].float(), dim=-1)  # [V] predicts column P
+        first_logp = torch.log_softmax(out.logits[0, -1].float(), dim=-1).double().cpu().numpy()  # [V]
         prefix_cache = returned_cache(out)
         if prefix_cache is None:
             raise ConfigError(
                 f"{type(model).__name__} returned no KV cache for use_cache=True; expected a "
                 "Hugging Face causal LM (exposure scores the shared prefix once and reuses its cache)"
             )
-        tail = grid[:, shared:]  # [N, L] continuation tokens, -1 padded
-        losses = np.empty(len(rows))
+        tail = grid[order, shared:]  # [N, L] continuations in lexicographic order, -1 padded
+        sorted_losses = np.empty(len(rows))
         for start in range(0, len(rows), batch_size):
-            block = torch.as_tensor(tail[start : start + batch_size], device=device)  # [b, L]
-            valid = block >= 0  # [b, L]
-            tokens = block.clamp_min(0)  # [b, L] padding -> token 0, masked out below
-            nll = -first_logp[tokens[:, 0]]  # [b]
-            if tokens.shape[1] > 1:
-                b, steps = tokens.shape[0], tokens.shape[1] - 1
-                cache = copy.deepcopy(prefix_cache)  # forward() appends to the cache it is given
-                cache.batch_repeat_interleave(b)
-                mask = torch.cat(
-                    [torch.ones(b, shared, dtype=torch.long, device=device), valid[:, :steps].long()], dim=1
-                )  # [b, P + L-1]
-                positions = (shared + torch.arange(steps, device=device)).unsqueeze(0).expand(b, steps)
-                step_out = model(
-                    input_ids=tokens[:, :steps],
-                    attention_mask=mask,
-                    position_ids=positions,
-                    use_cache=True,
-                    **{cache_arg: cache},
-                )
-                logits = step_out.logits.float()  # [b, L-1, V]
-                # log p(target) = logit - logsumexp: no [b, L-1, V] log-softmax tensor is built
-                target = logits.gather(-1, tokens[:, 1:].unsqueeze(-1)).squeeze(-1)  # [b, L-1]
-                token_logp = target - torch.logsumexp(logits, dim=-1)  # [b, L-1]
-                nll = nll - (token_logp * valid[:, 1:]).sum(dim=1)
-            losses[start : start + len(block)] = nll.double().cpu().numpy()
+            block = tail[start : start + batch_size]
+            sorted_losses[start : start + len(block)] = _score_tree(
+                model, block, first_logp, copy.deepcopy(prefix_cache), shared, cache_arg, device)
     finally:
         model.train(was_training)
+    losses = np.empty(len(rows))
+    losses[order] = sorted_losses
     return losses
+
+
+def _score_tree(model: nn.Module, tail: np.ndarray, first_logp: np.ndarray, cache: object, shared: int,
+                cache_arg: str, device: torch.device) -> np.ndarray:
+    """NLL of lexicographically sorted continuations ``tail`` ``[c, L]`` (-1 padded) after the prefix.
+
+    ``cache`` holds the prefix (batch 1) and is consumed. Node ``j`` of depth ``k`` is the ``j``-th
+    distinct ``tail[:, :k]``; sorted rows keep each node's candidates contiguous.
+    """
+    lengths = np.sum(tail >= 0, axis=1)  # [c]
+    nll = -first_logp[tail[:, 0]]  # [c]
+    node = np.zeros(len(tail), dtype=np.int64)  # node of depth k-1 holding each candidate
+    for k in range(1, tail.shape[1]):
+        alive = np.flatnonzero(lengths > k)  # candidates with a token k to predict
+        if alive.size == 0:
+            break
+        keys = tail[alive, :k]  # [a, k]
+        new = np.ones(alive.size, dtype=bool)
+        new[1:] = np.any(keys[1:] != keys[:-1], axis=1)
+        node_of = np.cumsum(new) - 1  # [a] depth-k node of each alive candidate
+        first = alive[new]  # [n] one candidate per node
+        n = first.size
+        cache.batch_select_indices(torch.as_tensor(node[first], device=device))  # parents' rows
+        out = model(
+            input_ids=torch.as_tensor(tail[first, k - 1], device=device).unsqueeze(1),  # [n, 1]
+            attention_mask=torch.ones(n, shared + k, dtype=torch.long, device=device),
+            position_ids=torch.full((n, 1), shared + k - 1, dtype=torch.long, device=device),
+            use_cache=True,
+            **{cache_arg: cache},
+        )
+        logits = out.logits[:, -1].float()  # [n, V]
+        lse = torch.logsumexp(logits, dim=-1)  # [n]
+        rows = torch.as_tensor(node_of, device=device)
+        target = logits[rows, torch.as_tensor(tail[alive, k], device=device)] - lse[rows]  # [a]
+        nll[alive] -= target.double().cpu().numpy()
+        cache = returned_cache(out)
+        node[alive] = node_of
+    return nll
 
 
 def canary_exposure(
@@ -290,6 +328,7 @@ def canary_exposure(
     batch_size: int = 256,
     candidates: Sequence[str] | None = None,
     memo: dict[tuple[str, str], list[list[int]]] | None = None,
+    scored: dict[tuple[str, str], tuple[np.ndarray, float]] | None = None,
 ) -> ExposureResult:
     """Exposure of one canary over every candidate secret of ``space``.
 
@@ -306,6 +345,10 @@ def canary_exposure(
         ``space.candidates()``, precomputed when scoring many canaries.
     memo : dict, optional
         Tokenization memo shared across canaries, see :func:`candidate_tokens`.
+    scored : dict, optional
+        Candidate losses by template ``(prefix, suffix)``, for one model and one candidate list,
+        owned by the caller: canaries of the same template then share one scoring of the space
+        (their ``seconds`` is that scoring's).
 
     Returns
     -------
@@ -328,15 +371,22 @@ def canary_exposure(
             f"candidates[{index}] is not {canary.secret!r}; expected candidates = space.candidates()"
         )
     check_positive_int("batch_size", batch_size, hint="use e.g. 256")
-    start = time.perf_counter()
-    rows = candidate_tokens(tokenizer, canary.prefix, secrets, canary.suffix, max_length=max_length, memo=memo)
-    if rows[index] != encode_batched(tokenizer, [canary.text], max_length=max_length)[0]:
-        # Cannot happen with a consistent tokenizer; guards the scoring against a silent mismatch.
-        raise ConfigError(
-            f"canary {canary.id!r} tokenizes differently inside the candidate list than alone; "
-            "expected a deterministic tokenizer: report this with the tokenizer's name"
-        )
-    losses = _score_rows(model, rows, batch_size=batch_size, what=canary.text, max_length=max_length)
+    key = (canary.prefix, canary.suffix)
+    if scored is not None and key in scored:
+        losses, seconds = scored[key]
+    else:
+        start = time.perf_counter()
+        rows = candidate_tokens(tokenizer, canary.prefix, secrets, canary.suffix, max_length=max_length, memo=memo)
+        if rows[index] != encode_batched(tokenizer, [canary.text], max_length=max_length)[0]:
+            # Cannot happen with a consistent tokenizer; guards the scoring against a silent mismatch.
+            raise ConfigError(
+                f"canary {canary.id!r} tokenizes differently inside the candidate list than alone; "
+                "expected a deterministic tokenizer: report this with the tokenizer's name"
+            )
+        losses = _score_rows(model, rows, batch_size=batch_size, what=canary.text, max_length=max_length)
+        seconds = time.perf_counter() - start
+        if scored is not None:
+            scored[key] = (losses, seconds)
     ranked = exposure_from_losses(losses, index)
     return ExposureResult(
         canary_id=canary.id,
@@ -346,7 +396,7 @@ def canary_exposure(
         max_exposure=float(np.log2(len(secrets))),
         secret_nll=float(losses[index]),
         candidates=len(secrets),
-        seconds=time.perf_counter() - start,
+        seconds=seconds,
     )
 
 
@@ -386,11 +436,12 @@ def exposure_report(
         )
     candidates = space.candidates()
     memo: dict[tuple[str, str], list[list[int]]] = {}
+    scored: dict[tuple[str, str], tuple[np.ndarray, float]] = {}  # one scoring per template
 
     def run(items: Sequence[Canary]) -> tuple[ExposureResult, ...]:
         return tuple(
             canary_exposure(model, tokenizer, c, space, max_length=max_length, batch_size=batch_size,
-                            candidates=candidates, memo=memo)
+                            candidates=candidates, memo=memo, scored=scored)
             for c in items
         )
 

@@ -99,3 +99,39 @@ def test_exposure_errors(tiny_base) -> None:
         candidate_losses(tiny_base.model, tok, PREFIX, ["123", "124"], SUFFIX, max_length=4)
     with pytest.raises(DataError, match="no canaries"):
         exposure_report(tiny_base.model, tok, (), (), CanarySpace(3))
+
+
+def test_tree_scoring_ranks_equal_brute_force_full_sentences(memorized) -> None:
+    """The prefix-tree scoring is exact: every candidate's NLL equals full-sentence scoring minus a constant,
+    so the secret's rank over the whole space is the brute-force rank; chunk size does not matter."""
+    tok, model, c = memorized.base.tokenizer, memorized.model, memorized.consortium
+    canary = c.organizations[0].canaries[0]
+    secrets = c.canary_space.candidates()
+    data = encode_texts(tok, [canary.prefix + s + canary.suffix for s in secrets], max_length=48)
+    with torch.no_grad():
+        logp = torch.log_softmax(model(input_ids=data.input_ids, attention_mask=data.attention_mask,
+                                       position_ids=torch.arange(data.input_ids.shape[1]).expand_as(data.input_ids)
+                                       ).logits.float(), dim=-1)  # [N, T, V]
+        target = logp[:, :-1].gather(-1, data.input_ids[:, 1:, None]).squeeze(-1) * data.attention_mask[:, 1:]
+        full = -target.sum(dim=1).double().numpy()  # [N] NLL of the whole sentence
+    index = int(canary.secret)
+    brute = exposure_from_losses(full, index)
+    for chunk in (97, 1000):
+        losses = candidate_losses(model, tok, canary.prefix, secrets, canary.suffix, max_length=48, batch_size=chunk)
+        offsets = full - losses
+        assert np.allclose(offsets, offsets[0], atol=1e-4)
+        assert exposure_from_losses(losses, index) == brute
+    result = canary_exposure(model, tok, canary, c.canary_space, max_length=48)
+    assert (result.rank, result.exposure) == (brute.rank, brute.exposure)
+
+
+def test_canaries_of_one_template_share_one_scoring(memorized) -> None:
+    """Two canaries with the same prefix and suffix are scored once, with the same ranks as alone."""
+    tok, model, c = memorized.base.tokenizer, memorized.model, memorized.consortium
+    first = c.organizations[0].canaries[0]
+    second = Canary(id="c2", org="org-0", prefix=first.prefix, secret=f"{(int(first.secret) + 1) % 1000:03d}",
+                    suffix=first.suffix, repeats=0)
+    report = exposure_report(model, tok, [first, second], (), c.canary_space, max_length=48)
+    alone = [canary_exposure(model, tok, x, c.canary_space, max_length=48) for x in (first, second)]
+    assert [r.rank for r in report.inserted] == [r.rank for r in alone]
+    assert report.inserted[0].seconds == report.inserted[1].seconds  # one shared scoring
