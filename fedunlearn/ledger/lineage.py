@@ -562,6 +562,27 @@ class Ledger(LedgerStore):
             "created": row["created"],
         }
 
+    def served_history(self, *, limit: int | None = None) -> list[dict[str, Any]]:
+        """Every :meth:`record_served` entry, oldest first (the last ``limit`` ones if given).
+
+        Each is a dict like :meth:`served`'s, plus ``purged``: whether a component checkpoint's
+        aggregate was purged on an erasure (that model can no longer be rebuilt).
+        """
+        sql = "SELECT * FROM served ORDER BY id DESC" + ("" if limit is None else f" LIMIT {int(limit)}")
+        purged = {int(r["checkpoint_id"]) for r in self._query("SELECT checkpoint_id FROM purged")}
+        out = []
+        for row in reversed(self._query(sql)):
+            ids = json.loads(row["components"])
+            out.append({
+                "served_hash": row["served_hash"],
+                "components": ids,
+                "weights": json.loads(row["weights"]),
+                "path": row["path"],
+                "created": row["created"],
+                "purged": any(int(i) in purged for i in ids),
+            })
+        return out
+
     # -- audits -----------------------------------------------------------------------------
     def verify_blobs(self) -> list[str]:
         """Re-hash every referenced blob that can be read; return the problems found.
