@@ -22,11 +22,15 @@ def evaluate(
     baseline_canaries: int = typer.Option(10, "--baseline-canaries", help="Never-inserted canaries per model."),
     relearn_steps: int = typer.Option(20, "--relearn-steps", help="Steps of the relearning attack."),
     certify: bool = typer.Option(True, "--certify/--no-certify", help="Re-issue the erasure's certificate with "
-                                 "the evaluation summary (when it has one)."),
+                                 "the evaluation summary (when it has one and the summary changed)."),
 ) -> None:
     """Evaluate the erasure of ORG: MIAs, canary exposure, memorization, utility, fidelity, attacks."""
-    from fedunlearn.certify.amend import find_certificate, reissue_with_evaluation
-    from fedunlearn.evaluate.suite import EvaluationOptions, evaluate_erasure, summary_for_certificate
+    from fedunlearn.evaluate.suite import (
+        EvaluationOptions,
+        attach_to_certificates,
+        evaluate_erasure,
+        summary_for_certificate,
+    )
 
     try:
         options = EvaluationOptions(retrain_seeds=retrain_seeds, baseline_canaries=baseline_canaries,
@@ -36,27 +40,32 @@ def evaluate(
         path = out or run / "evaluation" / f"{org}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(doc, indent=1, allow_nan=False) + "\n", encoding="utf-8")
-        certified = None
-        if certify:
-            for erasure in result.erasures:
-                cert = find_certificate(run, str(erasure["served_hash"]))
-                if cert is not None:
-                    certified = reissue_with_evaluation(run, cert, summary_for_certificate(result))
+        certificates = attach_to_certificates(run, result.erasures, summary_for_certificate(result)) \
+            if certify else []
     except FedUnlearnError as exc:
         fail(exc)
         return
+    for c in result.captured:
+        console.print(f"{c['name']:18s} loss-MIA AUC {c['mia']['loss']['auc']:.3f}  (captured at erasure time)")
     for m in result.models:
         auc = m.mia["loss"].auc
         exp = "-" if m.exposure is None else f"{m.exposure.mean_exposure:.2f}"
         util = "-" if m.utility is None else f"{m.utility.mean_holdout_loss:.3f}"
         kl = "-" if m.kl_to_retrain is None else f"{m.kl_to_retrain:.4f}"
+        eps = "" if m.epsilon_audit is None else f"  ε ≥ {m.epsilon_audit.epsilon:.3f}"
         console.print(f"{m.name:18s} loss-MIA AUC {auc:.3f}  exposure {exp:>6s}  holdout loss {util:>6s}  "
-                      f"KL to retrain {kl}")
+                      f"KL to retrain {kl}{eps}")
     if result.spread is not None:
         console.print(f"retrain spread (KL between seeds): mean {result.spread.mean:.4f}, max {result.spread.max:.4f}")
     console.print(f"results: {path}  ({sum(result.timings.values()):.1f} s)")
-    if certified is not None:
-        console.print(f"certificate re-issued with the evaluation: {certified.path}")
+    for check in result.certificate_checks:
+        flag = "REFUTED" if check.get("consistent") is False else "ok"
+        console.print(f"certificate {check['certificate']}: {flag}: {check['message']}")
+    for cert, reissued in certificates:
+        if reissued:
+            console.print(f"certificate re-issued with the evaluation: {cert.path}")
+        else:
+            console.print(f"certificate {cert.path} already carries these results; not re-issued")
 
 
 @app.command()

@@ -109,10 +109,24 @@ def _evaluation_section(doc: dict[str, Any]) -> str:
         f"<td>{'-' if m.get('kl_to_retrain') is None else format(m['kl_to_retrain'], '.4f')}</td></tr>"
         for m in models)
     spread = doc.get("retrain_spread") or {}
+    bounds = "".join(
+        f"<tr><td>{html.escape(m['name'])}</td><td>{m['epsilon_lower_bound']['epsilon']:.3f}</td>"
+        f"<td>{html.escape(str(m['epsilon_lower_bound']['score']))}</td>"
+        f"<td>{m['epsilon_lower_bound']['confidence']:g}</td></tr>"
+        for m in models if m.get("epsilon_lower_bound"))
+    checks = "".join(
+        f"<tr class='{'refuted' if c.get('consistent') is False else 'ok'}'><td>{html.escape(str(c.get('certificate')))}"
+        f"</td><td>{html.escape(str(c.get('guarantee')))}</td><td>"
+        f"{'REFUTED' if c.get('consistent') is False else ('-' if c.get('consistent') is None else 'consistent')}"
+        f"</td><td>{html.escape(str(c.get('message')))}</td></tr>" for c in doc.get("certificate_checks", []))
+    privacy = ("<h3>Empirical privacy: ε lower bounds (Clopper-Pearson on the MIA guesses)</h3>"
+               "<table><tr><th>model</th><th>ε ≥</th><th>score</th><th>confidence</th></tr>" + bounds + "</table>"
+               + ("<table><tr><th>certificate</th><th>guarantee</th><th>check</th><th>detail</th></tr>" + checks
+                  + "</table>" if checks else "<p>No certificate of these erasures claims an ε to check.</p>"))
     return (f"<h2>Erasure of {html.escape(doc['subject'])}</h2><div class='plots'>{''.join(charts)}</div>"
             "<table><tr><th>model</th><th>loss AUC</th><th>Min-K%++ AUC</th><th>exposure</th><th>KL to retrain</th>"
             f"</tr>{rows}</table><p>Retrain spread (KL between seeds): mean {spread.get('mean')}, max "
-            f"{spread.get('max')}.</p>")
+            f"{spread.get('max')}.</p>{privacy}")
 
 
 def _certificate_section(run_dir: Path) -> str:
@@ -146,7 +160,7 @@ def render_report(run_dir: str | Path) -> str:
                             f"`fedunlearn evaluate --run {run_dir} --org NAME` first")
     body = "".join(_evaluation_section(d) for d in docs) + _certificate_section(run_dir)
     style = ("body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin:1em 0}"
-             "td,th{border:1px solid #ccc;padding:3px 8px}.plots svg{margin:6px;border:1px solid #eee}")
+             "td,th{border:1px solid #ccc;padding:3px 8px}tr.refuted td{background:#fdd;font-weight:bold}.plots svg{margin:6px;border:1px solid #eee}")
     return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>fedunlearn report</title>"
             f"<style>{style}</style></head><body><h1>fedunlearn evaluation report</h1>"
             f"<p>Run: {html.escape(str(run_dir))}</p>{body}</body></html>")

@@ -1,8 +1,9 @@
 """The models an evaluation compares, rebuilt from a run folder: served before/after, retrains, base.
 
 Every served model the run ever had is in the ledger (``served`` history: component checkpoints and
-their ΔW weights); aggregate blobs are never encrypted or shredded, so a model served before an
-erasure can be rebuilt after it. A model is evaluated **merged**: ``W + Σ_s w_s ΔW_s`` written into
+their ΔW weights). One whose aggregates were purged on an exact erasure (they depended on the
+erased organization) cannot be rebuilt: its metrics were captured at erasure time instead
+(:mod:`~fedunlearn.evaluate.before`). A model is evaluated **merged**: ``W + Σ_s w_s ΔW_s`` written into
 a copy of the frozen base, a plain causal LM (no LoRA layers: faster, and what a weight-quantization
 attacker would hold).
 
@@ -10,7 +11,8 @@ Retrain references are trained here, in process and without Flower: for each see
 from a fresh round-0 adapter, every round, with the remaining members in the original order and
 FedAvg weights — the arithmetic of ``retrain``. Seed ``run.seed`` reproduces ``retrain`` itself
 (the same derived seeds); other seeds change LoRA initialization and batch order, which is the
-noise fidelity is measured against. Their adapters are cached under ``RUN_DIR/evaluation/retrain/``.
+noise fidelity is measured against. Their adapters are cached under ``RUN_DIR/evaluation/retrain/``,
+and trained in a second process while the evaluation goes on (:func:`start_retrains`).
 """
 
 from __future__ import annotations
@@ -18,9 +20,12 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import multiprocessing
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -37,12 +42,22 @@ from fedunlearn.models import (
     get_lora_state,
     load_base_model,
     pick_device,
+    set_cpu_threads,
     wrap_lora,
 )
 from fedunlearn.runs import RunFolder
 from fedunlearn.training.client import OrganizationClient, lora_spec, synthetic_consortium
 
-__all__ = ["ServedState", "load_base", "merged_model", "retrain_reference", "run_consortium", "served_history"]
+__all__ = [
+    "ServedState",
+    "finish_retrains",
+    "load_base",
+    "merged_model",
+    "retrain_reference",
+    "run_consortium",
+    "served_history",
+    "start_retrains",
+]
 
 _PEFT_PREFIX = "base_model.model."
 
@@ -71,27 +86,26 @@ def served_history(ledger: Ledger) -> dict[str, ServedState]:
     privacy, see :meth:`fedunlearn.ledger.Ledger.purge_dependents`) is left out: by design it can
     no longer be rebuilt. The latest record of a hash wins.
     """
-    rows = ledger._query("SELECT served_hash, components, weights FROM served ORDER BY id")  # noqa: SLF001
-    purged = _purged_ids(ledger)
     history: dict[str, ServedState] = {}
-    for row in rows:
-        ids, weights = json.loads(row["components"]), json.loads(row["weights"])
-        if any(i in purged for i in ids):
+    for row in ledger.served_history():
+        if row["purged"]:
             history.pop(row["served_hash"], None)
             continue
-        states = tuple(ledger.get_state(ledger.checkpoint(i).hash) for i in ids)
-        history[row["served_hash"]] = ServedState(row["served_hash"], states, tuple(float(w) for w in weights))
+        states = tuple(ledger.get_state(ledger.checkpoint(i).hash) for i in row["components"])
+        history[row["served_hash"]] = ServedState(row["served_hash"], states, tuple(float(w) for w in row["weights"]))
     return history
 
 
-def _purged_ids(ledger: Ledger) -> set[int]:
-    rows = ledger._query("SELECT checkpoint_id FROM purged")  # noqa: SLF001
-    return {int(r["checkpoint_id"]) for r in rows}
-
-
 def load_base(run: RunFolder) -> BaseModel:
-    """The run's frozen base model on the CPU."""
-    return load_base_model(run.base_model, device=pick_device("cpu"))
+    """The run's frozen base model on the CPU, with the run's CPU thread policy.
+
+    ``model.threads`` = 0 (auto) means one intra-op thread for a small model: on a shared 2-core
+    machine two threads per process spin against each other and made retraining and exposure
+    scoring 6-9x slower (measured on the demo run under a load average of 8-12).
+    """
+    base = load_base_model(run.base_model, device=pick_device("cpu"))
+    set_cpu_threads(base.model, run.settings.model.threads)
+    return base
 
 
 def merged_model(base: BaseModel, states: Sequence[Mapping[str, torch.Tensor]], weights: Sequence[float],
@@ -210,3 +224,42 @@ def retrain_reference(run: RunFolder, ledger: Ledger, consortium: Consortium, su
     save_file({f"{s}/{k}": v for s, st in zip(used, states) for k, v in st.items()}, str(path))
     path.with_suffix(".json").write_text(json.dumps({"shards": used, "weights": list(weights)}), encoding="utf-8")
     return ServedState(f"retrain-seed-{seed}", tuple(states), weights)
+
+
+def _retrain_worker(run_dir: str, subjects: tuple[str, ...], seeds: list[int]) -> None:
+    """Child process: train and cache the retrain references of ``seeds`` (see :func:`start_retrains`)."""
+    run = RunFolder.open(Path(run_dir))
+    consortium = run_consortium(run)
+    base = load_base(run)
+    with Ledger.open(run.path) as ledger:
+        for seed in seeds:
+            retrain_reference(run, ledger, consortium, subjects, seed, base=base)
+
+
+def start_retrains(run: RunFolder, subjects: Sequence[str], seeds: Sequence[int]) -> Any:
+    """Start training the uncached retrain references in a second process; None if not worth it.
+
+    A process (not a thread: one intra-op thread per process is fastest for small models on a
+    shared CPU) is started only when the machine has at least 2 cores and some seed is not cached.
+    :func:`finish_retrains` waits for it and loads the results.
+    """
+    missing = [s for s in seeds if not _cache_file(run, subjects, s).is_file()]
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if not missing or cores < 2:
+        return None
+    process = multiprocessing.get_context("spawn").Process(
+        target=_retrain_worker, args=(str(run.path), tuple(subjects), missing), daemon=True)
+    process.start()
+    return process
+
+
+def finish_retrains(worker: Any, run: RunFolder, subjects: Sequence[str], seeds: Sequence[int],
+                    consortium: Consortium, base: BaseModel) -> list[ServedState]:
+    """The retrain references of ``seeds``: those ``worker`` cached, the rest trained here.
+
+    A failed worker only costs time: whatever it did not cache is trained in this process.
+    """
+    if worker is not None:
+        worker.join()
+    with Ledger.open(run.path) as ledger:
+        return [retrain_reference(run, ledger, consortium, subjects, s, base=base) for s in seeds]

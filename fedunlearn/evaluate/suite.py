@@ -13,9 +13,10 @@ next-token KL to the first retrain (fidelity, with the retrains' mutual spread a
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,25 +24,32 @@ from typing import Any
 from fedunlearn.errors import ConfigError, RunStateError
 from fedunlearn.evaluate._common import check_fraction, check_positive_int
 from fedunlearn.evaluate.attacks import fake_quantize, relearn, relearn_split
-from fedunlearn.evaluate.exposure import exposure_report
 from fedunlearn.evaluate.fidelity import mean_next_token_kl, retrain_spread
-from fedunlearn.evaluate.memorization import memorization
-from fedunlearn.evaluate.mia import mia_results, privleak
+from fedunlearn.evaluate.mia import privleak
 from fedunlearn.evaluate.runmodels import (
+    finish_retrains,
     load_base,
     merged_model,
-    retrain_reference,
     run_consortium,
     served_history,
+    start_retrains,
 )
-from fedunlearn.evaluate.scores import score_texts
+from fedunlearn.evaluate.before import load_captured
+from fedunlearn.evaluate.onemodel import AuditContext, evaluate_model
+from fedunlearn.evaluate.privacy import check_certificates
+from fedunlearn.evaluate.scores import SequenceScores
 from fedunlearn.evaluate.summary import ModelEvaluation, SuiteResult, model_summary
-from fedunlearn.evaluate.utility import utility_report
 from fedunlearn.ledger import Ledger
 from fedunlearn.runs import RunFolder
 from fedunlearn.training.client import lora_spec
 
-__all__ = ["EvaluationOptions", "applied_erasures", "evaluate_erasure", "summary_for_certificate"]
+__all__ = [
+    "EvaluationOptions",
+    "applied_erasures",
+    "attach_to_certificates",
+    "evaluate_erasure",
+    "summary_for_certificate",
+]
 
 
 @dataclass(frozen=True)
@@ -63,8 +71,8 @@ class EvaluationOptions:
         Fake quantizations of the erased model's merged weights.
     fidelity_texts : int, default 64
         Evaluation prompts for the KL (retained organizations' holdouts, then public text).
-    exposure_batch_size : int, default 512
-        Candidates per forward pass.
+    exposure_batch_size : int, default 2048
+        Candidates per prefix tree (see :func:`~fedunlearn.evaluate.exposure.candidate_losses`).
     """
 
     retrain_seeds: int = 3
@@ -75,7 +83,7 @@ class EvaluationOptions:
     relearn_batch_size: int = 8
     quantize_bits: tuple[int, ...] = (8, 4)
     fidelity_texts: int = 64
-    exposure_batch_size: int = 512
+    exposure_batch_size: int = 2048
 
     def __post_init__(self) -> None:
         check_positive_int("retrain_seeds", self.retrain_seeds, hint="use 3 for a spread")
@@ -106,6 +114,11 @@ def applied_erasures(run: RunFolder, org: str) -> list[dict[str, Any]]:
 def evaluate_erasure(run_dir: str | Path, org: str, options: EvaluationOptions | None = None) -> SuiteResult:
     """Evaluate the erasure of ``org`` from the run in ``run_dir``.
 
+    The retrain references are trained in a second process (when the machine has 2 cores or more and
+    they are not cached) while this one evaluates the base, the erased models and their attacks;
+    KL to the retrain is filled in once the references exist. Results do not depend on this
+    (the same code and seeds, one CPU thread each).
+
     Raises
     ------
     RunStateError
@@ -126,19 +139,19 @@ def evaluate_erasure(run_dir: str | Path, org: str, options: EvaluationOptions |
                 f"first: `fedunlearn forget --run {run.path} --org {org}`"
             )
         history = served_history(ledger)
-        subjects = tuple(erasures[0]["subjects"])
-        consortium = run_consortium(run)
-        base = load_base(run)
-        retrains = [retrain_reference(run, ledger, consortium, subjects, run.settings.run.seed + k, base=base)
-                    for k in range(opts.retrain_seeds)]
-    timings["retrain_references"] = time.perf_counter() - clock
+    subjects = tuple(erasures[0]["subjects"])
+    seeds = [run.settings.run.seed + k for k in range(opts.retrain_seeds)]
+    worker = start_retrains(run, subjects, seeds)
+    consortium = run_consortium(run)
+    base = load_base(run)
+    timings["load"] = time.perf_counter() - clock
     scaling = lora_spec(run.settings).scaling
     tok, max_len = base.tokenizer, run.settings.data.max_length
 
     def build(state: Any) -> Any:
         return merged_model(base, state.states, state.weights, scaling)
 
-    before_hash = erasures[0].get("previous_served_hash")
+    before_hash = previous = erasures[0].get("previous_served_hash")
     notes: list[str] = []
     if before_hash not in history:
         # an exact erasure purges every aggregate that depends on the subject (store privacy)
@@ -153,75 +166,123 @@ def evaluate_erasure(run_dir: str | Path, org: str, options: EvaluationOptions |
     if not erasures:
         raise RunStateError("no model served after an erasure of this organization can be rebuilt from the "
                             "ledger; evaluate an intact run folder")
-    subject = consortium.organization(org)
-    members = [r.text for r in subject.train if "#" not in r.id]  # canary copies are audited by exposure
-    holdout = subject.texts("holdout")
-    split = relearn_split(members, opts.relearn_fraction, seed=run.settings.run.seed)
-    never = consortium.never_inserted[: opts.baseline_canaries]
-    retained = [o.name for o in consortium.organizations if o.name not in subjects]
-    prompts = [t for n in retained for t in consortium.organization(n).texts("holdout")]
-    prompts = (prompts + list(consortium.public))[: opts.fidelity_texts]
-    reference = build(retrains[0])
+    ctx = AuditContext.build(consortium, org, subjects, opts, tokenizer=tok, max_length=max_len)
+    split = relearn_split(ctx.members, opts.relearn_fraction, seed=run.settings.run.seed)
+    delta = float(run.settings.dp.delta)
+    scores: dict[str, tuple[SequenceScores, SequenceScores]] = {}
+    done: dict[str, ModelEvaluation] = {}
+    full_models: dict[str, Any] = {}
 
     def evaluate(name: str, kind: str, model: Any, *, served: str | None, full: bool,
-                 audit: tuple[str, ...] | None = None) -> ModelEvaluation:
-        start = time.perf_counter()
-        texts = list(audit) if audit is not None else members
-        mia = mia_results(score_texts(model, tok, texts, max_length=max_len),
-                          score_texts(model, tok, holdout, max_length=max_len))
-        exposure = exposure_report(model, tok, subject.canaries, never if full else (), consortium.canary_space,
-                                   max_length=max_len, batch_size=opts.exposure_batch_size) \
-            if subject.canaries else None
-        mem = memorization(model, tok, members, max_length=max_len) if full else None
-        utility = utility_report(model, tok, consortium, erased=subjects, max_length=max_len) if full else None
-        kl = mean_next_token_kl(reference, model, tok, prompts, max_length=max_len).mean if full else None
-        return ModelEvaluation(name=name, kind=kind, served_hash=served, mia=mia, exposure=exposure,
-                               memorization=mem, utility=utility, kl_to_retrain=kl,
-                               seconds=time.perf_counter() - start)
+                 audit: tuple[str, ...] | None = None, reference: Any = None, baseline: bool = True) -> None:
+        evaluation, raw = evaluate_model(ctx, name, kind, model, served=served, full=full, audit=audit,
+                                         reference=reference, delta=delta, baseline=baseline)
+        scores[name], done[name] = raw, evaluation
+        if full:
+            full_models[name] = model
 
-    models: list[ModelEvaluation] = []
     clock = time.perf_counter()
-    models.append(evaluate("base", "base", merged_model(base, (), (), scaling), served=None, full=True))
+    # the base never saw any canary: its inserted canaries are a baseline already
+    evaluate("base", "base", merged_model(base, (), (), scaling), served=None, full=True, baseline=False)
+    captured: list[dict[str, Any]] = []
     if before_hash is not None:
-        models.append(evaluate("before", "before", build(history[before_hash]), served=before_hash, full=True))
+        evaluate("before", "before", build(history[before_hash]), served=before_hash, full=True)
+    elif previous:
+        found = load_captured(run.path, str(previous), org)
+        if found is not None:
+            captured.append(dict(found))
+            notes[0] = ("the model served before the erasure was purged with the erased organization's data; its "
+                        "metrics were captured at erasure time, before the purge (no KL to retrain: no reference "
+                        "existed then)")
     erased_models = []
     for e in erasures:
         m = build(history[e["served_hash"]])
         erased_models.append((e["method"], m))
-        models.append(evaluate(f"after:{e['method']}", "after", m, served=e["served_hash"], full=True))
-    models.append(evaluate("retrain", "retrain", reference, served=None, full=True))
+        evaluate(f"after:{e['method']}", "after", m, served=e["served_hash"], full=True)
     timings["models"] = time.perf_counter() - clock
     clock = time.perf_counter()
-    spread = retrain_spread([reference] + [build(r) for r in retrains[1:]], tok, prompts, max_length=max_len) \
-        if len(retrains) > 1 else None
-    timings["retrain_spread"] = time.perf_counter() - clock
-    clock = time.perf_counter()
     spec = lora_spec(run.settings)
-    attacked = [(f"relearn:{n}", m) for n, m in erased_models] + [("relearn:retrain", reference)]
-    for name, m in attacked:
+
+    def attack(name: str, m: Any) -> None:
         hit = relearn(m, base, split.attack, steps=opts.relearn_steps, lr=opts.relearn_lr,
                       batch_size=opts.relearn_batch_size, spec=spec, max_length=max_len, seed=run.settings.run.seed)
-        models.append(evaluate(name, "relearn", hit, served=None, full=False, audit=split.audit))
+        evaluate(name, "relearn", hit, served=None, full=False, audit=split.audit)
+
+    for n, m in erased_models:
+        attack(f"relearn:{n}", m)
     timings["relearn"] = time.perf_counter() - clock
     clock = time.perf_counter()
     for bits in opts.quantize_bits:
         for n, m in erased_models:
-            models.append(evaluate(f"quant{bits}:{n}", "quantized", fake_quantize(m, bits), served=None, full=False))
+            evaluate(f"quant{bits}:{n}", "quantized", fake_quantize(m, bits), served=None, full=False)
     timings["quantize"] = time.perf_counter() - clock
-    retrain_auc = {k: v.auc for k, v in next(m for m in models if m.kind == "retrain").mia.items()}
+    clock = time.perf_counter()
+    retrains = finish_retrains(worker, run, subjects, seeds, consortium, base)
+    timings["retrain_references_wait"] = time.perf_counter() - clock
+    clock = time.perf_counter()
+    reference = build(retrains[0])
+    evaluate("retrain", "retrain", reference, served=None, full=True, reference=reference)
+    for name, m in full_models.items():
+        if done[name].kl_to_retrain is None:
+            kl = mean_next_token_kl(reference, m, tok, list(ctx.prompts), max_length=max_len).mean
+            done[name] = dataclasses.replace(done[name], kl_to_retrain=kl)
+    spread = retrain_spread([reference] + [build(r) for r in retrains[1:]], tok, list(ctx.prompts),
+                            max_length=max_len) if len(retrains) > 1 else None
+    attack("relearn:retrain", reference)
+    timings["retrain_models"] = time.perf_counter() - clock
+    order = ["base", "before"] + [f"after:{n}" for n, _ in erased_models] + ["retrain"] + \
+        [f"relearn:{n}" for n, _ in erased_models] + ["relearn:retrain"] + \
+        [f"quant{b}:{n}" for b in opts.quantize_bits for n, _ in erased_models]
+    models = [done[name] for name in order if name in done]
+    retrain_auc = {k: v.auc for k, v in done["retrain"].mia.items()}
     leaks = {m.name: {k: privleak(v.auc, retrain_auc[k]) for k, v in m.mia.items()}
              for m in models if m.kind in ("before", "after", "base", "retrain", "quantized")}
+    for c in captured:
+        leaks[c["name"]] = {k: privleak(v["auc"], retrain_auc[k]) for k, v in c["mia"].items() if k in retrain_auc}
     erasure_rows = tuple({k: e.get(k) for k in ("method", "guarantee", "served_hash", "previous_served_hash",
                                                 "cost", "full_retrain_cost")} for e in erasures)
+    checks = check_certificates(run.path, erasures, scores)
     return SuiteResult(run=str(run.path), subject=org, subjects=subjects, erasures=erasure_rows,
                        models=tuple(models), spread=spread, privleak=leaks, relearn_split=(len(split.attack),
-                       len(split.audit)), options=opts, timings=timings, notes=tuple(notes))
+                       len(split.audit)), options=opts, timings=timings, notes=tuple(notes),
+                       certificate_checks=tuple(checks), captured=tuple(captured))
 
 
 def summary_for_certificate(result: SuiteResult) -> Mapping[str, Any]:
     """The compact summary of ``result`` written into the erasure's certificate."""
-    return {name: model_summary(m) for name, m in ((m.name, m) for m in result.models)} | {
+    models = [(c["name"], c) for c in result.captured] + [(m.name, m) for m in result.models]
+    return {name: model_summary(m) for name, m in models} | {
         "retrain_spread_kl": None if result.spread is None else result.spread.mean,
         "privleak": result.privleak,
+        "certificate_checks": [{k: c.get(k) for k in ("guarantee", "epsilon_certified", "consistent")}
+                               | {"epsilon_lower_bound": (c.get("lower_bound") or {}).get("epsilon")}
+                               for c in result.certificate_checks],
     }
 
+
+def attach_to_certificates(run_dir: str | Path, erasures: Sequence[Mapping[str, Any]],
+                           summary: Mapping[str, Any]) -> list[tuple[Any, bool]]:
+    """Give each erasure's certificate the evaluation ``summary``, re-issuing it only when that changes it.
+
+    A certificate that already carries exactly this summary (an earlier ``evaluate`` with the same
+    results) is kept: repeated evaluations do not pile up superseding certificates.
+
+    Returns
+    -------
+    list of (Certificate, bool)
+        The current certificate of each certified erasure and whether it was re-issued now.
+    """
+    from fedunlearn.certify.amend import find_certificate, reissue_with_evaluation
+    from fedunlearn.certify.certificate import _jsonable
+
+    wanted = _jsonable(dict(summary))
+    out: list[tuple[Any, bool]] = []
+    for erasure in erasures:
+        cert = find_certificate(run_dir, str(erasure["served_hash"]))
+        if cert is None:
+            continue
+        if cert.body.get("evaluation") == wanted:
+            out.append((cert, False))
+        else:
+            out.append((reissue_with_evaluation(run_dir, cert, summary), True))
+    return out

@@ -21,7 +21,7 @@ from fedunlearn.evaluate.memorization import MemorizationResult
 from fedunlearn.evaluate.mia import MiaResult
 from fedunlearn.evaluate.utility import UtilityReport
 
-__all__ = ["ModelEvaluation", "SuiteResult", "model_summary", "to_jsonable"]
+__all__ = ["ModelEvaluation", "SuiteResult", "model_dict", "model_summary", "to_jsonable"]
 
 _ROC_POINTS = 101
 
@@ -49,6 +49,9 @@ class ModelEvaluation:
     kl_to_retrain : float or None
         Mean next-token KL(retrain seed 0 || model), nats.
     seconds : float
+    epsilon_audit : EpsilonAudit or None
+        ε lower bound from the MIA guesses (full evaluations only), see
+        :mod:`~fedunlearn.evaluate.privacy`.
     """
 
     name: str
@@ -60,6 +63,7 @@ class ModelEvaluation:
     utility: UtilityReport | None
     kl_to_retrain: float | None
     seconds: float
+    epsilon_audit: Any = None
 
 
 @dataclass(frozen=True)
@@ -85,6 +89,12 @@ class SuiteResult:
         Seconds per phase.
     notes : tuple of str
         What could not be evaluated and why (e.g. a model purged with an erased organization).
+    certificate_checks : tuple of dict
+        Each erasure certificate's claimed ε against the lower bound measured on its erased model
+        (``consistent: false`` = refuted), see :func:`~fedunlearn.evaluate.privacy.check_certificates`.
+    captured : tuple of dict
+        Models evaluated at erasure time (the one served before an erasure that purged it), in
+        their JSON form (:mod:`~fedunlearn.evaluate.before`).
     """
 
     run: str
@@ -98,6 +108,8 @@ class SuiteResult:
     options: Any
     timings: Mapping[str, float]
     notes: tuple[str, ...] = ()
+    certificate_checks: tuple[Mapping[str, Any], ...] = ()
+    captured: tuple[Mapping[str, Any], ...] = ()
 
     def model(self, name: str) -> ModelEvaluation:
         """The evaluation of the model called ``name`` (KeyError-free: ConfigError naming the valid ones)."""
@@ -113,12 +125,13 @@ class SuiteResult:
         return to_jsonable({
             "format": "fedunlearn-evaluation/1", "run": self.run, "subject": self.subject,
             "subjects": list(self.subjects), "erasures": list(self.erasures),
-            "models": [_model_dict(m) for m in self.models],
+            "models": [dict(c) for c in self.captured] + [model_dict(m) for m in self.models],
             "retrain_spread": None if self.spread is None else {"mean": self.spread.mean, "max": self.spread.max,
                                                                 "pairwise": self.spread.pairwise},
             "privleak": self.privleak, "relearn_split": {"attack": self.relearn_split[0], "audit": self.relearn_split[1]},
             "options": dataclasses.asdict(self.options), "timings": dict(self.timings),
-            "notes": list(self.notes),
+            "notes": list(self.notes), "certificate_checks": list(self.certificate_checks),
+            "refuted_certificates": [c["certificate"] for c in self.certificate_checks if c.get("consistent") is False],
         })
 
 
@@ -129,7 +142,7 @@ def _thin(values: np.ndarray) -> list[float]:
     return values[idx].tolist()
 
 
-def _model_dict(m: ModelEvaluation) -> dict[str, Any]:
+def model_dict(m: ModelEvaluation) -> dict[str, Any]:
     out: dict[str, Any] = {"name": m.name, "kind": m.kind, "served_hash": m.served_hash, "seconds": m.seconds,
                            "kl_to_retrain": m.kl_to_retrain}
     out["mia"] = {k: {"auc": r.auc, "tpr_at_fpr": r.tpr_at_fpr, "target_fpr": r.target_fpr,
@@ -144,6 +157,8 @@ def _model_dict(m: ModelEvaluation) -> dict[str, Any]:
     if m.memorization is not None:
         out["memorization"] = {"exact_match_rate": m.memorization.exact_match_rate,
                                "mean_rouge_l": m.memorization.mean_rouge_l}
+    if m.epsilon_audit is not None:
+        out["epsilon_lower_bound"] = m.epsilon_audit.to_dict()
     if m.utility is not None:
         u = m.utility
         out["utility"] = {"holdout": {k: {"loss": p.loss, "perplexity": p.perplexity} for k, p in u.holdout.items()},
@@ -153,16 +168,21 @@ def _model_dict(m: ModelEvaluation) -> dict[str, Any]:
     return out
 
 
-def model_summary(m: ModelEvaluation) -> dict[str, Any]:
-    """A few headline numbers of one model (for the certificate)."""
-    out: dict[str, Any] = {"mia_auc": {k: r.auc for k, r in m.mia.items()}}
-    if m.exposure is not None:
-        out["exposure_mean"] = m.exposure.mean_exposure
-        out["exposure_baseline_p95"] = m.exposure.baseline_p95
-    if m.utility is not None:
-        out["mean_holdout_loss"] = m.utility.mean_holdout_loss
-    if m.kl_to_retrain is not None:
-        out["kl_to_retrain"] = m.kl_to_retrain
+def model_summary(m: ModelEvaluation | Mapping[str, Any]) -> dict[str, Any]:
+    """A few headline numbers of one model (for the certificate), from an evaluation or its JSON form."""
+    d = m if isinstance(m, Mapping) else model_dict(m)
+    out: dict[str, Any] = {"mia_auc": {k: r["auc"] for k, r in d["mia"].items()}}
+    if d.get("exposure"):
+        out["exposure_mean"] = d["exposure"]["mean"]
+        out["exposure_baseline_p95"] = d["exposure"]["baseline_p95"]
+    if d.get("utility"):
+        out["mean_holdout_loss"] = d["utility"]["mean_holdout_loss"]
+    if d.get("kl_to_retrain") is not None:
+        out["kl_to_retrain"] = d["kl_to_retrain"]
+    if d.get("epsilon_lower_bound"):
+        out["epsilon_lower_bound"] = d["epsilon_lower_bound"]["epsilon"]
+    if d.get("captured_at_erasure"):
+        out["captured_at_erasure"] = True
     return to_jsonable(out)
 
 

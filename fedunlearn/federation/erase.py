@@ -72,6 +72,10 @@ def erase_workflow(grid: Grid | None, run: RunFolder, request: EraseRequest, rep
     """Erase ``request.subjects`` from ``run`` with the requested method, retraining over ``grid``."""
     unlearner = get_unlearner(request.method)
     with Ledger.open(run.path) as ledger:
+        if unlearner.level != "record":  # the served model may be purged below: audit it first
+            from fedunlearn.evaluate.before import capture_before
+
+            capture_before(run.path, request.subjects, ledger=ledger)
         federation = Federation(run=run, ledger=ledger, grid=grid, reporter=reporter or LogReporter())
         return unlearner.unlearn(request, federation)
 

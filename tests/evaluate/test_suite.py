@@ -49,11 +49,36 @@ def test_every_model_is_evaluated(result):
     names = [m.name for m in result.models]
     # the model served before the sisa erasure depended on org-1 and was purged with its data
     assert names == ["base", "after:sisa", "retrain", "relearn:sisa", "relearn:retrain", "quant4:sisa"]
-    assert any("purged" in note for note in result.notes)
+    assert any("purged" in note and "captured at erasure time" in note for note in result.notes)
     assert result.spread is not None and result.spread.pairwise.shape == (2, 2)
     for m in result.models:
         assert set(m.mia) == {"loss", "zlib", "min_k", "min_k_plus_plus"}
         assert m.exposure is not None and len(m.exposure.inserted) == 1
+
+
+def test_before_was_captured_at_erasure_and_is_reported(erased_run, result):
+    """The pre-erasure model was purged by sisa; erase() captured its metrics first (no record text kept)."""
+    [before] = result.captured
+    assert before["name"] == "before" and before["captured_at_erasure"]
+    assert set(before["mia"]) == {"loss", "zlib", "min_k", "min_k_plus_plus"} and before["utility"]
+    assert before["kl_to_retrain"] is None and "before" in result.privleak
+    stored = next((erased_run / "evaluation" / "before").glob("*.json")).read_text()
+    from fedunlearn.evaluate.runmodels import run_consortium
+    from fedunlearn.runs import RunFolder
+
+    texts = [r.text for r in run_consortium(RunFolder.open(erased_run)).organization("org-1").train]
+    assert not any(t in stored for t in texts)
+    doc = result.to_dict()
+    assert doc["models"][0]["name"] == "before" and doc["models"][0]["epsilon_lower_bound"]["epsilon"] >= 0
+
+
+def test_epsilon_lower_bound_in_every_full_evaluation(result):
+    for name in ("base", "after:sisa", "retrain"):
+        bound = result.model(name).epsilon_audit
+        assert bound is not None and bound.epsilon >= 0 and bound.confidence == 0.95
+    assert result.model("relearn:sisa").epsilon_audit is None
+    assert result.certificate_checks == ()  # erase() alone issues no certificate
+    assert result.to_dict()["refuted_certificates"] == []
 
 
 def test_sisa_equals_retrain_seed0(result):
@@ -69,22 +94,28 @@ def test_full_metrics_on_main_models(result):
         m = result.model(name)
         assert m.utility is not None and "org-1" not in m.utility.holdout
         assert m.memorization is not None
-        assert len(m.exposure.baseline) == 2
+        assert len(m.exposure.baseline) == (0 if name == "base" else 2)  # the base saw no canary at all
     assert result.model("relearn:sisa").mia["loss"].num_members == result.relearn_split[1]
 
 
 def test_json_round_trip(result):
     doc = json.loads(json.dumps(result.to_dict(), allow_nan=False))
-    assert doc["subject"] == "org-1" and len(doc["models"]) == 6 and doc["notes"]
+    assert doc["subject"] == "org-1" and len(doc["models"]) == 7 and doc["notes"]
     assert len(doc["models"][0]["mia"]["loss"]["roc"]["fpr"]) <= 101
     assert doc["erasures"][0]["method"] == "sisa"
 
 
 def test_retrains_are_cached(erased_run, result):
+    from fedunlearn.evaluate.runmodels import start_retrains
+    from fedunlearn.runs import RunFolder
+
+    run = RunFolder.open(erased_run)
+    seeds = [run.settings.run.seed, run.settings.run.seed + 1]
+    assert start_retrains(run, ("org-1",), seeds) is None  # every reference is cached: no second process
     again = evaluate_erasure(erased_run, "org-1", EvaluationOptions(retrain_seeds=2, baseline_canaries=0,
                                                                     relearn_steps=1, quantize_bits=()))
-    assert again.timings["retrain_references"] < result.timings["retrain_references"]
     assert again.model("retrain").mia["loss"].auc == result.model("retrain").mia["loss"].auc
+    assert again.model("after:sisa").kl_to_retrain == pytest.approx(0.0, abs=1e-6)
 
 
 def test_bad_requests_name_the_fix(erased_run, tmp_path):

@@ -1,0 +1,114 @@
+"""Capture the metrics of the model served before an erasure, before the erasure purges it.
+
+An exact erasure purges every aggregate whose lineage holds the subject (store privacy): the model
+served before it cannot be rebuilt afterwards, so ``fedunlearn evaluate`` could not compare
+"before" with "after". The erasure engine calls :func:`capture_before` first, while that model is
+intact; it evaluates it like every other model of the suite (MIAs, canary exposure against the
+never-inserted baseline, memorization, utility and the ε lower bound; no KL to retrain, since no
+retrain exists yet) and writes the result to ``RUN_DIR/evaluation/before/<served hash>.json``.
+
+What is stored is aggregate metrics only: AUCs, thinned ROC curves, exposures and ranks of canary
+ids, losses. No record text, no secret, no weight, so nothing of the subject's data survives in it
+(the organization is named, as it already is in ``erasures.jsonl``). ``evaluate`` reads it back with
+:func:`load_captured` when the model itself is gone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from fedunlearn.errors import DataError
+
+__all__ = ["CAPTURE_FORMAT", "capture_before", "captured_path", "load_captured"]
+
+CAPTURE_FORMAT = "fedunlearn-before/1"
+
+
+def captured_path(run_dir: str | Path, served_hash: str) -> Path:
+    """Where the metrics captured for the served model ``served_hash`` are kept."""
+    return Path(run_dir) / "evaluation" / "before" / f"{served_hash}.json"
+
+
+def capture_before(run_dir: str | Path, subjects: Sequence[str], *, ledger: Any = None,
+                   options: Any = None) -> Path | None:
+    """Evaluate the model served now for each of ``subjects``; write it before an erasure purges it.
+
+    Called by the erasure engine before it changes anything. Idempotent (an existing capture of the
+    same served model is kept) and silent where there is nothing to capture: no served model, a
+    served model already purged (a resumed erasure), or a run without a synthetic consortium
+    (organizations' own data cannot be audited here).
+
+    Parameters
+    ----------
+    run_dir : path
+    subjects : sequence of str
+        The organizations about to be erased.
+    ledger : Ledger, optional
+        The open ledger of the run (opened here if omitted).
+    options : EvaluationOptions, optional
+        Baseline canaries, fidelity texts and exposure batch size (defaults otherwise).
+
+    Returns
+    -------
+    Path or None
+        The capture file, or None when nothing was captured.
+    """
+    from fedunlearn.evaluate.onemodel import AuditContext, evaluate_model
+    from fedunlearn.evaluate.runmodels import load_base, merged_model, run_consortium, served_history
+    from fedunlearn.evaluate.suite import EvaluationOptions
+    from fedunlearn.evaluate.summary import model_dict, to_jsonable
+    from fedunlearn.ledger import Ledger
+    from fedunlearn.runs import RunFolder
+    from fedunlearn.training.client import lora_spec
+
+    run = RunFolder.open(Path(run_dir))
+    if ledger is None:
+        with Ledger.open(run.path) as opened:
+            return capture_before(run_dir, subjects, ledger=opened, options=options)
+    current = ledger.served()
+    if current is None:
+        return None
+    served_hash = current["served_hash"]
+    path = captured_path(run.path, served_hash)
+    if path.is_file():
+        return path
+    state = served_history(ledger).get(served_hash)
+    if state is None:
+        return None
+    try:
+        consortium = run_consortium(run)
+    except DataError:
+        return None
+    opts = options or EvaluationOptions()
+    base = load_base(run)
+    model = merged_model(base, state.states, state.weights, lora_spec(run.settings).scaling)
+    evaluated: dict[str, Any] = {}
+    for org in subjects:
+        ctx = AuditContext.build(consortium, org, subjects, opts, tokenizer=base.tokenizer,
+                                 max_length=run.settings.data.max_length)
+        evaluation, _ = evaluate_model(ctx, "before", "before", model, served=served_hash, full=True,
+                                       delta=float(run.settings.dp.delta))
+        evaluated[org] = model_dict(evaluation) | {"captured_at_erasure": True}
+    doc = to_jsonable({"format": CAPTURE_FORMAT, "served_hash": served_hash, "subjects": list(subjects),
+                       "evaluations": evaluated})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(doc, indent=1, allow_nan=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def load_captured(run_dir: str | Path, served_hash: str, org: str) -> Mapping[str, Any] | None:
+    """The JSON form of the "before" model of ``org`` captured for ``served_hash`` (None if none)."""
+    path = captured_path(run_dir, served_hash)
+    if not path.is_file():
+        return None
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    if doc.get("format") != CAPTURE_FORMAT or doc.get("served_hash") != served_hash:
+        raise DataError(f"{path} is not a capture of served model {served_hash} in format {CAPTURE_FORMAT}; "
+                        "delete it (the pre-erasure model is then reported as unavailable)")
+    return doc.get("evaluations", {}).get(org)

@@ -1,0 +1,154 @@
+"""The empirical privacy audit of an evaluated erasure: ε lower bounds checked against certificates.
+
+Every evaluated model gets an ε lower bound from the membership guesses of the MIAs on the
+subject's records (members: its training records; non-members: its holdout, drawn from the same
+distribution): Clopper-Pearson (Jagielski et al. 2020, :mod:`~fedunlearn.evaluate.lower_bound`),
+threshold chosen on half of the records and counted on the other half. Each of the membership
+scores (loss, zlib, Min-K%, Min-K%++) gives a bound at confidence ``1 − (1 − c)/k`` and the largest
+is kept: by the union bound the reported ε holds with confidence ``c`` (no score is picked after
+looking at the counted half).
+
+A certificate makes a claim about the model its erasure produced:
+
+* ``exact`` — the model does not depend on the subject at all: ε = 0, δ = 0.
+* ``certified`` — (ε, δ) from the accountant.
+* ``empirical`` — no ε is claimed; nothing to refute.
+
+:func:`check_certificates` audits the erased model at the certificate's δ and flags the
+certificate when its ε is below the measured lower bound (``consistent: false``, REFUTED).
+Caveat stated in every result: the trials are the subject's records in one training run, treated
+as independent membership trials; a certificate protects the organization, which implies the
+same bound for each of its records (one record's change is a change of the organization's data).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fedunlearn.evaluate._common import check_fraction
+from fedunlearn.evaluate.lower_bound import (
+    ClopperPearsonBound,
+    check_certificate,
+    epsilon_lower_bound_from_scores,
+)
+from fedunlearn.evaluate.scores import SCORE_NAMES, SequenceScores
+
+__all__ = ["EpsilonAudit", "audit_membership", "certificate_claim", "check_certificates"]
+
+TRIALS_NOTE = ("trials are the subject's training records against its holdout in one run, treated as "
+               "independent membership trials")
+
+
+@dataclass(frozen=True)
+class EpsilonAudit:
+    """The ε lower bound of one model from membership guesses on the subject's records.
+
+    Attributes
+    ----------
+    bound : ClopperPearsonBound
+        The largest bound over the scores (its ``confidence`` is per score, Bonferroni-corrected).
+    score : str
+        The membership score that gave it.
+    confidence : float
+        Overall confidence of ``bound.epsilon`` being <= the true ε (union bound over the scores).
+    """
+
+    bound: ClopperPearsonBound
+    score: str
+    confidence: float
+
+    @property
+    def epsilon(self) -> float:
+        return self.bound.epsilon
+
+    def to_dict(self) -> dict[str, Any]:
+        b = self.bound
+        return {"epsilon": b.epsilon, "delta": b.delta, "confidence": self.confidence, "score": self.score,
+                "method": "clopper-pearson", "false_positives": b.false_positives, "negatives": b.negatives,
+                "false_negatives": b.false_negatives, "positives": b.positives, "threshold": b.threshold,
+                "note": TRIALS_NOTE}
+
+
+def audit_membership(members: SequenceScores, nonmembers: SequenceScores, *, delta: float = 0.0,
+                     confidence: float = 0.95, scores: Sequence[str] = SCORE_NAMES) -> EpsilonAudit:
+    """ε lower bound (Clopper-Pearson, best of ``scores`` with a union bound) from one model's scores.
+
+    Parameters
+    ----------
+    members, nonmembers : SequenceScores
+        Scores of the subject's training records and of its holdout under the audited model
+        (at least 4 of each: half chooses the threshold, half is counted).
+    delta : float, default 0
+        The δ of the claim audited.
+    confidence : float, default 0.95
+
+    Returns
+    -------
+    EpsilonAudit
+    """
+    level = check_fraction("confidence", confidence, hint="use e.g. 0.95")
+    per_score = 1.0 - (1.0 - level) / max(len(scores), 1)
+    best: tuple[ClopperPearsonBound, str] | None = None
+    for name in scores:
+        bound = epsilon_lower_bound_from_scores(members.membership(name), nonmembers.membership(name),
+                                                delta=delta, confidence=per_score)
+        if best is None or bound.epsilon > best[0].epsilon:
+            best = (bound, name)
+    assert best is not None
+    return EpsilonAudit(bound=best[0], score=best[1], confidence=level)
+
+
+def certificate_claim(body: Mapping[str, Any]) -> tuple[float, float] | None:
+    """The (ε, δ) a certificate body claims for its erased model; None when it claims none."""
+    guarantee = body.get("guarantee") or {}
+    kind = guarantee.get("kind")
+    if kind == "exact":
+        return 0.0, 0.0
+    if kind == "certified" and guarantee.get("epsilon") is not None:
+        return float(guarantee["epsilon"]), float(guarantee.get("delta") or 0.0)
+    return None
+
+
+def check_certificates(run_dir: str | Path, erasures: Sequence[Mapping[str, Any]],
+                       scores: Mapping[str, tuple[SequenceScores, SequenceScores]], *,
+                       confidence: float = 0.95) -> list[dict[str, Any]]:
+    """Check the certificate of every erasure against the lower bound measured on its erased model.
+
+    Parameters
+    ----------
+    run_dir : path
+    erasures : sequence of mapping
+        Rows of ``erasures.jsonl`` (``method``, ``served_hash``).
+    scores : mapping
+        ``after:<method>`` model name -> (member scores, holdout scores).
+
+    Returns
+    -------
+    list of dict
+        One per certificate found: its file and digest, the claim, the bound at the claim's δ,
+        ``consistent`` (False = the certificate is refuted) and a one-sentence ``message``.
+    """
+    from fedunlearn.certify.amend import find_certificate
+
+    out: list[dict[str, Any]] = []
+    for erasure in erasures:
+        name = f"after:{erasure['method']}"
+        cert = find_certificate(run_dir, str(erasure["served_hash"]))
+        if cert is None or name not in scores:
+            continue
+        claim = certificate_claim(cert.body)
+        row: dict[str, Any] = {"certificate": cert.path.name if cert.path else None, "digest": cert.digest,
+                               "model": name, "guarantee": (cert.body.get("guarantee") or {}).get("kind")}
+        if claim is None:
+            row.update(consistent=None, message="the certificate claims no ε (empirical guarantee); nothing to check")
+        else:
+            eps, delta = claim
+            audit = audit_membership(*scores[name], delta=delta, confidence=confidence)
+            check = check_certificate(eps, audit.bound)
+            row.update(epsilon_certified=eps, delta=delta, lower_bound=audit.to_dict(),
+                       consistent=check.consistent, message=check.message)
+        out.append(row)
+    return out
