@@ -20,8 +20,9 @@ Isolation ``"warm"`` starts the SuperLink and every SuperNode with ``--isolation
 that its imports overlap the SuperLink's start) that imports torch, transformers and peft once and
 forks the SuperExec of each of them: ServerApp runs and ClientApp messages then fork a process that
 has everything imported already.
-Every process polls for tasks every ``FLWR_SUPEREXEC_TASK_POLL_INTERVAL`` seconds (Flower's own
-setting; 0.2 here unless set, Flower's default is 1.0).
+SuperNodes' executors poll for tasks every ``FLWR_SUPEREXEC_TASK_POLL_INTERVAL`` seconds (Flower's
+own setting; 0.5 here unless set, Flower's default is 1.0): every poll is an HTTP request that
+costs the polled process CPU, so shorter intervals slow a loaded machine down.
 """
 
 from __future__ import annotations
@@ -49,7 +50,8 @@ __all__ = ["CONNECTION", "LocalDeployment", "free_port", "run_config_arg", "serv
 CONNECTION = "fedunlearn-deploy"
 HOST = "127.0.0.1"
 ISOLATIONS = ("subprocess", "warm")
-POLL_INTERVAL = "0.2"
+POLL_INTERVAL = "0.5"
+SUPERLINK_POLL = 1.0  # ServerApp tasks: one per run, so Flower's default costs 0.5 s per run on average
 _STATE = "deployment.json"
 
 
@@ -225,7 +227,7 @@ class LocalDeployment:
         proc = self._start("superlink", cmd)
         if self.isolation == "warm":  # its SuperExec polls the SuperLink until it is up
             self._warm_source("superlink", f"{HOST}:{self.port}", str(self.server.ca) if self.secure else None,
-                              proc.pid)
+                              proc.pid, poll=SUPERLINK_POLL)
         deadline = time.monotonic() + timeout
         while not _port_open(self.port):
             if proc.poll() is not None or time.monotonic() > deadline:
@@ -246,11 +248,12 @@ class LocalDeployment:
         shutil.rmtree(self.warm_sources, ignore_errors=True)
         return self._start("warm", [sys.executable, "-m", "fedunlearn.deploy.warm", "--sources", str(self.warm_sources)])
 
-    def _warm_source(self, name: str, address: str, root_certificates: str | None, parent: int) -> None:
+    def _warm_source(self, name: str, address: str, root_certificates: str | None, parent: int,
+                     poll: float | None = None) -> None:
         from fedunlearn.deploy.warm import add_source
 
         self.start_warm()
-        add_source(self.warm_sources, name, address, parent_pid=parent, root_certificates=root_certificates)
+        add_source(self.warm_sources, name, address, parent_pid=parent, root_certificates=root_certificates, poll=poll)
 
     def flwr(self, *args: str, timeout: float = 120.0) -> subprocess.CompletedProcess:
         """Run Flower's CLI (``flwr ...``) against this deployment; bounded by ``timeout``."""

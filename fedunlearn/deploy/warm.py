@@ -28,7 +28,8 @@ subprocess`` (which needs nothing of this) or to update this module.
 One machine that runs several Flower processes (``fedunlearn deploy up``: the SuperLink and every
 SuperNode) needs the import only once: ``--sources DIR`` pre-loads, then forks one SuperExec loop
 per *source file* that appears in ``DIR`` (``NAME.json``: ``{"address": ..., "parent_pid": ...,
-"root_certificates": path or null}``; each loop writes its PID to ``NAME.pid``), and exits when
+"root_certificates": path or null, "poll": seconds or null}``; each loop writes its PID to
+``NAME.pid``), and exits when
 every loop has ended (each ends with its SuperLink/SuperNode, Flower's parent-PID monitor).
 
 ``FLWR_SUPEREXEC_TASK_POLL_INTERVAL`` (seconds, Flower's default 1.0) sets how often it asks
@@ -229,12 +230,14 @@ def run_loop(address: str, *, root_certificates: str | None, parent_pid: int | N
                             runtime_dependency_install=False)
 
 
-def add_source(folder: Path, name: str, address: str, *, parent_pid: int, root_certificates: str | None) -> Path:
-    """Ask the ``--sources`` process watching ``folder`` to serve the Runtime API at ``address``."""
+def add_source(folder: Path, name: str, address: str, *, parent_pid: int, root_certificates: str | None,
+               poll: float | None = None) -> Path:
+    """Ask the ``--sources`` process watching ``folder`` to serve the Runtime API at ``address``
+    (polling it for tasks every ``poll`` seconds; default: ``FLWR_SUPEREXEC_TASK_POLL_INTERVAL``)."""
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / f".{name}.json.tmp"
-    tmp.write_text(json.dumps({"address": address, "parent_pid": parent_pid, "root_certificates": root_certificates}),
-                   encoding="utf-8")
+    tmp.write_text(json.dumps({"address": address, "parent_pid": parent_pid, "root_certificates": root_certificates,
+                               "poll": poll}), encoding="utf-8")
     return tmp.replace(folder / f"{name}.json")  # atomic: the watcher never reads half a file
 
 
@@ -255,6 +258,8 @@ def serve_sources(folder: Path, *, first_within: float = 600.0) -> None:
                 code = 1
                 try:
                     (folder / f"{path.stem}.pid").write_text(str(os.getpid()), encoding="utf-8")
+                    if source.get("poll"):
+                        os.environ["FLWR_SUPEREXEC_TASK_POLL_INTERVAL"] = str(source["poll"])
                     run_loop(source["address"], root_certificates=source.get("root_certificates"),
                              parent_pid=source.get("parent_pid"))
                     code = 0

@@ -18,8 +18,9 @@ from fedunlearn.federation import protocol
 
 __all__ = ["discover", "exchange", "exchange_partial", "send_and_receive"]
 
-PULL_INTERVAL = 0.2
-"""Seconds between reply pulls from a SuperLink (Flower's ``HttpGrid.send_and_receive`` sleeps 3 s)."""
+PULL_INTERVAL = 0.5
+"""Seconds between reply pulls from a SuperLink (Flower's ``HttpGrid.send_and_receive`` sleeps 3 s;
+each pull is an HTTPS request that costs the SuperLink CPU)."""
 
 
 def send_and_receive(grid: Grid, msgs: list[Message], *, timeout: float) -> list[Message]:
