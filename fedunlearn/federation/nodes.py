@@ -82,8 +82,15 @@ def discover(grid: Grid, expected: Sequence[str], *, timeout: float, poll: float
         missing = [n for n in expected if n not in found]
         if not missing:
             return found
+        detail = "; ".join(f"node {n}: {r}" for n, r in refused.items())
+        if refused and len(found) + len(refused) >= len(expected):
+            # Every node that could still be a missing organization has refused: waiting out the
+            # timeout would only delay the node's own error (e.g. a malformed data file).
+            raise FederationError(
+                f"organizations {missing} did not identify: nodes refused ({detail}); "
+                "fix the node's error and restart its SuperNode"
+            )
         if time.monotonic() > deadline:
-            detail = "; ".join(f"node {n}: {r}" for n, r in refused.items())
             raise NodesMissingError(
                 f"organizations {missing} did not connect within {timeout:.0f} s (found {sorted(found)})"
                 + (f"; nodes that refused to identify: {detail}" if detail else "")

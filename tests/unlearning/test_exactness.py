@@ -9,7 +9,6 @@ rounds with the subject left out of every member list), and the served model mus
 from __future__ import annotations
 
 import sqlite3
-import time
 
 import pytest
 import torch
@@ -108,10 +107,8 @@ def test_several_subjects_at_once(run_factory, tiny_model_dir, tmp_path):
 def test_one_shard_per_organization_drops_the_adapter_without_training(run_factory, tmp_path):
     run = copy_run(run_factory("s-eq-n", shards=3), tmp_path / "run")
     never = run_factory("s-eq-n-without-1", without=("org-1",), shards=3)
-    start = time.perf_counter()
-    result = erase(run, EraseRequest(("org-1",), method="drop"))  # no grid: nothing is trained
-    seconds = time.perf_counter() - start
-    assert seconds < 1.0, seconds
+    # no grid: nothing can be trained (its wall time is in benchmarks/results/sisa.md, not asserted here)
+    result = erase(run, EraseRequest(("org-1",), method="drop"))
     assert result.served_hash == _served_hash(never)
     assert result.cost.client_steps == 0 and result.cost.rounds == 0 and result.organizations == ()
     assert result.recomputed == {1: ()}
