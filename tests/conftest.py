@@ -10,6 +10,7 @@ import pytest
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("FEDUNLEARN_CAPTURE_BEFORE", "0")  # erasures skip the pre-erasure audit (tests/evaluate turn it on)
 
 # A model far smaller than the embedded default, so that every test takes seconds. It is built by
 # the same code path as the default (tokenizer training, config, pre-training, save_pretrained).

@@ -3,9 +3,11 @@
 An exact erasure purges every aggregate whose lineage holds the subject (store privacy): the model
 served before it cannot be rebuilt afterwards, so ``fedunlearn evaluate`` could not compare
 "before" with "after". The erasure engine calls :func:`capture_before` first, while that model is
-intact; it evaluates it like every other model of the suite (MIAs, canary exposure against the
-never-inserted baseline, memorization, utility and the ε lower bound; no KL to retrain, since no
-retrain exists yet) and writes the result to ``RUN_DIR/evaluation/before/<served hash>.json``.
+intact; it evaluates it like the other fully evaluated models of the suite (MIAs, exposure of the
+subject's canaries, memorization, utility and the ε lower bound; no never-inserted baseline
+canaries, to keep the erasure short, and no KL to retrain, since no retrain exists yet) and writes
+the result to ``RUN_DIR/evaluation/before/<served hash>.json``. ``FEDUNLEARN_CAPTURE_BEFORE=0``
+in the environment turns the capture off (the test suite does, except where it tests it).
 
 What is stored is aggregate metrics only: AUCs, thinned ROC curves, exposures and ranks of canary
 ids, losses. No record text, no secret, no weight, so nothing of the subject's data survives in it
@@ -23,9 +25,11 @@ from typing import Any
 
 from fedunlearn.errors import DataError
 
-__all__ = ["CAPTURE_FORMAT", "capture_before", "captured_path", "load_captured"]
+__all__ = ["CAPTURE_FORMAT", "CAPTURE_SWITCH", "capture_before", "captured_path", "load_captured"]
 
 CAPTURE_FORMAT = "fedunlearn-before/1"
+#: Environment variable; "0" turns :func:`capture_before` off.
+CAPTURE_SWITCH = "FEDUNLEARN_CAPTURE_BEFORE"
 
 
 def captured_path(run_dir: str | Path, served_hash: str) -> Path:
@@ -65,6 +69,8 @@ def capture_before(run_dir: str | Path, subjects: Sequence[str], *, ledger: Any 
     from fedunlearn.runs import RunFolder
     from fedunlearn.training.client import lora_spec
 
+    if os.environ.get(CAPTURE_SWITCH, "1") == "0":
+        return None
     run = RunFolder.open(Path(run_dir))
     if ledger is None:
         with Ledger.open(run.path) as opened:
@@ -91,7 +97,7 @@ def capture_before(run_dir: str | Path, subjects: Sequence[str], *, ledger: Any 
         ctx = AuditContext.build(consortium, org, subjects, opts, tokenizer=base.tokenizer,
                                  max_length=run.settings.data.max_length)
         evaluation, _ = evaluate_model(ctx, "before", "before", model, served=served_hash, full=True,
-                                       delta=float(run.settings.dp.delta))
+                                       delta=float(run.settings.dp.delta), baseline=False)
         evaluated[org] = model_dict(evaluation) | {"captured_at_erasure": True}
     doc = to_jsonable({"format": CAPTURE_FORMAT, "served_hash": served_hash, "subjects": list(subjects),
                        "evaluations": evaluated})

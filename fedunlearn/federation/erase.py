@@ -75,7 +75,7 @@ def erase_workflow(grid: Grid | None, run: RunFolder, request: EraseRequest, rep
         if unlearner.level != "record":  # the served model may be purged below: audit it first
             from fedunlearn.evaluate.before import capture_before
 
-            capture_before(run.path, request.subjects, ledger=ledger)
+            capture_before(run.path, request.subjects, ledger=ledger)  # FedUnlearnError: erasure not started
         federation = Federation(run=run, ledger=ledger, grid=grid, reporter=reporter or LogReporter())
         return unlearner.unlearn(request, federation)
 

@@ -36,7 +36,9 @@ def erased_run(tiny_model_dir, tmp_path_factory):
     )
     grid = LocalGrid(make_app(), 3, run_config=settings_to_flat(settings))
     train_workflow(grid, settings)
-    erase(run_dir, EraseRequest(("org-1",), method="sisa"), grid=grid)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("FEDUNLEARN_CAPTURE_BEFORE", "1")  # tests/conftest.py turns it off elsewhere
+        erase(run_dir, EraseRequest(("org-1",), method="sisa"), grid=grid)
     return run_dir
 
 
@@ -62,6 +64,7 @@ def test_before_was_captured_at_erasure_and_is_reported(erased_run, result):
     assert before["name"] == "before" and before["captured_at_erasure"]
     assert set(before["mia"]) == {"loss", "zlib", "min_k", "min_k_plus_plus"} and before["utility"]
     assert before["kl_to_retrain"] is None and "before" in result.privleak
+    assert before["exposure"]["baseline"] == [] and len(before["exposure"]["inserted"]) == 1
     stored = next((erased_run / "evaluation" / "before").glob("*.json")).read_text()
     from fedunlearn.evaluate.runmodels import run_consortium
     from fedunlearn.runs import RunFolder
