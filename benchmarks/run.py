@@ -102,7 +102,7 @@ def render_scale(doc: dict, plots: dict) -> str:
     rows = []
     for p in doc["points"]:
         c = p.get("compaction") or {}
-        rows.append([p["orgs"], p["fraction"], p["shards"], p["rounds"], _f(p["trained_per_round"], ".1f"),
+        rows.append([p.get("grid", doc["grid"]), p["orgs"], p["fraction"], p["shards"], p["rounds"], _f(p["trained_per_round"], ".1f"),
                      _f(p["round_wall_mean_s"], ".1f"), _f(p["total_s"], ".0f"),
                      _f(p["server_rss_start_mb"], ".0f"), _f(p["server_rss_peak_mb"], ".0f"),
                      _f(p["actors_rss_peak_mb"], ".0f"), _f(p["ledger_bytes"] / 2**20, ".2f"),
@@ -111,7 +111,8 @@ def render_scale(doc: dict, plots: dict) -> str:
                      "yes" if p.get("verify_before") and p.get("verify_after") else "NO",
                      "/".join(f"{x:.1f}" for x in p["load_average_start"])])
     fewest = min((q["rounds"] for q in doc["points"]), default=0)
-    same = [p for p in doc["points"] if p["shards"] == 1 and p["rounds"] == fewest]
+    same = [p for p in doc["points"] if p["shards"] == 1 and p["rounds"] == fewest
+            and p.get("grid", doc["grid"]) == doc["points"][0].get("grid", doc["grid"])]
     same.sort(key=lambda p: p["orgs"])
     labels = [f"{p['orgs']} (f={p['fraction']})" for p in same]
     charts = [
@@ -124,19 +125,22 @@ def render_scale(doc: dict, plots: dict) -> str:
     growth = []
     for p in sorted(doc["points"], key=lambda p: (p["shards"], p["rounds"], p["orgs"])):
         extra = p["server_rss_peak_mb"] - p["server_rss_start_mb"]
-        growth.append(f"{p['orgs']} orgs (f={p['fraction']}, S={p['shards']}, {p['rounds']} rounds): server RSS "
+        growth.append(f"{p['orgs']} orgs ({p.get('grid', doc['grid'])}, f={p['fraction']}, S={p['shards']}, "
+                      f"{p['rounds']} rounds): server RSS peak {p['server_rss_peak_mb']:.0f} MB, "
                       f"+{extra:.0f} MB over start ({extra / p['orgs']:.2f} MB/org), ledger "
                       f"{p['ledger_bytes'] / max(p['updates'], 1) / 1024:.1f} KiB per stored update")
     return "\n".join([
         "## Scale", "",
-        f"Federation: {'Flower simulation engine (Ray), one process per point' if doc['grid'] == 'ray' else 'in-process grid'}. "
+        "Grid: `ray` = Flower's simulation engine, one fresh process per point; `local` = the in-process grid "
+        "(real ClientApp and Messages, no Ray; the points share one process, so RSS start includes the earlier "
+        "points and the process also holds the clients). "
         "Each organization: 16 records, 8 held out, 1 local epoch; f = share of a shard's members sampled "
         "per round (`topology.sample-fraction`), so about N·f organizations train and evaluate each round. "
         "Round wall time: mean of the seconds between round commits, round 1 left out (it includes "
         "start-up). Server RSS: the process running the ServerApp, ledger, audit log and Flower's driver "
         "(start = before the simulation, after imports). Compacted: ledger after `fedunlearn ledger compact` "
         "(default policy: client updates dropped); verify = `fedunlearn verify` passes before and after.", "",
-        _table(["orgs", "f", "S", "rounds", "trained/round", "s/round", "total s", "RSS start MB", "RSS peak MB",
+        _table(["grid", "orgs", "f", "S", "rounds", "trained/round", "s/round", "total s", "RSS start MB", "RSS peak MB",
                 "actors MB", "ledger MB", "MB/round", "compacted MB", "verify", "load avg"], rows), "",
         "How it grows: " + "; ".join(growth) + ".", "",
         " ".join(_plot(plots, f"scale_{i}", c) for i, c in enumerate(charts))]
@@ -156,10 +160,10 @@ def render(doc: dict, plots: dict[str, str]) -> str:
         + (f" ({m['gpu']})" if m.get("gpu") else "") + f", model {m['model']}; Python {m['python']}, torch {m['torch']}, "
         f"transformers {m['transformers']}, peft {m['peft']}, flwr {m['flwr']}. Load average at start "
         f"{m['load_average_at_start']}, at end {m.get('load_average_at_end')} (a shared machine: other jobs ran too; "
-        "wall times are upper bounds)." + (f" **Quick mode** (smoke-test sizes, not the real suite) in: {', '.join(quick)}."
+        "wall times are upper bounds; each section states its own load average)." + (f" **Quick mode** (smoke-test sizes, not the real suite) in: {', '.join(quick)}."
                                    if quick else ""),
         "", "Reproduce: `fedunlearn bench` (or `.venv/bin/python benchmarks/run.py`); sections with `--only`.", ""]
-    body = [RENDER[name](sec, plots) + f"\n\n_Section time: {sec['section_seconds']:.0f} s, run {sec.get('when', '?')}, "
+    body = [RENDER[name](sec, plots) + f"\n\n_Section time: {sec['section_seconds']:.0f} s, finished {sec.get('when', '?')}, "
             f"load average {sec.get('load_average_start')} → {sec.get('load_average_end')}._\n"
             for name, sec in sorted(doc["sections"].items(), key=lambda kv: SECTIONS.index(kv[0]))]
     return "\n".join(head + body)
