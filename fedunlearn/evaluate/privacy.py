@@ -148,7 +148,12 @@ def check_certificates(run_dir: str | Path, erasures: Sequence[Mapping[str, Any]
             eps, delta = claim
             audit = audit_membership(*scores[name], delta=delta, confidence=confidence)
             check = check_certificate(eps, audit.bound)
+            claim_text = f"{row['guarantee']} certificate claims ε = {eps:.4g} (δ = {delta:g})"
+            measured = (f"measured ε ≥ {audit.epsilon:.4g} on {name} ({100 * audit.confidence:g}% confidence, "
+                        f"best of {len(SCORE_NAMES)} MIA scores, {audit.score})")
+            message = (f"{claim_text}, consistent with the {measured}" if check.consistent else
+                       f"{claim_text}: REFUTED by the {measured}; the certificate overstates the guarantee")
             row.update(epsilon_certified=eps, delta=delta, lower_bound=audit.to_dict(),
-                       consistent=check.consistent, message=check.message)
+                       consistent=check.consistent, message=message)
         out.append(row)
     return out
