@@ -71,13 +71,30 @@ def prepare_erasure(run_dir: Path, request: EraseRequest) -> bool:
 def erase_workflow(grid: Grid | None, run: RunFolder, request: EraseRequest, reporter: Reporter | None = None) -> UnlearnResult:
     """Erase ``request.subjects`` from ``run`` with the requested method, retraining over ``grid``."""
     unlearner = get_unlearner(request.method)
+    reporter = reporter or LogReporter()
     with Ledger.open(run.path) as ledger:
         if unlearner.level != "record":  # the served model may be purged below: audit it first
-            from fedunlearn.evaluate.before import capture_before
-
-            capture_before(run.path, request.subjects, ledger=ledger)  # FedUnlearnError: erasure not started
-        federation = Federation(run=run, ledger=ledger, grid=grid, reporter=reporter or LogReporter())
+            _capture_before(run, request, ledger, reporter)
+        federation = Federation(run=run, ledger=ledger, grid=grid, reporter=reporter)
         return unlearner.unlearn(request, federation)
+
+
+def _capture_before(run: RunFolder, request: EraseRequest, ledger: Ledger, reporter: Reporter) -> None:
+    """Keep the pre-erasure model's metrics (``fedunlearn.evaluate.before``) without ever blocking the erasure.
+
+    An invalid request is refused first, as the erasure itself would refuse it (nothing is evaluated
+    for it). A capture that fails is reported and the erasure goes on: the right to erasure does not
+    wait on an audit; ``evaluate`` then reports the pre-erasure model as unavailable.
+    """
+    from fedunlearn.errors import FedUnlearnError
+    from fedunlearn.evaluate.before import capture_before
+
+    check_request(request, ledger, resuming=True)  # resumed erasures: capture_before finds nothing to do
+    try:
+        capture_before(run.path, request.subjects, ledger=ledger)
+    except FedUnlearnError as exc:
+        reporter.message(f"the pre-erasure model's metrics were not captured ({exc}); the erasure goes on, "
+                         "and `fedunlearn evaluate` will report that model as unavailable")
 
 
 def erase(run_dir: Path, request: EraseRequest, *, grid: Grid | None = None,

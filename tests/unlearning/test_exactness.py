@@ -166,3 +166,38 @@ def test_no_clear_copy_of_a_late_joiners_update_survives_sisa(run_factory, tiny_
     assert _clear_copies_of(run, "org-2") == []
     with Ledger.open(run) as ledger:
         assert [c.shard for c in ledger.purged("org-2")] == [0] and ledger.verify_blobs() == []
+
+
+def test_a_failed_pre_erasure_capture_does_not_block_the_erasure(run_factory, tmp_path, monkeypatch):
+    from fedunlearn.errors import DataError
+    from fedunlearn.evaluate import before
+    from fedunlearn.progress import Reporter
+
+    def broken(*args, **kwargs):
+        raise DataError("the consortium's data cannot be read")
+
+    messages: list[str] = []
+
+    class Recorder(Reporter):
+        def message(self, text: str) -> None:
+            messages.append(text)
+
+    monkeypatch.setattr(before, "capture_before", broken)
+    run = copy_run(run_factory("s-eq-n", shards=3), tmp_path / "run")
+    result = erase(run, EraseRequest(("org-1",), method="drop"), reporter=Recorder())
+    assert result.subjects == ("org-1",)
+    assert any("not captured" in m and "cannot be read" in m for m in messages), messages
+    with Ledger.open(run) as ledger:
+        assert ledger.organization("org-1").status == "erased"
+
+
+def test_an_invalid_request_is_refused_before_any_capture(run_factory, tmp_path, monkeypatch):
+    from fedunlearn.errors import UnknownNameError
+    from fedunlearn.evaluate import before
+
+    calls: list[object] = []
+    monkeypatch.setattr(before, "capture_before", lambda *a, **k: calls.append(a))
+    run = copy_run(run_factory("s-eq-n", shards=3), tmp_path / "run")
+    with pytest.raises(UnknownNameError):
+        erase(run, EraseRequest(("org-9",), method="drop"))
+    assert calls == []
