@@ -32,6 +32,7 @@ from fedunlearn.unlearning import EraseRequest, Federation, UnlearnResult, check
 __all__ = [
     "authorize_erasure",
     "certified_erasure_workflow",
+    "certified_erase",
     "certify_applied_erasure",
     "coordinator_request",
     "erase",
@@ -99,8 +100,28 @@ def _capture_before(run: RunFolder, request: EraseRequest, ledger: Ledger, repor
 
 def erase(run_dir: Path, request: EraseRequest, *, grid: Grid | None = None,
           reporter: Reporter | None = None) -> UnlearnResult:
-    """Python API: erase from the run folder ``run_dir`` (``grid=None`` unless training is needed)."""
+    """Python API, the bare engine: erase from ``run_dir`` (``grid=None`` unless training is needed).
+
+    Nothing is authorized, logged or certified, so the run's audit log does not cover the new export
+    (``fedunlearn verify`` reports it). Use :func:`certified_erase` for the full, auditable path.
+    """
     return erase_workflow(grid, RunFolder.open(run_dir), request, reporter)
+
+
+def certified_erase(run_dir: Path, request: EraseRequest, *, grid: Grid | None = None,
+                    signed: SignedRequest | None = None,
+                    reporter: Reporter | None = None) -> tuple[UnlearnResult, Certificate]:
+    """Python API, what ``fedunlearn forget`` does: check, authorize, erase, log and certify.
+
+    ``signed`` is the subject organization's signed request; without it the coordinator signs
+    ``request``. A refused request raises :class:`~fedunlearn.errors.AuthorizationError` (logged) and
+    changes nothing; afterwards ``fedunlearn verify --run RUN_DIR`` passes.
+    """
+    run_dir = Path(run_dir)
+    prepare_erasure(run_dir, request)
+    authorization = authorize_erasure(run_dir, signed or coordinator_request(run_dir, request))
+    result = erase(run_dir, request, grid=grid, reporter=reporter)
+    return result, certify_applied_erasure(run_dir, authorization, result)
 
 
 def erasure_workflow(request: EraseRequest) -> Callable[..., UnlearnResult]:

@@ -201,3 +201,18 @@ def test_an_invalid_request_is_refused_before_any_capture(run_factory, tmp_path,
     with pytest.raises(UnknownNameError):
         erase(run, EraseRequest(("org-9",), method="drop"))
     assert calls == []
+
+
+def test_certified_erase_is_what_forget_does_and_verifies(run_factory, tmp_path):
+    from fedunlearn.certify.verify_run import verify_run
+    from fedunlearn.federation.erase import certified_erase
+
+    run = copy_run(run_factory("s-eq-n", shards=3), tmp_path / "run")
+    bare = copy_run(run_factory("s-eq-n", shards=3), tmp_path / "bare")
+    erase(bare, EraseRequest(("org-1",), method="drop"))
+    assert not verify_run(bare).ok  # the bare engine's new export is not in the audit log
+    result, certificate = certified_erase(run, EraseRequest(("org-1",), method="drop"))
+    assert result.served_hash == _served_hash(bare)
+    assert certificate.path.is_file()
+    report = verify_run(run)
+    assert report.ok, report.problems
