@@ -126,12 +126,13 @@ class DataSettings:
     canary_digits: int = 4
     never_inserted: int = 50
     public_documents: int = 400
+    audit_canaries_per_org: int = 0  # one-run privacy audit canaries, each included by a keyed coin (0 = none)
     max_length: int = 64  # tokens per sequence (longer records are truncated)
 
     def __post_init__(self) -> None:
         for name in ("records_per_org", "holdout_per_org", "max_length", "public_documents"):
             _positive("data", name.replace("_", "-"), getattr(self, name))
-        for name in ("canaries_per_org", "canary_repeats", "never_inserted"):
+        for name in ("canaries_per_org", "canary_repeats", "never_inserted", "audit_canaries_per_org"):
             _positive("data", name.replace("_", "-"), getattr(self, name), zero=True)
         if not 1 <= self.canary_digits <= 9:
             raise ConfigError(f"data.canary-digits = {self.canary_digits!r} is invalid: expected 1..9")

@@ -18,12 +18,29 @@ generated from its own generator seeded by ``(seed, name)``, so appending organi
 existing ones unchanged. Secrets are kept unique across the consortium: never-inserted secrets are
 drawn first (independent of the organizations); each organization then redraws any secret already
 taken by the never-inserted canaries or by an earlier organization.
+
+Audit canaries (``audit_canaries_per_org``, default 0 = none, so existing data is unchanged) serve
+the one-run privacy audit of Steinke, Nasr and Jagielski (2023), see
+:mod:`~fedunlearn.evaluate.privacy`. Each organization gets ``m`` audit records
+``"Audit record <j> of <org> reads <secret>."`` (a 10-digit secret from their own stream). Each is
+*included* — one copy appended to the organization's training records, id ``audit-<org>-<j>#1`` —
+iff the low bit of ``HMAC-SHA256(key="fedunlearn-audit-coin/<seed>", msg=<canary id>)`` is 1:
+independent Bernoulli(½) coins, recomputable from the data seed by :func:`audit_canaries`, so the
+auditor knows the included set without any extra state. Excluded audit canaries are in no one's
+training data. Keying the coins by the data seed is safe for the audit: the theorem needs the coins
+independent of the training run's own randomness (client sampling, DP noise), and the training run
+only ever sees the resulting records; the texts come from a stream separate from the coins, so a
+text reveals nothing about its coin. The audited unit is one record, so the bound audits
+record-level guarantees (DP-SGD); for real data folders a run secret would key the coins.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import random
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from fedunlearn.data.public import public_corpus
 from fedunlearn.data.records import (
@@ -44,8 +61,12 @@ from fedunlearn.data.styles import (
 from fedunlearn.errors import ConfigError
 
 __all__ = [
+    "AUDIT_SECRET_DIGITS",
+    "AuditCanary",
     "CANARY_PREFIX",
     "CANARY_SUFFIX",
+    "audit_canaries",
+    "consortium_audit_canaries",
     "default_organization_names",
     "generate_consortium",
 ]
@@ -53,6 +74,66 @@ __all__ = [
 #: Canary template; ``{holder}`` is the organization name (or a reserve vault name).
 CANARY_PREFIX = "The access code of {holder} vault is "
 CANARY_SUFFIX = "."
+
+#: Digits of an audit canary's secret: 10^10 values make two audit texts collide with negligible odds.
+AUDIT_SECRET_DIGITS = 10
+
+
+@dataclass(frozen=True)
+class AuditCanary:
+    """One audit canary of the one-run privacy audit.
+
+    Attributes
+    ----------
+    id : str
+        ``audit-<org>-<j>``; its training copy (when included) is the record ``<id>#1``.
+    org : str
+    text : str
+    included : bool
+        The keyed coin: whether the record is in ``org``'s training data.
+    """
+
+    id: str
+    org: str
+    text: str
+    included: bool
+
+
+def _audit_coin(seed: int, canary_id: str) -> bool:
+    digest = hmac.new(f"fedunlearn-audit-coin/{seed}".encode(), canary_id.encode(), hashlib.sha256).digest()
+    return bool(digest[-1] & 1)
+
+
+def audit_canaries(org: str, *, count: int, seed: int) -> tuple[AuditCanary, ...]:
+    """The ``count`` audit canaries of organization ``org`` under data seed ``seed``, with their coins.
+
+    Deterministic: the generator inserts exactly the included ones and an auditor recomputes the
+    same list. See the module docstring for why the coins are keyed by the seed.
+
+    Raises
+    ------
+    ConfigError
+        If ``count`` or ``seed`` is not a non-negative integer.
+    """
+    _check_int("audit_canaries_per_org", count, minimum=0, hint="use e.g. 64, or 0 for none")
+    _check_int("seed", seed, minimum=0, hint="use the consortium's seed")
+    rng = random.Random(f"fedunlearn-audit-text/{seed}/{org}")
+    out = []
+    for j in range(count):
+        cid = f"audit-{org}-{j}"
+        secret = "".join(rng.choice("0123456789") for _ in range(AUDIT_SECRET_DIGITS))
+        out.append(AuditCanary(id=cid, org=org, text=f"Audit record {j} of {org} reads {secret}.",
+                               included=_audit_coin(seed, cid)))
+    return tuple(out)
+
+
+def consortium_audit_canaries(consortium: Consortium, org: str) -> tuple[AuditCanary, ...]:
+    """The audit canaries of ``org`` in a consortium made by :func:`generate_consortium` (empty if none)."""
+    count = int(consortium.params.get("audit_canaries_per_org", 0) or 0)
+    if not count or consortium.params.get("generator") != "fedunlearn.data.synthetic":
+        return ()
+    return audit_canaries(org, count=count, seed=int(consortium.params["seed"]))  # type: ignore[arg-type]
+
 
 # Draw this many keys before falling back to a numbered key (huge organizations only).
 _KEY_TRIES = 50
@@ -139,6 +220,7 @@ def _organization(
     repeats: int,
     space: CanarySpace,
     taken: set[str],
+    audit: int = 0,
 ) -> OrganizationData:
     rng = random.Random(f"fedunlearn-org/{seed}/{name}")
     vocabulary = build_vocabulary(STYLES[index % len(STYLES)], rng)
@@ -160,6 +242,7 @@ def _organization(
         )
         inserted.append(canary)
         train.extend(Record(f"{canary.id}#{k}", canary.text) for k in range(1, repeats + 1))
+    train.extend(Record(f"{a.id}#1", a.text) for a in audit_canaries(name, count=audit, seed=seed) if a.included)
     rng.shuffle(train)
     holdout_records = tuple(Record(f"{name}-holdout-{i}", t) for i, t in enumerate(holdout_texts))
     return OrganizationData(name, tuple(train), holdout_records, tuple(inserted))
@@ -176,6 +259,7 @@ def generate_consortium(
     never_inserted: int = 50,
     public_documents: int = 400,
     seed: int = 0,
+    audit_canaries_per_org: int = 0,
 ) -> Consortium:
     """Generate a deterministic synthetic consortium.
 
@@ -201,6 +285,9 @@ def generate_consortium(
         Number of public documents, see :func:`~fedunlearn.data.public.public_corpus`.
     seed : int, optional
         Master seed.
+    audit_canaries_per_org : int, optional
+        Audit canaries per organization for the one-run privacy audit (0, the default, for none;
+        about half are included, one copy each, see :func:`audit_canaries`).
 
     Returns
     -------
@@ -221,6 +308,7 @@ def generate_consortium(
     _check_int("never_inserted", never_inserted, minimum=0, hint="use e.g. 50")
     _check_int("public_documents", public_documents, minimum=0, hint="use e.g. 400")
     _check_int("seed", seed, minimum=0, hint="use a non-negative integer seed")
+    _check_int("audit_canaries_per_org", audit_canaries_per_org, minimum=0, hint="use e.g. 64, or 0 for none")
     space = CanarySpace(canary_digits)
     needed = len(names) * canaries_per_org + never_inserted
     if needed > space.size // 2:
@@ -254,6 +342,7 @@ def generate_consortium(
             repeats=canary_repeats,
             space=space,
             taken=taken,
+            audit=audit_canaries_per_org,
         )
         for index, name in enumerate(names)
     )
@@ -269,5 +358,7 @@ def generate_consortium(
         "never_inserted": never_inserted,
         "public_documents": public_documents,
     }
+    if audit_canaries_per_org:  # only when asked: the params of existing consortia stay as they were
+        params["audit_canaries_per_org"] = audit_canaries_per_org
     public = tuple(public_corpus(public_documents, seed))
     return Consortium(orgs, public, space, baseline, params)

@@ -3,7 +3,8 @@
 :class:`AuditContext` fixes what is audited for one subject (its training records without canary
 copies, its holdout, its canaries and the never-inserted baseline, the evaluation prompts);
 :func:`evaluate_model` measures one model on it: MIAs, exposure, and for a *full* evaluation
-memorization, utility, next-token KL to a reference retrain and the ε lower bound.
+memorization, utility, next-token KL to a reference retrain and the ε lower bounds (Clopper-Pearson
+on the MIA guesses; one-run on the subject's audit canaries when the consortium has them).
 """
 
 from __future__ import annotations
@@ -16,11 +17,12 @@ from typing import Any
 from torch import nn
 
 from fedunlearn.data import Canary, Consortium, OrganizationData
+from fedunlearn.data.synthetic import AuditCanary, consortium_audit_canaries
 from fedunlearn.evaluate.exposure import exposure_report
 from fedunlearn.evaluate.fidelity import mean_next_token_kl
 from fedunlearn.evaluate.memorization import memorization
 from fedunlearn.evaluate.mia import mia_results
-from fedunlearn.evaluate.privacy import audit_membership
+from fedunlearn.evaluate.privacy import audit_membership, audit_one_run
 from fedunlearn.evaluate.scores import SequenceScores, score_texts
 from fedunlearn.evaluate.summary import ModelEvaluation
 from fedunlearn.evaluate.utility import utility_report
@@ -48,6 +50,8 @@ class AuditContext:
     exposure_batch_size : int
     tokenizer : object
     max_length : int
+    audit_canaries : tuple of AuditCanary
+        The subject's audit canaries with their coins (empty when the consortium has none).
     """
 
     consortium: Consortium
@@ -60,6 +64,7 @@ class AuditContext:
     exposure_batch_size: int
     tokenizer: Any
     max_length: int
+    audit_canaries: tuple[AuditCanary, ...] = ()
 
     @classmethod
     def build(cls, consortium: Consortium, org: str, subjects: Sequence[str], options: Any, *,
@@ -73,7 +78,8 @@ class AuditContext:
                    holdout=tuple(subject.texts("holdout")),
                    never=tuple(consortium.never_inserted[: options.baseline_canaries]),
                    prompts=tuple((prompts + list(consortium.public))[: options.fidelity_texts]),
-                   exposure_batch_size=options.exposure_batch_size, tokenizer=tokenizer, max_length=max_length)
+                   exposure_batch_size=options.exposure_batch_size, tokenizer=tokenizer, max_length=max_length,
+                   audit_canaries=consortium_audit_canaries(consortium, org))
 
 
 def evaluate_model(ctx: AuditContext, name: str, kind: str, model: nn.Module, *, served: str | None, full: bool,
@@ -82,7 +88,8 @@ def evaluate_model(ctx: AuditContext, name: str, kind: str, model: nn.Module, *,
     """Measure ``model``; return its evaluation and its (member, holdout) membership scores.
 
     ``full`` adds memorization, utility, the baseline canaries (unless ``baseline`` is False), the ε
-    lower bound (at ``delta``) and, with a ``reference``, the KL to it. ``audit`` replaces the member records (relearning attacks
+    lower bounds (at ``delta``; the one-run bound when the subject has audit canaries) and, with a
+    ``reference``, the KL to it. ``audit`` replaces the member records (relearning attacks
     audit the records the attacker did not get).
     """
     start = time.perf_counter()
@@ -100,7 +107,13 @@ def evaluate_model(ctx: AuditContext, name: str, kind: str, model: nn.Module, *,
         if full and reference is not None else None
     bound = audit_membership(member_scores, holdout_scores, delta=delta) \
         if full and min(len(texts), len(ctx.holdout)) >= 4 else None
+    one_run = None
+    if full and len(ctx.audit_canaries) >= 4:
+        audit_scores = score_texts(model, tok, [a.text for a in ctx.audit_canaries], max_length=max_len)
+        one_run = audit_one_run([a.included for a in ctx.audit_canaries], audit_scores.membership("loss"),
+                                delta=delta)
     evaluation = ModelEvaluation(name=name, kind=kind, served_hash=served, mia=mia, exposure=exposure,
                                  memorization=mem, utility=utility, kl_to_retrain=kl,
-                                 seconds=time.perf_counter() - start, epsilon_audit=bound)
+                                 seconds=time.perf_counter() - start, epsilon_audit=bound,
+                                 one_run_audit=one_run)
     return evaluation, (member_scores, holdout_scores)

@@ -19,6 +19,22 @@ certificate when its ε is below the measured lower bound (``consistent: false``
 Caveat stated in every result: the trials are the subject's records in one training run, treated
 as independent membership trials; a certificate protects the organization, which implies the
 same bound for each of its records (one record's change is a change of the organization's data).
+
+**One-run audit with audit canaries** (Steinke, Nasr, Jagielski 2023). The Clopper-Pearson trials
+above are not independently randomized (the records were chosen, not coin-flipped), so that bound
+is heuristic. When the consortium has audit canaries (``data.audit-canaries-per-org``, see
+:mod:`~fedunlearn.data.synthetic`), each of the subject's ``m`` audit records was included in its
+training data by an independent keyed Bernoulli(½) coin, which the auditor recomputes from the data
+seed. :func:`audit_one_run` scores every audit canary on the model (``-loss``, fixed in advance),
+guesses the top ``k = ⌊m·guess_fraction⌋`` "included" and the bottom ``k`` "excluded", and turns
+the number of right guesses into the one-run ε lower bound — a statement with the paper's
+guarantee. What it audits: one record's inclusion, i.e. *record-level* DP (DP-SGD, and any
+organization-level guarantee, which implies the same ε for one record). Organization-level
+canaries (whole organizations joining by a coin, to audit DP-FedAvg at its own unit with m
+organizations) are not built: they need many organizations per run.
+:func:`check_certificates` flags a certificate whose ε is below either bound (each holds at 95%
+confidence; by the union bound a flag from either is wrong with probability at most 10%, and the
+one-run bound alone rests on randomized trials).
 """
 
 from __future__ import annotations
@@ -29,14 +45,25 @@ from pathlib import Path
 from typing import Any
 
 from fedunlearn.evaluate._common import check_fraction
+import numpy as np
+
+from fedunlearn.errors import ConfigError
 from fedunlearn.evaluate.lower_bound import (
     ClopperPearsonBound,
+    OneRunBound,
     check_certificate,
     epsilon_lower_bound_from_scores,
+    one_run_lower_bound_from_scores,
 )
 from fedunlearn.evaluate.scores import SCORE_NAMES, SequenceScores
 
-__all__ = ["EpsilonAudit", "audit_membership", "certificate_claim", "check_certificates"]
+__all__ = ["EpsilonAudit", "OneRunAudit", "audit_membership", "audit_one_run", "certificate_claim",
+           "check_certificates"]
+
+#: Share of the audit canaries guessed "included" (top scores), and the same share "excluded".
+GUESS_FRACTION = 0.25
+ONE_RUN_NOTE = ("each audit canary was included in the subject's training data by an independent keyed "
+                "Bernoulli(1/2) coin (Steinke et al. 2023); audits record-level privacy")
 
 TRIALS_NOTE = ("trials are the subject's training records against its holdout in one run, treated as "
                "independent membership trials")
@@ -101,6 +128,75 @@ def audit_membership(members: SequenceScores, nonmembers: SequenceScores, *, del
     return EpsilonAudit(bound=best[0], score=best[1], confidence=level)
 
 
+@dataclass(frozen=True)
+class OneRunAudit:
+    """The one-run ε lower bound of one model from its scores of the subject's audit canaries.
+
+    Attributes
+    ----------
+    bound : OneRunBound
+    included : np.ndarray
+        ``[m]`` the canaries' coins.
+    scores : np.ndarray
+        ``[m]`` membership scores (``-loss``) under the model, kept to re-audit at another δ.
+    guess_fraction : float
+    """
+
+    bound: OneRunBound
+    included: np.ndarray
+    scores: np.ndarray
+    guess_fraction: float = GUESS_FRACTION
+
+    @property
+    def epsilon(self) -> float:
+        return self.bound.epsilon
+
+    def at_delta(self, delta: float) -> OneRunAudit:
+        """The same guesses audited at another δ (a certificate's)."""
+        return audit_one_run(self.included, self.scores, delta=delta, confidence=self.bound.confidence,
+                             guess_fraction=self.guess_fraction)
+
+    def to_dict(self) -> dict[str, Any]:
+        b = self.bound
+        return {"epsilon": b.epsilon, "delta": b.delta, "confidence": b.confidence, "method": "one-run",
+                "score": "loss", "canaries": b.canaries, "included": int(self.included.sum()),
+                "guesses": b.guesses, "correct": b.correct, "note": ONE_RUN_NOTE}
+
+
+def audit_one_run(included: Any, scores: Any, *, delta: float = 0.0, confidence: float = 0.95,
+                  guess_fraction: float = GUESS_FRACTION) -> OneRunAudit:
+    """Steinke et al. (2023) one-run ε lower bound from audit canaries' coins and membership scores.
+
+    Parameters
+    ----------
+    included : array-like of bool
+        ``[m]`` the coins (at least 4 canaries).
+    scores : array-like of float
+        ``[m]`` higher meaning "more likely included".
+    delta, confidence : float
+    guess_fraction : float, default 0.25
+        ``k = max(1, ⌊m·guess_fraction⌋)`` top canaries are guessed in, ``k`` bottom ones out,
+        fixed before scoring.
+
+    Returns
+    -------
+    OneRunAudit
+    """
+    truth = np.asarray(included, dtype=bool)
+    values = np.asarray(scores, dtype=float)
+    if truth.size < 4:
+        raise ConfigError(f"{truth.size} audit canaries cannot give a one-run bound; expected at least 4 "
+                          "(set data.audit-canaries-per-org to e.g. 64)")
+    frac = check_fraction("guess_fraction", guess_fraction, hint="use e.g. 0.25")
+    if frac > 0.5:
+        raise ConfigError(f"guess_fraction = {guess_fraction!r} is invalid; expected at most 0.5 (k in + k out "
+                          "guesses must fit in the m canaries)")
+    k = max(1, int(truth.size * frac))
+    bound = one_run_lower_bound_from_scores(truth, values, guesses_in=k, guesses_out=k, delta=delta,
+                                            confidence=confidence)
+    return OneRunAudit(bound=bound, included=truth, scores=values, guess_fraction=frac)
+
+
 def certificate_claim(body: Mapping[str, Any]) -> tuple[float, float] | None:
     """The (ε, δ) a certificate body claims for its erased model; None when it claims none."""
     guarantee = body.get("guarantee") or {}
@@ -114,7 +210,8 @@ def certificate_claim(body: Mapping[str, Any]) -> tuple[float, float] | None:
 
 def check_certificates(run_dir: str | Path, erasures: Sequence[Mapping[str, Any]],
                        scores: Mapping[str, tuple[SequenceScores, SequenceScores]], *,
-                       confidence: float = 0.95) -> list[dict[str, Any]]:
+                       confidence: float = 0.95,
+                       one_run: Mapping[str, OneRunAudit] | None = None) -> list[dict[str, Any]]:
     """Check the certificate of every erasure against the lower bound measured on its erased model.
 
     Parameters
@@ -124,6 +221,9 @@ def check_certificates(run_dir: str | Path, erasures: Sequence[Mapping[str, Any]
         Rows of ``erasures.jsonl`` (``method``, ``served_hash``).
     scores : mapping
         ``after:<method>`` model name -> (member scores, holdout scores).
+    one_run : mapping, optional
+        ``after:<method>`` model name -> its one-run audit (consortia with audit canaries); re-audited
+        at the claim's δ. The certificate is refuted when its ε is below either bound.
 
     Returns
     -------
@@ -151,6 +251,13 @@ def check_certificates(run_dir: str | Path, erasures: Sequence[Mapping[str, Any]
             claim_text = f"{row['guarantee']} certificate claims ε = {eps:.4g} (δ = {delta:g})"
             measured = (f"measured ε ≥ {audit.epsilon:.4g} on {name} ({100 * audit.confidence:g}% confidence, "
                         f"best of {len(SCORE_NAMES)} MIA scores, {audit.score})")
+            run_audit = one_run[name].at_delta(delta) if one_run and name in one_run else None
+            if run_audit is not None:
+                b = run_audit.bound
+                measured += (f"; one-run ε ≥ {b.epsilon:.4g} ({100 * b.confidence:g}% confidence, "
+                             f"{b.correct}/{b.guesses} right guesses on {b.canaries} audit canaries)")
+                check = check_certificate(eps, audit.bound if audit.epsilon >= b.epsilon else b)
+                row["lower_bound_one_run"] = run_audit.to_dict()
             message = (f"{claim_text}, consistent with the {measured}" if check.consistent else
                        f"{claim_text}: REFUTED by the {measured}; the certificate overstates the guarantee")
             row.update(epsilon_certified=eps, delta=delta, lower_bound=audit.to_dict(),

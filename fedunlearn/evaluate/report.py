@@ -112,15 +112,17 @@ def _evaluation_section(doc: dict[str, Any]) -> str:
     bounds = "".join(
         f"<tr><td>{html.escape(m['name'])}</td><td>{m['epsilon_lower_bound']['epsilon']:.3f}</td>"
         f"<td>{html.escape(str(m['epsilon_lower_bound']['score']))}</td>"
-        f"<td>{m['epsilon_lower_bound']['confidence']:g}</td></tr>"
+        f"<td>{m['epsilon_lower_bound']['confidence']:g}</td><td>{_one_run_cell(m)}</td></tr>"
         for m in models if m.get("epsilon_lower_bound"))
     checks = "".join(
         f"<tr class='{'refuted' if c.get('consistent') is False else 'ok'}'><td>{html.escape(str(c.get('certificate')))}"
         f"</td><td>{html.escape(str(c.get('guarantee')))}</td><td>"
         f"{'REFUTED' if c.get('consistent') is False else ('-' if c.get('consistent') is None else 'consistent')}"
         f"</td><td>{html.escape(str(c.get('message')))}</td></tr>" for c in doc.get("certificate_checks", []))
-    privacy = ("<h3>Empirical privacy: ε lower bounds (Clopper-Pearson on the MIA guesses)</h3>"
-               "<table><tr><th>model</th><th>ε ≥</th><th>score</th><th>confidence</th></tr>" + bounds + "</table>"
+    privacy = ("<h3>Empirical privacy: ε lower bounds (Clopper-Pearson on the MIA guesses; one-run on the "
+               "audit canaries, Steinke et al. 2023)</h3>"
+               "<table><tr><th>model</th><th>ε ≥</th><th>score</th><th>confidence</th>"
+               "<th>one-run ε ≥ (right/guesses of m)</th></tr>" + bounds + "</table>"
                + ("<table><tr><th>certificate</th><th>guarantee</th><th>check</th><th>detail</th></tr>" + checks
                   + "</table>" if checks else "<p>No certificate of these erasures claims an ε to check.</p>"))
     return (f"<h2>Erasure of {html.escape(doc['subject'])}</h2><div class='plots'>{''.join(charts)}</div>"
@@ -172,3 +174,10 @@ def write_report(run_dir: str | Path, out: str | Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(render_report(run_dir), encoding="utf-8")
     return out
+
+
+def _one_run_cell(m: dict) -> str:
+    r = m.get("epsilon_lower_bound_one_run")
+    if not r:
+        return "- (no audit canaries)"
+    return f"{r['epsilon']:.3f} ({r['correct']}/{r['guesses']} of {r['canaries']})"

@@ -241,7 +241,8 @@ def evaluate_erasure(run_dir: str | Path, org: str, options: EvaluationOptions |
         leaks[c["name"]] = {k: privleak(v["auc"], retrain_auc[k]) for k, v in c["mia"].items() if k in retrain_auc}
     erasure_rows = tuple({k: e.get(k) for k in ("method", "guarantee", "served_hash", "previous_served_hash",
                                                 "cost", "full_retrain_cost")} for e in erasures)
-    checks = check_certificates(run.path, erasures, scores)
+    one_run = {m.name: m.one_run_audit for m in models if m.one_run_audit is not None}
+    checks = check_certificates(run.path, erasures, scores, one_run=one_run)
     return SuiteResult(run=str(run.path), subject=org, subjects=subjects, erasures=erasure_rows,
                        models=tuple(models), spread=spread, privleak=leaks, relearn_split=(len(split.attack),
                        len(split.audit)), options=opts, timings=timings, notes=tuple(notes),
@@ -256,6 +257,8 @@ def summary_for_certificate(result: SuiteResult) -> Mapping[str, Any]:
         "privleak": result.privleak,
         "certificate_checks": [{k: c.get(k) for k in ("guarantee", "epsilon_certified", "consistent")}
                                | {"epsilon_lower_bound": (c.get("lower_bound") or {}).get("epsilon")}
+                               | ({"epsilon_lower_bound_one_run": c["lower_bound_one_run"]["epsilon"]}
+                                  if c.get("lower_bound_one_run") else {})
                                for c in result.certificate_checks],
     }
 

@@ -52,6 +52,9 @@ class ModelEvaluation:
     epsilon_audit : EpsilonAudit or None
         ε lower bound from the MIA guesses (full evaluations only), see
         :mod:`~fedunlearn.evaluate.privacy`.
+    one_run_audit : OneRunAudit or None
+        One-run ε lower bound on the subject's audit canaries (full evaluations of consortia with
+        audit canaries only).
     """
 
     name: str
@@ -64,6 +67,7 @@ class ModelEvaluation:
     kl_to_retrain: float | None
     seconds: float
     epsilon_audit: Any = None
+    one_run_audit: Any = None
 
 
 @dataclass(frozen=True)
@@ -159,6 +163,8 @@ def model_dict(m: ModelEvaluation) -> dict[str, Any]:
                                "mean_rouge_l": m.memorization.mean_rouge_l}
     if m.epsilon_audit is not None:
         out["epsilon_lower_bound"] = m.epsilon_audit.to_dict()
+    if m.one_run_audit is not None:
+        out["epsilon_lower_bound_one_run"] = m.one_run_audit.to_dict()
     if m.utility is not None:
         u = m.utility
         out["utility"] = {"holdout": {k: {"loss": p.loss, "perplexity": p.perplexity} for k, p in u.holdout.items()},
@@ -181,6 +187,8 @@ def model_summary(m: ModelEvaluation | Mapping[str, Any]) -> dict[str, Any]:
         out["kl_to_retrain"] = d["kl_to_retrain"]
     if d.get("epsilon_lower_bound"):
         out["epsilon_lower_bound"] = d["epsilon_lower_bound"]["epsilon"]
+    if d.get("epsilon_lower_bound_one_run"):
+        out["epsilon_lower_bound_one_run"] = d["epsilon_lower_bound_one_run"]["epsilon"]
     if d.get("captured_at_erasure"):
         out["captured_at_erasure"] = True
     return to_jsonable(out)

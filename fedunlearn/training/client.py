@@ -90,17 +90,18 @@ def organization_name(settings: Settings, node_config: Mapping[str, object]) -> 
 
 @functools.lru_cache(maxsize=4)
 def _synthetic(names: tuple[str, ...], data_key: tuple, seed: int):
-    (records, holdout, canaries, repeats, digits, never, public) = data_key
+    (records, holdout, canaries, repeats, digits, never, public, audit) = data_key
     return generate_consortium(
         organizations=names, records_per_org=records, holdout_per_org=holdout, canaries_per_org=canaries,
         canary_repeats=repeats, canary_digits=digits, never_inserted=never, public_documents=public, seed=seed,
+        audit_canaries_per_org=audit,
     )
 
 
 def synthetic_key(settings: Settings) -> tuple:
     d = settings.data
     return (d.records_per_org, d.holdout_per_org, d.canaries_per_org, d.canary_repeats, d.canary_digits,
-            d.never_inserted, d.public_documents)
+            d.never_inserted, d.public_documents, d.audit_canaries_per_org)
 
 
 def synthetic_consortium(settings: Settings) -> Consortium:

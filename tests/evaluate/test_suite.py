@@ -30,7 +30,8 @@ def erased_run(tiny_model_dir, tmp_path_factory):
         run={"dir": str(run_dir), "discovery_timeout": 30.0},
         model={"path": str(tiny_model_dir), "device": "cpu"},
         data={"records_per_org": 16, "holdout_per_org": 8, "canaries_per_org": 1, "canary_repeats": 2,
-              "never_inserted": 3, "public_documents": 20, "max_length": 40, "canary_digits": 2},
+              "never_inserted": 3, "public_documents": 20, "max_length": 40, "canary_digits": 2,
+              "audit_canaries_per_org": 16},
         train={"rounds": 2, "local_epochs": 1, "batch_size": 8, "lr": 2e-2},
         topology={"shards": 2},
     )
@@ -80,6 +81,13 @@ def test_epsilon_lower_bound_in_every_full_evaluation(result):
         bound = result.model(name).epsilon_audit
         assert bound is not None and bound.epsilon >= 0 and bound.confidence == 0.95
     assert result.model("relearn:sisa").epsilon_audit is None
+    for name in ("base", "after:sisa", "retrain"):  # the one-run bound on org-1's 16 audit canaries
+        one_run = result.model(name).one_run_audit
+        assert one_run is not None and one_run.bound.canaries == 16 and one_run.bound.guesses == 8
+        assert one_run.bound.delta == result.model(name).epsilon_audit.bound.delta
+    assert result.model("relearn:sisa").one_run_audit is None
+    row = result.to_dict()["models"][0]["epsilon_lower_bound_one_run"]  # captured before the erasure too
+    assert row["method"] == "one-run" and row["canaries"] == 16
     assert result.certificate_checks == ()  # erase() alone issues no certificate
     assert result.to_dict()["refuted_certificates"] == []
 
@@ -146,6 +154,7 @@ def test_cli_evaluate_then_report(erased_run, tmp_path):
     res = CliRunner().invoke(app, ["report", "--run", str(erased_run), "--out", str(page)])
     assert res.exit_code == 0, res.output
     text = page.read_text()
+    assert "one-run ε ≥" in text and "of 16)" in text
     assert text.count("<svg") >= 4 and "http" not in text.replace('xmlns="http://www.w3.org/2000/svg"', "")
     res = CliRunner().invoke(app, ["evaluate", "--run", str(erased_run), "--org", "nobody"])
     assert res.exit_code == 2 and "nobody" in res.output
