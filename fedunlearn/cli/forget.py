@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -62,11 +63,19 @@ def forget(
                                              "enrolled key or the coordinator's (`fedunlearn keys sign-request`). "
                                              "Without it the coordinator signs the request itself."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    capture_before: bool = typer.Option(True, "--capture-before/--no-capture-before",
+                                        help="First evaluate the served model (its aggregates may be purged by the "
+                                             "erasure) so that `fedunlearn evaluate` can report 'before'; skipping it "
+                                             "makes a drop erasure instant. Same as FEDUNLEARN_CAPTURE_BEFORE=0."),
 ) -> None:
     """Erase organizations from the served model; exact methods retrain through Flower when needed.
 
     Running the same command again completes an erasure that was interrupted.
     """
+    if not capture_before:
+        from fedunlearn.evaluate.before import CAPTURE_SWITCH
+
+        os.environ[CAPTURE_SWITCH] = "0"  # also reaches the simulation engine's ServerApp
     from fedunlearn.federation.erase import erase, prepare_erasure
     from fedunlearn.progress import RichReporter
     from fedunlearn.unlearning import EraseRequest

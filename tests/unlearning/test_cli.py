@@ -89,3 +89,20 @@ def test_forget_is_authorized_certified_and_verifiable(run_factory, tmp_path):
     open(certificate, "wb").write(bytes(data))
     out = runner.invoke(app, ["verify", "--run", str(run), "--certificate", certificate])
     assert out.exit_code != 0
+
+
+def test_forget_captures_the_served_model_first_unless_told_not_to(run_factory, tmp_path, monkeypatch):
+    from fedunlearn.evaluate.before import CAPTURE_SWITCH
+
+    monkeypatch.setenv(CAPTURE_SWITCH, "1")  # tests/conftest.py turns the capture off elsewhere
+    captured = copy_run(run_factory("s-eq-n", shards=3), tmp_path / "captured")
+    out = runner.invoke(app, ["forget", "--run", str(captured), "--org", "org-1", "--method", "drop"])
+    assert out.exit_code == 0, out.output
+    files = list((captured / "evaluation" / "before").glob("*.json"))
+    assert len(files) == 1 and "org-1" in json.loads(files[0].read_text())["evaluations"]
+
+    skipped = copy_run(run_factory("s-eq-n", shards=3), tmp_path / "skipped")
+    out = runner.invoke(app, ["forget", "--run", str(skipped), "--org", "org-1", "--method", "drop",
+                              "--no-capture-before"])
+    assert out.exit_code == 0, out.output
+    assert not (skipped / "evaluation" / "before").exists()
