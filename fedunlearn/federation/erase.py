@@ -31,8 +31,8 @@ from fedunlearn.unlearning import EraseRequest, Federation, UnlearnResult, check
 
 __all__ = [
     "authorize_erasure",
-    "certified_erasure_workflow",
     "certified_erase",
+    "certified_erasure_workflow",
     "certify_applied_erasure",
     "coordinator_request",
     "erase",
