@@ -174,6 +174,22 @@ def render(doc: dict, plots: dict[str, str]) -> str:
     return "\n".join(head + body)
 
 
+READING = "## Reading"
+
+
+def kept_reading(path: Path) -> str:
+    """The hand-written ``## Reading ...`` section at the end of an existing results file ("" if none).
+
+    ``--merge`` keeps it: it is text people wrote about the numbers, which a rerun of some sections
+    must not silently delete (it may need updating; the sections state when they ran).
+    """
+    if not path.is_file():
+        return ""
+    text = path.read_text(encoding="utf-8")
+    at = text.find("\n" + READING)
+    return text[at + 1:].rstrip("\n") + "\n" if at >= 0 else ""
+
+
 def parse_points(text: str) -> tuple[tuple[int, float, int, int], ...]:
     """``"10:1.0:1:5,1000:0.01:1:3"`` -> ((orgs, fraction, shards, rounds), ...)."""
     points = []
@@ -195,7 +211,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--scale-points", default="", help="ORGS:FRACTION:SHARDS:ROUNDS,... (default: 10, 100, 1000)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "RESULTS.md")
     ap.add_argument("--merge", action="store_true",
-                    help="keep the other sections of an existing OUT (its .json); replace only those run now")
+                    help="keep the other sections of an existing OUT (its .json) and its hand-written "
+                         "'## Reading' section; replace only the sections run now")
     args = ap.parse_args(argv)
     names = [n.strip() for n in args.only.split(",") if n.strip()]
     with tempfile.TemporaryDirectory(prefix="fedunlearn-bench-") as tmp:
@@ -208,6 +225,9 @@ def main(argv: list[str] | None = None) -> dict:
         doc["sections"] = {**old["sections"], **doc["sections"]}
     plots: dict[str, str] = {}
     text = render(doc, plots)
+    reading = kept_reading(args.out) if args.merge else ""
+    if reading:
+        text = text.rstrip("\n") + "\n\n" + reading
     args.out.parent.mkdir(parents=True, exist_ok=True)
     (args.out.parent / "plots").mkdir(exist_ok=True)
     for name, svg in plots.items():

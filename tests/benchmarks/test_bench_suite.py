@@ -54,6 +54,13 @@ def test_quick_suite_writes_results_with_measured_sections(tiny_model_dir: Path,
     assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["erasure_cost.svg", "scale_0.svg", "scale_1.svg",
                                                                 "scale_2.svg"]
 
+    # a rerun of one section with --merge keeps the others and the hand-written reading
+    out.write_text(text + "\n## Reading (written by hand)\n\n- the numbers mean this.\n", encoding="utf-8")
+    _runner().main(["--quick", "--model", str(tiny_model_dir), "--only", "training", "--merge", "--out", str(out)])
+    merged = out.read_text(encoding="utf-8")
+    assert "## Erasure" in merged and "## Scale" in merged
+    assert merged.rstrip().endswith("## Reading (written by hand)\n\n- the numbers mean this.")
+
 
 def test_unknown_section_is_refused(tmp_path: Path) -> None:
     with pytest.raises(SystemExit, match="unknown section.*'sclae'.*scale"):
@@ -68,3 +75,13 @@ def test_fedunlearn_bench_runs_the_suite_script(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["bench", "--only", "sclae", "--out", str(tmp_path / "R.md")])
     assert result.exit_code == 1  # benchmarks/run.py ran in a subprocess and refused the section
     assert not (tmp_path / "R.md").exists()
+
+
+def test_kept_reading_is_the_hand_written_tail(tmp_path: Path) -> None:
+    runner = _runner()
+    out = tmp_path / "RESULTS.md"
+    assert runner.kept_reading(out) == ""  # no file yet
+    out.write_text("# Benchmark results\n\n## Scale\n\n| a |\n", encoding="utf-8")
+    assert runner.kept_reading(out) == ""  # no reading section
+    out.write_text("# Benchmark results\n\n## Scale\n\n| a |\n\n## Reading (by hand)\n\n- x\n\n", encoding="utf-8")
+    assert runner.kept_reading(out) == "## Reading (by hand)\n\n- x\n"
