@@ -109,6 +109,33 @@ def evaluate(run_dir: Path, states: list[dict[str, torch.Tensor]], weights: list
     return out, model
 
 
+def erase_each(trained: Path, settings, methods, work: Path) -> tuple[dict[str, dict[str, Any]], Any]:
+    """Erase ``SUBJECT`` from a copy of ``trained`` with each ``(label, method, options)``; measure and evaluate.
+
+    Returns the rows by label (metrics, wall time, client steps, bytes, rounds, guarantee, notes; KL to
+    the ``retrain`` row's model, which must come first) and that retrained model.
+    """
+    rows: dict[str, dict[str, Any]] = {}
+    reference = None
+    for label, method, options in methods:
+        run = copy_run(trained, work / label.replace(" ", "_").replace("=", ""))
+        request = EraseRequest((SUBJECT,), method=method, options=options)
+        grid = grid_for(settings) if prepare_erasure(run, request) else None
+        t = time.perf_counter()
+        result = erase(run, request, grid=grid)
+        wall = time.perf_counter() - t
+        metrics, model = evaluate(run, [head_state(run)], [1.0], reference)
+        if method == "retrain":
+            reference, metrics["kl_to_retrain"] = model, 0.0
+        rows[label] = metrics | {"method": method, "options": options, "wall_seconds": wall,
+                                 "client_steps": result.cost.client_steps, "bytes": result.cost.bytes_sent,
+                                 "rounds": result.cost.rounds, "guarantee": str(getattr(result, "guarantee", "")),
+                                 "notes": list(result.notes)}
+        print(label, rows[label], flush=True)
+        shutil.rmtree(run)
+    return rows, reference
+
+
 def main() -> None:
     """Train once, erase with every method, evaluate, write ``benchmarks/results/approx.{md,json}``."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -128,23 +155,7 @@ def main() -> None:
         train_seconds = time.perf_counter() - t
         before, _ = evaluate(trained, [head_state(trained)], [1.0], None, baseline=3)
         print("before", before, flush=True)
-        rows: dict[str, dict[str, Any]] = {}
-        reference = None
-        for label, method, options in METHODS:
-            run = copy_run(trained, work / label.replace(" ", "_").replace("=", ""))
-            request = EraseRequest((SUBJECT,), method=method, options=options)
-            grid = grid_for(settings) if prepare_erasure(run, request) else None
-            t = time.perf_counter()
-            result = erase(run, request, grid=grid)
-            wall = time.perf_counter() - t
-            metrics, model = evaluate(run, [head_state(run)], [1.0], reference)
-            if method == "retrain":
-                reference, metrics["kl_to_retrain"] = model, 0.0
-            rows[label] = metrics | {"method": method, "options": options, "wall_seconds": wall,
-                                     "client_steps": result.cost.client_steps, "rounds": result.cost.rounds,
-                                     "notes": list(result.notes)}
-            print(label, rows[label], flush=True)
-            shutil.rmtree(run)
+        rows, reference = erase_each(trained, settings, METHODS, work)
         seeds: list[dict[str, Any]] = []
         run = RunFolder.open(trained)
         with Ledger.open(trained) as ledger:

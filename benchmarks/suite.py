@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import statistics
 import sys
 import time
@@ -50,11 +49,9 @@ def _model(opts: Options) -> str:
 
 
 def _local_grid(settings):
-    from clients.app import make_app
-    from fedunlearn.config import settings_to_flat
-    from tests.localgrid import LocalGrid
+    from tests.unlearning.conftest import grid_for
 
-    return LocalGrid(make_app(), len(settings.organizations), run_config=settings_to_flat(settings))
+    return grid_for(settings)
 
 
 def _task_identity() -> None:
@@ -90,11 +87,9 @@ def erasure(opts: Options) -> dict[str, Any]:
     from bench_approx import METHODS, evaluate
 
     from fedunlearn.evaluate.runmodels import load_base, retrain_reference, run_consortium
-    from fedunlearn.federation.erase import erase, prepare_erasure
     from fedunlearn.federation.workflow import train_workflow
     from fedunlearn.ledger import Ledger
     from fedunlearn.runs import RunFolder
-    from fedunlearn.unlearning import EraseRequest
     from tests.unlearning.test_forgetting import SUBJECT, forgetting_settings, head_state
 
     _task_identity()
@@ -108,22 +103,7 @@ def erasure(opts: Options) -> dict[str, Any]:
     trained = train_workflow(_local_grid(settings), settings).run_dir
     train_seconds = time.perf_counter() - t
     before, _ = evaluate(trained, [head_state(trained)], [1.0], None, baseline=3)
-    rows: dict[str, dict[str, Any]] = {}
-    reference = None
-    for label, method, options in methods:
-        run = shutil.copytree(trained, work / label.replace(" ", "_").replace("=", ""))
-        request = EraseRequest((SUBJECT,), method=method, options=options)
-        grid = _local_grid(settings) if prepare_erasure(run, request) else None
-        t = time.perf_counter()
-        result = erase(run, request, grid=grid)
-        wall = time.perf_counter() - t
-        metrics, model = evaluate(run, [head_state(run)], [1.0], reference)
-        if method == "retrain":
-            reference, metrics["kl_to_retrain"] = model, 0.0
-        rows[label] = metrics | {"method": method, "wall_seconds": wall, "client_steps": result.cost.client_steps,
-                                 "bytes": result.cost.bytes_sent, "rounds": result.cost.rounds,
-                                 "guarantee": str(getattr(result, "guarantee", ""))}
-        shutil.rmtree(run)
+    rows, reference = bench_approx.erase_each(trained, settings, methods, work)
     base_row = rows["retrain"]
     for row in rows.values():
         row["wall_ratio"] = row["wall_seconds"] / base_row["wall_seconds"]
