@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import shutil
 import subprocess
@@ -40,23 +39,11 @@ def erased_demo(work: Path) -> Path:
     return run
 
 
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", type=Path, help="an erased demo run (default: build one, ~4 min)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "evaluate.md")
     args = parser.parse_args()
-
-    import torch
 
     from fedunlearn.evaluate.suite import EvaluationOptions, evaluate_erasure
 
@@ -72,8 +59,9 @@ def main() -> None:
         child = resource.getrusage(resource.RUSAGE_CHILDREN)
         child_cpu = child.ru_utime + child.ru_stime
         load_end = os.getloadavg()
-    info = {"cpu": _cpu_name(), "cores": os.cpu_count(), "python": platform.python_version(),
-            "torch": torch.__version__, "load_average_start": list(load_start), "load_average_end": list(load_end)}
+    from bench_training import machine  # this script's folder is on sys.path
+
+    info = machine() | {"load_average_start": list(load_start), "load_average_end": list(load_end)}
     numbers = {"wall_seconds": wall, "cpu_seconds_main": cpu, "cpu_seconds_retrain_process": child_cpu,
                "bar_seconds": BAR_SECONDS, "timings": dict(result.timings),
                "models": {m.name: m.seconds for m in result.models},

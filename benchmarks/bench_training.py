@@ -16,6 +16,7 @@ Prints the numbers and writes them (with the machine description) as Markdown an
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import statistics
@@ -32,13 +33,11 @@ sys.path.insert(0, str(ROOT))
 
 def machine() -> dict:
     cpu = platform.processor() or "unknown"
-    try:
+    with contextlib.suppress(OSError):  # no /proc/cpuinfo (not Linux): keep platform.processor()
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
-    except OSError:
-        pass
     import os
 
     import flwr

@@ -64,8 +64,7 @@ def test_a_run_without_an_id_keeps_the_unscoped_layout_and_a_bad_id_is_refused(t
     del meta["run_id"]  # made before run ids: keys/ and secrets/ directly in the key folder
     (run / "run.json").write_text(json.dumps(meta))
     assert key_folder(run) == tmp_path / "keys"
-    with RunAudit.open(run):
-        pass
+    RunAudit.open(run).close()  # opening the audit creates the coordinator's key in the unscoped layout
     assert (tmp_path / "keys" / "secrets" / "coordinator.pem").is_file()
     # a second unscoped run in the same folder is refused cleanly rather than sharing the first one's secrets
     other = _run(tiny_model_dir, tmp_path / "other", tmp_path / "keys")
