@@ -5,14 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedunlearn.certify import RunAudit, authorize_request, certify_erasure, sign_request
 from fedunlearn.evaluate.privacy import audit_membership, certificate_claim, check_certificates
 from fedunlearn.evaluate.scores import SequenceScores
 from fedunlearn.evaluate.suite import attach_to_certificates
-from fedunlearn.federation.serving import export_served
-from fedunlearn.ledger import Ledger
-from fedunlearn.runs import RunFolder
 from tests.certify.conftest import org_key, run_copy, trained_run  # noqa: F401  (fixtures)
+from tests.evaluate.test_certify_evaluation import drop_and_certify
 
 
 def scores(loss: np.ndarray) -> SequenceScores:
@@ -41,17 +38,7 @@ def test_claims_of_certificates() -> None:
 
 
 def test_exact_certificate_refuted_by_a_leaking_model_and_reissue_is_idempotent(run_copy, org_key):  # noqa: F811
-    run = RunFolder.open(run_copy)
-    with RunAudit.open(run_copy) as audit, Ledger.open(run_copy) as ledger:
-        auth = authorize_request(audit, sign_request(org_key, run=audit.origin, subjects=["org-1"]))
-        before = ledger.served()["served_hash"]
-        ledger.rollback(1, ledger.chain(1)[0].id)
-        ledger.mark_erased("org-1")
-        served = export_served(run, ledger)
-        ledger.purge_erased()
-        erasure = {"method": "drop", "guarantee": "exact", "served_hash": served.hash, "previous_served_hash": before,
-                   "heads": {}, "cost": {"client_steps": 0}, "full_retrain_cost": {"client_steps": 8}}
-        cert = certify_erasure(run, auth, erasure, ledger=ledger, audit=audit)
+    erasure, cert = drop_and_certify(run_copy, org_key)
     rng = np.random.default_rng(1)
     leaking = {"after:drop": (scores(rng.uniform(0.0, 1.0, 40)), scores(rng.uniform(2.0, 3.0, 40)))}
     [check] = check_certificates(run_copy, [erasure], leaking)
