@@ -15,6 +15,7 @@ from flwr.clientapp import ClientApp
 from fedunlearn.config import settings_from_flat
 from fedunlearn.errors import FederationError
 from fedunlearn.federation import protocol
+from fedunlearn.federation.canaries import CANARY_DIRECTION, CANARY_NORM
 from fedunlearn.training.client import OrganizationClient, organization_name
 
 __all__ = ["app", "make_app"]
@@ -63,6 +64,7 @@ def make_app(overrides: Mapping[str, object] | None = None) -> ClientApp:
                 protocol.state_of(msg), seed=int(cfg["seed"]), epochs=int(cfg.get("epochs", 0)) or None,
                 lr=float(cfg.get("lr", 0.0)) or None, batch_size=int(cfg.get("batch-size", 0)) or None,
                 exclude=_excluded(cfg), dp_history=history,
+                canary={k: cfg[k] for k in (CANARY_DIRECTION, CANARY_NORM) if k in cfg},  # canary orgs only
             )
         except budget_error as exc:  # refused before training: a clean "budget exhausted" reply
             return Message(protocol.budget_refusal_content(reason=str(exc), epsilon=exc.epsilon,

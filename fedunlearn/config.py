@@ -22,6 +22,7 @@ from typing import Any, get_type_hints
 from fedunlearn.errors import ConfigError
 
 __all__ = [
+    "CANARY_PREFIX",
     "DataSettings",
     "DpSettings",
     "LedgerSettings",
@@ -32,13 +33,28 @@ __all__ = [
     "Settings",
     "TopologySettings",
     "TrainSettings",
+    "canary_names",
     "default_flat_config",
+    "is_canary",
     "load_scenario",
     "settings_from_flat",
     "settings_to_flat",
 ]
 
 Scalar = str | int | float | bool
+
+CANARY_PREFIX = "canary-org-"
+"""Names of the canary organizations of ``dp.audit-canary-orgs``: ``canary-org-0`` .. ``canary-org-<M-1>``."""
+
+
+def canary_names(count: int) -> list[str]:
+    """The names of ``count`` canary organizations (see :mod:`fedunlearn.federation.canaries`)."""
+    return [f"{CANARY_PREFIX}{j}" for j in range(int(count))]
+
+
+def is_canary(name: str) -> bool:
+    """Whether ``name`` names a canary organization (they never hold data and are never erased)."""
+    return str(name).startswith(CANARY_PREFIX)
 
 
 def _positive(section: str, name: str, value: float, *, zero: bool = False) -> None:
@@ -198,6 +214,12 @@ class DpSettings:
 
     ``max-epsilon`` (0 = no budget) stops training before any organization's ε at ``delta``
     would exceed it. ε is computed with Opacus' PRV accountant (RDP kept as a cross-check).
+
+    ``audit-canary-orgs`` (M, 0 = none) adds M canary organizations ``canary-org-<j>`` for a
+    one-run audit of client-level DP (:mod:`fedunlearn.federation.canaries`,
+    :mod:`fedunlearn.evaluate.canary_orgs`): each joins by a keyed coin and, instead of training,
+    sends an update of norm ``audit-canary-norm`` (0 = ``client-clip``) along a secret direction.
+    Canaries perturb the model: a canary audit is a separate research run, not a production setting.
     """
 
     record_level: bool = False
@@ -209,9 +231,13 @@ class DpSettings:
     client_sample_rate: float = 1.0  # Poisson probability that an eligible organization takes part
     delta: float = 1e-5
     max_epsilon: float = 0.0  # 0 = no budget
+    audit_canary_orgs: int = 0  # canary organizations of a client-level privacy audit (0 = none; a research run)
+    audit_canary_norm: float = 0.0  # L2 norm of a canary organization's update (0 = client-clip)
 
     def __post_init__(self) -> None:
         _positive("dp", "max-grad-norm", self.max_grad_norm)
+        _positive("dp", "audit-canary-orgs", self.audit_canary_orgs, zero=True)
+        _positive("dp", "audit-canary-norm", self.audit_canary_norm, zero=True)
         _positive("dp", "client-clip", self.client_clip)
         _positive("dp", "max-epsilon", self.max_epsilon, zero=True)
         for name, on in (("noise_multiplier", self.record_level), ("client_noise_multiplier", self.client_level)):
@@ -281,6 +307,10 @@ class Settings:
         dupes = sorted(n for n, k in Counter(names).items() if k > 1)  # not names.count: O(N²) at 1000 orgs
         if dupes:
             raise ConfigError(f"duplicate organization names {dupes}: every organization needs a unique name")
+        clash = sorted(n for n in names if n.startswith(CANARY_PREFIX))
+        if clash:
+            raise ConfigError(f"organization names {clash[:3]} start with {CANARY_PREFIX!r}, which is reserved for "
+                              "the canary organizations of dp.audit-canary-orgs; rename them (e.g. 'org-3')")
         if self.topology.shards > len(names):
             raise ConfigError(
                 f"topology.shards = {self.topology.shards} exceeds the {len(names)} organizations: "
@@ -300,6 +330,11 @@ class Settings:
     @property
     def organization_names(self) -> list[str]:
         return [o.name for o in self.organizations]
+
+    @property
+    def canary_organizations(self) -> list[str]:
+        """Names of the ``dp.audit-canary-orgs`` canary organizations (included or not; none by default)."""
+        return canary_names(self.dp.audit_canary_orgs)
 
     def organization(self, name: str) -> OrganizationSettings:
         for o in self.organizations:

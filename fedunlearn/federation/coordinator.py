@@ -32,7 +32,9 @@ from flwr.serverapp import Grid
 from fedunlearn.certify.budget import over_budget, record_history
 from fedunlearn.certify.runaudit import RunAudit, dp_secret
 from fedunlearn.errors import FederationError
+from fedunlearn.config import is_canary
 from fedunlearn.federation import protocol
+from fedunlearn.federation.canaries import canary_plan, canary_train_config, run_canary_key
 from fedunlearn.federation.dpfedavg import dp_fedavg, keyed_generator, poisson_sample
 from fedunlearn.federation.faults import check_quorum, collect_train_replies
 from fedunlearn.federation.nodes import discover, exchange_partial
@@ -125,6 +127,10 @@ class Coordinator:
             self.ledger.register_organization(
                 org.name, shard=self.topology.shard_of(org.name), join_round=org.join_round
             )
+        if self.settings.dp.audit_canary_orgs:  # the included canaries of the client-level audit; the others never
+            plan = canary_plan(self.settings, run_canary_key(self.run.path))
+            for name in plan.members:
+                self.ledger.register_organization(name, shard=plan.shards[name], join_round=1)
         if self.audit is not None:  # keyed hashes + RUN_DIR/org-keys/<org>.pub when present
             self.audit.enrol_from_folder((o.name, o.shard, o.join_round) for o in self.ledger.organizations()
                                          if o.status == "active")
@@ -224,6 +230,8 @@ class Coordinator:
                 config[protocol.EXCLUDE_RECORDS] = "\n".join(sorted(exclude))
             if events is not None:
                 config.update(protocol.dp_history_config(record_history(events, self.audit.subject(org))))
+            if is_canary(org):  # its keyed update direction and norm (federation.canaries)
+                config.update(canary_train_config(run_canary_key(self.run.path), org, self.settings))
             contents[org] = protocol.make_content(state=state, config=config)
         collected = collect_train_replies(self.grid, {o: self.nodes[o] for o in members}, contents, sent=state,
                                           settings=self.settings, group_id=f"shard-{shard}/round-{rnd}")
@@ -273,7 +281,8 @@ class Coordinator:
 
     def evaluate(self, rnd: int) -> dict[str, float]:
         """Each active organization evaluates its shard's current adapter on its own holdout."""
-        active = [o for o in self.ledger.organizations() if o.status == "active" and o.join_round <= rnd]
+        active = [o for o in self.ledger.organizations()  # canary organizations have no holdout
+                  if o.status == "active" and o.join_round <= rnd and not is_canary(o.name)]
         if self.topology.sample_fraction < 1.0:  # sampled rounds are evaluated by the round's sample only
             sampled = {m for s in range(self.topology.shards) for m in self.ledger.members(s, rnd)}
             active = [o for o in active if o.name in sampled]

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
+from fedunlearn.config import is_canary
 from fedunlearn.federation.serving import shard_weights
 from fedunlearn.ledger import Ledger
 from fedunlearn.models import combine_exact, set_lora_state, wrap_lora
@@ -118,7 +119,8 @@ def serving_utility(run: RunFolder, ledger: Ledger, organizations: Sequence[str]
     weights = shard_weights(ledger, settings.topology.shards)
     order = sorted(weights)
     states = [ledger.get_state(ledger.head(s).hash) for s in order]
-    names = list(organizations or [o.name for o in ledger.organizations() if o.status == "active"])
+    names = list(organizations or [o.name for o in ledger.organizations()  # canaries hold no holdout
+                                    if o.status == "active" and not is_canary(o.name)])
     merge, ensemble = {}, {}
     combined = combine_exact(states, [weights[s] for s in order])
     for i, name in enumerate(names):

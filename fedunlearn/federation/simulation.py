@@ -204,7 +204,8 @@ def run_apps(settings: Settings, *, reporter: Reporter | None = None, workflow: 
         try:
             with _Descendants():
                 run_simulation(server_app=server_app, client_app=client_app,
-                               num_supernodes=len(settings.organizations), backend_config=backend)
+                               num_supernodes=len(settings.organizations) + len(settings.canary_organizations),
+                               backend_config=backend)
             return results
         except NodesMissingError as exc:
             # Seen on a loaded 2-core machine: a Ray helper process aborts at start-up and the

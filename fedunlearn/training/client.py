@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from fedunlearn.config import Settings
+from fedunlearn.config import Settings, is_canary
 from fedunlearn.data import Consortium, OrganizationData, generate_consortium, load_organization, load_user_organization
 from fedunlearn.errors import ConfigError, DataError
 from fedunlearn.models import (
@@ -68,7 +68,7 @@ def organization_name(settings: Settings, node_config: Mapping[str, object]) -> 
     """
     if "org" in node_config:
         name = str(node_config["org"])
-        if name not in settings.organization_names:
+        if name not in settings.organization_names and name not in settings.canary_organizations:
             raise ConfigError(
                 f"this node is configured as organization {name!r}, which is not in the run's "
                 f"organizations {settings.organization_names}; fix the SuperNode's --node-config or the run config"
@@ -76,11 +76,11 @@ def organization_name(settings: Settings, node_config: Mapping[str, object]) -> 
         return name
     if "partition-id" in node_config:
         pid = int(node_config["partition-id"])  # type: ignore[arg-type]
-        names = settings.organization_names
+        names = settings.organization_names + settings.canary_organizations  # canaries: the last nodes
         if not 0 <= pid < len(names):
             raise ConfigError(
-                f"simulated node has partition-id {pid} but the run has {len(names)} organizations; "
-                f"start the simulation with num-supernodes = {len(names)}"
+                f"simulated node has partition-id {pid} but the run has {len(names)} organizations (canaries "
+                f"included); start the simulation with num-supernodes = {len(names)}"
             )
         return names[pid]
     raise ConfigError(
@@ -117,6 +117,10 @@ def organization_data(settings: Settings, name: str, node_config: Mapping[str, o
     consortium generated from ``run.seed`` (deterministic, so every node agrees).
     """
     node_config = node_config or {}
+    if is_canary(name):  # a canary organization of the client-level audit holds no data
+        from fedunlearn.federation.canaries import canary_data
+
+        return canary_data(name)
     explicit = str(node_config.get("data", "") or settings.organization(name).data or "")
     if explicit:
         path = Path(explicit)
@@ -196,7 +200,8 @@ class OrganizationClient:
     def train(self, state: Mapping[str, torch.Tensor], *, seed: int, epochs: int | None = None,
               lr: float | None = None, batch_size: int | None = None,
               exclude: Sequence[str] = (),
-              dp_history: Sequence[tuple[float, float, int]] = ()) -> tuple[dict[str, torch.Tensor], FitResult]:
+              dp_history: Sequence[tuple[float, float, int]] = (),
+              canary: Mapping[str, object] | None = None) -> tuple[dict[str, torch.Tensor], FitResult]:
         """Fit the adapter on this organization's training records; return the new state.
 
         ``exclude``: record ids left out: records the organization forgot (the server sends them with
@@ -204,7 +209,13 @@ class OrganizationClient:
         ``dp_history``: this organization's earlier DP-SGD rounds (z, q, steps); with ``dp.max-epsilon``
         the round is refused (:class:`~fedunlearn.training.dp.PrivacyBudgetError`, before any step)
         when it would take their cumulative ε over the budget.
+        ``canary``: a canary organization's train instructions (:mod:`fedunlearn.federation.canaries`);
+        it trains nothing and returns the sent state plus its keyed update.
         """
+        if is_canary(self.name):
+            from fedunlearn.federation.canaries import canary_fit
+
+            return canary_fit(state, canary or {}, examples=self.settings.data.records_per_org)
         t = self.settings.train
         model = self.model_with(state)
         train_data = self.records(exclude)
@@ -265,6 +276,9 @@ class OrganizationClient:
 
     def records(self, exclude: Sequence[str] = ()) -> EncodedData:
         """The training records without those named by ``exclude`` (ids the organization forgot)."""
+        if is_canary(self.name):
+            raise DataError(f"{self.name!r} is a canary organization of the client-level audit and holds no "
+                            "records to compute gradients on; erase with sisa or retrain in a canary run")
         if not exclude:
             return self.train_data
         retain = self.split_records(exclude).retain

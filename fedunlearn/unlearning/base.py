@@ -18,6 +18,7 @@ from typing import Any
 
 from flwr.serverapp import Grid
 
+from fedunlearn.config import is_canary
 from fedunlearn.errors import ConfigError, FederationError, RunStateError
 from fedunlearn.federation.coordinator import Coordinator
 from fedunlearn.ledger import Ledger
@@ -213,6 +214,9 @@ def check_request(request: EraseRequest, ledger: Ledger, *, resuming: bool = Fal
         )
     orgs = {o.name: o for o in ledger.organizations()}
     for name in request.subjects:
+        if is_canary(name):  # the audited units of a client-level canary audit (dp.audit-canary-orgs)
+            raise ConfigError(f"{name!r} is a canary organization of the privacy audit, not an erasure subject; "
+                              "erase a real organization")
         org = ledger.organization(name)  # UnknownNameError with the valid names
         if org.status == "erased" and not resuming:
             raise RunStateError(
