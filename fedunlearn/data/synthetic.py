@@ -31,7 +31,9 @@ training data. Keying the coins by the data seed is safe for the audit: the theo
 independent of the training run's own randomness (client sampling, DP noise), and the training run
 only ever sees the resulting records; the texts come from a stream separate from the coins, so a
 text reveals nothing about its coin. The audited unit is one record, so the bound audits
-record-level guarantees (DP-SGD); for real data folders a run secret would key the coins.
+record-level guarantees (DP-SGD). Organizations' own data gets no audit records: it never leaves
+its node, which holds no run secret. The organization-level audit, whose coins the run secret
+keys, is :mod:`fedunlearn.federation.canaries` (``dp.audit-canary-orgs``).
 """
 
 from __future__ import annotations

@@ -30,8 +30,9 @@ guesses the top ``k = ⌊m·guess_fraction⌋`` "included" and the bottom ``k`` 
 the number of right guesses into the one-run ε lower bound — a statement with the paper's
 guarantee. What it audits: one record's inclusion, i.e. *record-level* DP (DP-SGD, and any
 organization-level guarantee, which implies the same ε for one record). Organization-level
-canaries (whole organizations joining by a coin, to audit DP-FedAvg at its own unit with m
-organizations) are not built: they need many organizations per run.
+canaries (whole organizations joining by a coin, to audit DP-FedAvg at its own unit) are
+:mod:`~fedunlearn.evaluate.canary_orgs` (``dp.audit-canary-orgs``); they check ``certified``
+claims through the accountant's ε for the canaries.
 :func:`check_certificates` flags a certificate whose ε is below either bound (each holds at 95%
 confidence; by the union bound a flag from either is wrong with probability at most 10%, and the
 one-run bound alone rests on randomized trials).
@@ -211,7 +212,8 @@ def certificate_claim(body: Mapping[str, Any]) -> tuple[float, float] | None:
 def check_certificates(run_dir: str | Path, erasures: Sequence[Mapping[str, Any]],
                        scores: Mapping[str, tuple[SequenceScores, SequenceScores]], *,
                        confidence: float = 0.95,
-                       one_run: Mapping[str, OneRunAudit] | None = None) -> list[dict[str, Any]]:
+                       one_run: Mapping[str, OneRunAudit] | None = None,
+                       canary_orgs: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
     """Check the certificate of every erasure against the lower bound measured on its erased model.
 
     Parameters
@@ -224,6 +226,14 @@ def check_certificates(run_dir: str | Path, erasures: Sequence[Mapping[str, Any]
     one_run : mapping, optional
         ``after:<method>`` model name -> its one-run audit (consortia with audit canaries); re-audited
         at the claim's δ. The certificate is refuted when its ε is below either bound.
+    canary_orgs : mapping, optional
+        ``after:<method>`` model name -> its canary-organization audit
+        (:class:`~fedunlearn.evaluate.canary_orgs.CanaryOrgAudit`, runs with ``dp.audit-canary-orgs``).
+        It audits client-level DP, so it checks ``certified`` (DP-FedAvg) claims only: such a
+        certificate is refuted when the accountant's ε for the canaries (an organization in every
+        round), at the claim's δ, is below the canaries' bound — the accountant that produced the
+        claim is then wrong. (The subject's own ε may be smaller when it joined later; the canary
+        bound does not speak to that difference.)
 
     Returns
     -------
@@ -258,9 +268,20 @@ def check_certificates(run_dir: str | Path, erasures: Sequence[Mapping[str, Any]
                              f"{b.correct}/{b.guesses} right guesses on {b.canaries} audit canaries)")
                 check = check_certificate(eps, audit.bound if audit.epsilon >= b.epsilon else b)
                 row["lower_bound_one_run"] = run_audit.to_dict()
-            message = (f"{claim_text}, consistent with the {measured}" if check.consistent else
+            consistent = check.consistent
+            canary = canary_orgs.get(name) if canary_orgs and row["guarantee"] == "certified" else None
+            if canary is not None:
+                c = canary.at_delta(delta)
+                row["lower_bound_canary_orgs"] = {k: v for k, v in c.to_dict().items() if k != "scores"}
+                if c.accounted_epsilon is not None:
+                    cb = c.audit.bound
+                    measured += (f"; canary organizations ε ≥ {cb.epsilon:.4g} ({100 * cb.confidence:g}% confidence, "
+                                 f"{cb.correct}/{cb.guesses} right guesses on {cb.canaries}) against the "
+                                 f"accountant's ε = {c.accounted_epsilon:.4g} for an organization in every round")
+                    consistent = consistent and c.consistent is not False
+            message = (f"{claim_text}, consistent with the {measured}" if consistent else
                        f"{claim_text}: REFUTED by the {measured}; the certificate overstates the guarantee")
             row.update(epsilon_certified=eps, delta=delta, lower_bound=audit.to_dict(),
-                       consistent=check.consistent, message=message)
+                       consistent=consistent, message=message)
         out.append(row)
     return out

@@ -119,12 +119,24 @@ def _evaluation_section(doc: dict[str, Any]) -> str:
         f"</td><td>{html.escape(str(c.get('guarantee')))}</td><td>"
         f"{'REFUTED' if c.get('consistent') is False else ('-' if c.get('consistent') is None else 'consistent')}"
         f"</td><td>{html.escape(str(c.get('message')))}</td></tr>" for c in doc.get("certificate_checks", []))
+    canaries = "".join(
+        f"<tr class='{'refuted' if c.get('consistent') is False else 'ok'}'><td>{html.escape(m['name'])}</td>"
+        f"<td>{c['epsilon']:.3f}</td><td>{c['correct']}/{c['guesses']} of {c['canaries']} ({c['included']} in)</td>"
+        f"<td>{'-' if c.get('epsilon_accounted') is None else format(c['epsilon_accounted'], '.3f')}</td><td>"
+        f"{'REFUTED' if c.get('consistent') is False else ('-' if c.get('consistent') is None else 'consistent')}"
+        f"</td></tr>" for m in models if (c := m.get("epsilon_lower_bound_canary_orgs")))
+    if canaries:
+        canaries = ("<h3>Client-level audit: canary organizations (one run, cosine to each canary's direction; "
+                    "a research run, canaries perturb the model)</h3><table><tr><th>model</th><th>ε ≥</th>"
+                    "<th>right/guesses</th><th>accountant ε (an organization in every round)</th><th>check</th>"
+                    "</tr>" + canaries + "</table>")
     privacy = ("<h3>Empirical privacy: ε lower bounds (Clopper-Pearson on the MIA guesses; one-run on the "
                "audit canaries, Steinke et al. 2023)</h3>"
                "<table><tr><th>model</th><th>ε ≥</th><th>score</th><th>confidence</th>"
                "<th>one-run ε ≥ (right/guesses of m)</th></tr>" + bounds + "</table>"
                + ("<table><tr><th>certificate</th><th>guarantee</th><th>check</th><th>detail</th></tr>" + checks
-                  + "</table>" if checks else "<p>No certificate of these erasures claims an ε to check.</p>"))
+                  + "</table>" if checks else "<p>No certificate of these erasures claims an ε to check.</p>")
+               + canaries)
     return (f"<h2>Erasure of {html.escape(doc['subject'])}</h2><div class='plots'>{''.join(charts)}</div>"
             "<table><tr><th>model</th><th>loss AUC</th><th>Min-K%++ AUC</th><th>exposure</th><th>KL to retrain</th>"
             f"</tr>{rows}</table><p>Retrain spread (KL between seeds): mean {spread.get('mean')}, max "

@@ -33,6 +33,8 @@ from torch import nn
 
 from fedunlearn.data import Consortium, OrganizationData, load_consortium
 from fedunlearn.errors import DataError, RunStateError
+from fedunlearn.config import is_canary
+from fedunlearn.federation.canaries import canary_data, canary_train_config, run_canary_key
 from fedunlearn.federation.topology import derive_seed
 from fedunlearn.ledger import Ledger
 from fedunlearn.models import (
@@ -191,7 +193,7 @@ def retrain_reference(run: RunFolder, ledger: Ledger, consortium: Consortium, su
 
     def client(name: str) -> OrganizationClient:
         if name not in clients:
-            data: OrganizationData = consortium.organization(name)
+            data: OrganizationData = canary_data(name) if is_canary(name) else consortium.organization(name)
             c = OrganizationClient(settings=run.settings, name=name, data=data)
             c.__dict__["base"] = base  # cached_property: share the loaded base, no second load
             clients[name] = c
@@ -208,8 +210,9 @@ def retrain_reference(run: RunFolder, ledger: Ledger, consortium: Consortium, su
             if not members:
                 continue
             updates, counts = [], []
-            for org in members:
-                new, fit = client(org).train(state, seed=derive_seed(seed, "train", shard, rnd, org))
+            for org in members:  # canary organizations (client-level audit) add their keyed update, as in the run
+                canary = canary_train_config(run_canary_key(run.path), org, run.settings) if is_canary(org) else None
+                new, fit = client(org).train(state, seed=derive_seed(seed, "train", shard, rnd, org), canary=canary)
                 updates.append(new)
                 counts.append(float(fit.num_examples))
             state, size = average_states(updates, counts), int(sum(counts))

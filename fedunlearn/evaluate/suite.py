@@ -241,12 +241,25 @@ def evaluate_erasure(run_dir: str | Path, org: str, options: EvaluationOptions |
         leaks[c["name"]] = {k: privleak(v["auc"], retrain_auc[k]) for k, v in c["mia"].items() if k in retrain_auc}
     erasure_rows = tuple({k: e.get(k) for k in ("method", "guarantee", "served_hash", "previous_served_hash",
                                                 "cost", "full_retrain_cost")} for e in erasures)
+    models = _with_canary_orgs(run, models, delta)
     one_run = {m.name: m.one_run_audit for m in models if m.one_run_audit is not None}
-    checks = check_certificates(run.path, erasures, scores, one_run=one_run)
+    canaries = {m.name: m.canary_org_audit for m in models if m.canary_org_audit is not None}
+    checks = check_certificates(run.path, erasures, scores, one_run=one_run, canary_orgs=canaries)
     return SuiteResult(run=str(run.path), subject=org, subjects=subjects, erasures=erasure_rows,
                        models=tuple(models), spread=spread, privleak=leaks, relearn_split=(len(split.attack),
                        len(split.audit)), options=opts, timings=timings, notes=tuple(notes),
                        certificate_checks=tuple(checks), captured=tuple(captured))
+
+
+def _with_canary_orgs(run: RunFolder, models: list[ModelEvaluation], delta: float) -> list[ModelEvaluation]:
+    """Each served model (before / after an erasure) with its canary-organization audit, when the run has them."""
+    if run.settings.dp.audit_canary_orgs < 4:
+        return models
+    from fedunlearn.evaluate.canary_orgs import audit_canary_orgs
+
+    with Ledger.open(run.path) as ledger:
+        return [dataclasses.replace(m, canary_org_audit=audit_canary_orgs(run, ledger, m.served_hash, delta=delta))
+                if m.served_hash and m.kind in ("before", "after") else m for m in models]
 
 
 def summary_for_certificate(result: SuiteResult) -> Mapping[str, Any]:
@@ -259,6 +272,9 @@ def summary_for_certificate(result: SuiteResult) -> Mapping[str, Any]:
                                | {"epsilon_lower_bound": (c.get("lower_bound") or {}).get("epsilon")}
                                | ({"epsilon_lower_bound_one_run": c["lower_bound_one_run"]["epsilon"]}
                                   if c.get("lower_bound_one_run") else {})
+                               | ({"epsilon_lower_bound_canary_orgs": c["lower_bound_canary_orgs"]["epsilon"],
+                                   "canary_orgs_epsilon_accounted": c["lower_bound_canary_orgs"]["epsilon_accounted"]}
+                                  if c.get("lower_bound_canary_orgs") else {})
                                for c in result.certificate_checks],
     }
 

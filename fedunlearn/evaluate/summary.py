@@ -55,6 +55,10 @@ class ModelEvaluation:
     one_run_audit : OneRunAudit or None
         One-run ε lower bound on the subject's audit canaries (full evaluations of consortia with
         audit canaries only).
+    canary_org_audit : CanaryOrgAudit or None
+        One-run ε lower bound from the run's canary organizations (served models of runs with
+        ``dp.audit-canary-orgs`` >= 4), checked against the accountant's client-level ε, see
+        :mod:`~fedunlearn.evaluate.canary_orgs`.
     """
 
     name: str
@@ -68,6 +72,7 @@ class ModelEvaluation:
     seconds: float
     epsilon_audit: Any = None
     one_run_audit: Any = None
+    canary_org_audit: Any = None
 
 
 @dataclass(frozen=True)
@@ -165,6 +170,8 @@ def model_dict(m: ModelEvaluation) -> dict[str, Any]:
         out["epsilon_lower_bound"] = m.epsilon_audit.to_dict()
     if m.one_run_audit is not None:
         out["epsilon_lower_bound_one_run"] = m.one_run_audit.to_dict()
+    if m.canary_org_audit is not None:
+        out["epsilon_lower_bound_canary_orgs"] = m.canary_org_audit.to_dict()
     if m.utility is not None:
         u = m.utility
         out["utility"] = {"holdout": {k: {"loss": p.loss, "perplexity": p.perplexity} for k, p in u.holdout.items()},
@@ -189,6 +196,11 @@ def model_summary(m: ModelEvaluation | Mapping[str, Any]) -> dict[str, Any]:
         out["epsilon_lower_bound"] = d["epsilon_lower_bound"]["epsilon"]
     if d.get("epsilon_lower_bound_one_run"):
         out["epsilon_lower_bound_one_run"] = d["epsilon_lower_bound_one_run"]["epsilon"]
+    if d.get("epsilon_lower_bound_canary_orgs"):
+        c = d["epsilon_lower_bound_canary_orgs"]
+        out["epsilon_lower_bound_canary_orgs"] = c["epsilon"]
+        if c.get("epsilon_accounted") is not None:
+            out["canary_orgs_epsilon_accounted"] = c["epsilon_accounted"]
     if d.get("captured_at_erasure"):
         out["captured_at_erasure"] = True
     return to_jsonable(out)

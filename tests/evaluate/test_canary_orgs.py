@@ -1,0 +1,262 @@
+"""Canary organizations: keyed coins and directions, the real ClientApp path, and the client-level audit.
+
+The two end-to-end runs (tiny model, in-process Flower grid, 2 real organizations + 32 canaries,
+2 rounds, a fixed run secret so they are deterministic) are what proves the audit: without DP the
+canaries are found (ε lower bound well above 1), with DP-FedAvg at a certified ε of 0.64 the bound
+stays below the accountant's ε — and below what the undefended run shows, so that test can fail.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings as hsettings
+from hypothesis import strategies as st
+
+from clients.app import make_app
+from fedunlearn.config import ConfigError, OrganizationSettings, Settings, settings_to_flat
+from fedunlearn.evaluate.canary_orgs import CanaryOrgAudit, audit_canary_orgs
+from fedunlearn.evaluate.privacy import check_certificates
+from fedunlearn.federation.canaries import (
+    canary_direction,
+    canary_fit,
+    canary_included,
+    canary_plan,
+    canary_train_config,
+    direction_seed,
+)
+from fedunlearn.federation.workflow import train_workflow
+from fedunlearn.ledger import Ledger
+from fedunlearn.runs import RunFolder
+from tests.localgrid import LocalGrid
+
+M = 32
+KEY = bytes(range(32))
+DP_Z = 8.0  # with q = 1 and 2 rounds: ε = 0.644 at δ = 1e-5
+
+
+def _settings(tiny_model_dir, run_dir: Path, **dp) -> Settings:
+    return Settings(organizations=tuple(OrganizationSettings(name=f"org-{i}") for i in range(2))).replace(
+        run={"dir": str(run_dir), "discovery_timeout": 30.0},
+        model={"path": str(tiny_model_dir), "device": "cpu"},
+        data={"records_per_org": 8, "holdout_per_org": 4, "canaries_per_org": 0, "never_inserted": 0,
+              "public_documents": 4, "max_length": 32},
+        train={"rounds": 2, "local_epochs": 1, "batch_size": 8, "lr": 2e-2},
+        dp={"audit_canary_orgs": M, "client_clip": 0.1, **dp})
+
+
+def _train(settings: Settings) -> tuple[Path, LocalGrid]:
+    """Train through the real ClientApp on an in-process grid, with the run secret fixed to KEY."""
+    run_dir = Path(settings.run.dir)
+    RunFolder.create_or_resume(run_dir, settings, Path(settings.model.path))
+    (run_dir / "secrets").mkdir(mode=0o700)
+    fd = os.open(run_dir / "secrets" / "dp-sampling.key", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    os.write(fd, KEY)
+    os.close(fd)
+    grid = LocalGrid(make_app(), len(settings.organizations) + M, run_config=settings_to_flat(settings))
+    train_workflow(grid, settings)
+    return run_dir, grid
+
+
+def _audit(run_dir: Path, delta: float = 1e-5) -> CanaryOrgAudit:
+    run = RunFolder.open(run_dir)
+    with Ledger.open(run_dir) as ledger:
+        audit = audit_canary_orgs(run, ledger, ledger.served()["served_hash"], delta=delta)
+    assert audit is not None
+    return audit
+
+
+@pytest.fixture(scope="module")
+def plain_run(tiny_model_dir, tmp_path_factory):
+    return _train(_settings(tiny_model_dir, tmp_path_factory.mktemp("canary-plain") / "run"))
+
+
+@pytest.fixture(scope="module")
+def dp_run(tiny_model_dir, tmp_path_factory):
+    return _train(_settings(tiny_model_dir, tmp_path_factory.mktemp("canary-dp") / "run", client_level=True,
+                            client_noise_multiplier=DP_Z))
+
+
+# -- keyed coins and directions ------------------------------------------------------------------
+@hsettings(max_examples=25, deadline=None)
+@given(key=st.binary(min_size=16, max_size=40), j=st.integers(0, 10_000))
+def test_coin_and_direction_are_functions_of_key_and_name(key, j):
+    name = f"canary-org-{j}"
+    assert canary_included(key, name) == canary_included(bytes(key), name)
+    assert direction_seed(key, name) == direction_seed(bytes(key), name)
+    like = {"b": torch.zeros(3, 5), "a": torch.zeros(7)}
+    u = canary_direction(direction_seed(key, name), like)
+    assert u.keys() == like.keys() and all(u[k].shape == like[k].shape for k in like)
+    assert math.isclose(math.sqrt(sum(float((v * v).sum()) for v in u.values())), 1.0, rel_tol=1e-5)
+    v = canary_direction(direction_seed(key, name), like)
+    assert all(torch.equal(u[k], v[k]) for k in like)  # the auditor recomputes exactly what the node added
+    other = direction_seed(key + b"x", name)
+    assert other != direction_seed(key, name)
+
+
+def test_coins_are_fair_and_independent_of_each_other():
+    """Over 4000 canaries the coins are ~Bernoulli(1/2), uncorrelated between neighbours and between keys."""
+    names = [f"canary-org-{j}" for j in range(4000)]
+    a = np.array([canary_included(KEY, n) for n in names], dtype=float)
+    b = np.array([canary_included(KEY[::-1], n) for n in names], dtype=float)
+    assert abs(a.mean() - 0.5) < 0.03 and abs(b.mean() - 0.5) < 0.03  # 4 standard deviations
+    assert abs(np.corrcoef(a[:-1], a[1:])[0, 1]) < 0.07 and abs(np.corrcoef(a, b)[0, 1]) < 0.07
+
+
+def test_canary_fit_adds_norm_times_direction():
+    state = {"x": torch.randn(4, 6), "y": torch.randn(9)}
+    settings = Settings().replace(dp={"audit_canary_orgs": 4, "audit_canary_norm": 0.25})
+    cfg = canary_train_config(KEY, "canary-org-2", settings)
+    new, fit = canary_fit(state, cfg, examples=12)
+    u = canary_direction(direction_seed(KEY, "canary-org-2"), state)
+    assert fit.num_examples == 12 and fit.steps == 0
+    for k in state:
+        torch.testing.assert_close(new[k] - state[k], 0.25 * u[k])
+    assert canary_train_config(KEY, "canary-org-2", Settings())["canary-norm"] == Settings().dp.client_clip
+    with pytest.raises(Exception, match="lack"):
+        canary_fit(state, {}, examples=1)
+
+
+def test_canary_names_are_reserved_and_never_erasure_subjects(plain_run):
+    with pytest.raises(ConfigError, match="reserved"):
+        Settings(organizations=(OrganizationSettings(name="org-0"), OrganizationSettings(name="canary-org-1")))
+    from fedunlearn.unlearning import EraseRequest, check_request
+
+    run_dir, _ = plain_run
+    member = canary_plan(RunFolder.open(run_dir).settings, KEY).members[0]
+    with Ledger.open(run_dir) as ledger, pytest.raises(ConfigError, match="canary organization"):
+        check_request(EraseRequest((member,), method="sisa"), ledger)
+
+
+# -- membership through the real ClientApp ---------------------------------------------------------
+def test_only_included_canaries_take_part_and_no_canary_is_evaluated(plain_run):
+    run_dir, grid = plain_run
+    plan = canary_plan(RunFolder.open(run_dir).settings, KEY)
+    assert 4 < len(plan.members) < M - 4
+    with Ledger.open(run_dir) as ledger:
+        registered = {o.name for o in ledger.organizations()}
+        assert registered == {"org-0", "org-1", *plan.members}
+        for ckpt in ledger.chain(0)[1:]:
+            contributors = {c.org for c in ledger.contributions(ckpt.id)}
+            assert contributors == {"org-0", "org-1", *plan.members}  # every included canary, every round
+    trained = {m.content["config"]["org"] for m in grid.sent if m.metadata.message_type == "train"}
+    assert trained == {"org-0", "org-1", *plan.members}
+    canary_nodes = set(list(grid.contexts)[2:])  # partition ids 2.. are the canaries
+    evaluated = {m.metadata.dst_node_id for m in grid.sent if m.metadata.message_type == "evaluate"}
+    assert evaluated and not evaluated & canary_nodes
+    from fedunlearn.certify import RunAudit
+
+    with RunAudit.open(run_dir) as log:  # excluded canaries are not even enrolled in the audit log
+        enrolled = {e["org"] for _, e in log.events("enrolment")}
+        assert {log.subject(n) for n in plan.names if not plan.included[n]}.isdisjoint(enrolled)
+        assert {log.subject(n) for n in plan.members} <= enrolled
+
+
+# -- the audit -------------------------------------------------------------------------------------
+def test_without_dp_the_canaries_are_found(plain_run):
+    audit = _audit(plain_run[0])
+    b = audit.audit.bound
+    assert b.correct == b.guesses == 16 and audit.epsilon > 1.5  # 16/16 right: the largest bound 32 canaries give
+    assert audit.accounted_epsilon is None and audit.consistent is None  # no DP claimed, nothing refuted
+    d = audit.to_dict()
+    assert d["method"] == "one-run-canary-orgs" and len(d["scores"]) == M
+
+
+def test_with_dp_fedavg_the_bound_stays_below_the_certified_epsilon(dp_run, plain_run):
+    audit = _audit(dp_run[0])
+    assert audit.history == ((DP_Z, 1.0, 1), (DP_Z, 1.0, 1))  # eligible in both rounds, from the audit log
+    assert audit.accounted_epsilon == pytest.approx(0.644, abs=0.01)
+    assert audit.epsilon <= audit.accounted_epsilon and audit.consistent is True
+    # the same canaries without the noise would refute that ε: the DP test can fail
+    assert _audit(plain_run[0]).epsilon > audit.accounted_epsilon
+    refuting = CanaryOrgAudit(audit=_audit(plain_run[0]).audit, names=audit.names, norm=audit.norm,
+                              history=audit.history, accounted_epsilon=audit.accounted_epsilon)
+    assert refuting.consistent is False and refuting.at_delta(1e-3).accounted_epsilon < audit.accounted_epsilon
+
+
+def test_certified_certificate_is_checked_against_the_canaries(dp_run, plain_run, tmp_path):
+    """A certified (DP-FedAvg) certificate: consistent with the DP run's canaries, refuted by undefended ones."""
+    from typer.testing import CliRunner
+
+    from fedunlearn.audit import generate_signing_key, save_public_key
+    from fedunlearn.certify import RunAudit, authorize_request, certify_erasure, sign_request
+    from fedunlearn.cli import app
+
+    run_dir = dp_run[0]
+    key = generate_signing_key("org-1.example/erasure")
+    pub = save_public_key(key, tmp_path / "org-1.pub")
+    result = CliRunner().invoke(app, ["keys", "enrol", "--run", str(run_dir), "--org", "org-1", "--public-key", str(pub)])
+    assert result.exit_code == 0, result.output
+    run = RunFolder.open(run_dir)
+    with RunAudit.open(run_dir) as log, Ledger.open(run_dir) as ledger:
+        auth = authorize_request(log, sign_request(key, run=log.origin, subjects=["org-1"]))
+        served = ledger.served()["served_hash"]
+        erasure = {"method": "retrain", "guarantee": "certified", "served_hash": served, "previous_served_hash": served,
+                   "heads": {}, "cost": {"client_steps": 0}, "full_retrain_cost": {"client_steps": 8}}
+        certify_erasure(run, auth, erasure, ledger=ledger, audit=log)
+    from fedunlearn.evaluate.scores import score_texts
+    from fedunlearn.evaluate.runmodels import load_base, merged_model, run_consortium
+
+    base = load_base(run)
+    org = run_consortium(run).organization("org-1")
+    scores = {"after:retrain": tuple(score_texts(merged_model(base, (), (), 1.0), base.tokenizer, org.texts(s),
+                                                 max_length=32) for s in ("train", "holdout"))}
+    assert _audit(run_dir, delta=0.0).accounted_epsilon == math.inf  # Gaussian noise: no finite ε at δ = 0
+    good = _audit(run_dir)
+    [row] = check_certificates(run_dir, [erasure], scores, canary_orgs={"after:retrain": good})
+    assert row["consistent"] is True and "canary organizations" in row["message"]
+    assert row["lower_bound_canary_orgs"]["epsilon_accounted"] > row["lower_bound_canary_orgs"]["epsilon"]
+    bad = CanaryOrgAudit(audit=_audit(plain_run[0]).audit, names=good.names, norm=good.norm, history=good.history)
+    [row] = check_certificates(run_dir, [erasure], scores, canary_orgs={"after:retrain": bad})
+    assert row["consistent"] is False and "REFUTED" in row["message"]
+
+
+def test_erasing_a_real_organization_keeps_the_canaries(plain_run, tmp_path):
+    """sisa of org-1 replays both rounds with the canaries (same updates), and the reference retrain adds them too."""
+    import shutil
+
+    from fedunlearn.evaluate.runmodels import retrain_reference, run_consortium
+    from fedunlearn.federation.erase import erase
+    from fedunlearn.unlearning import EraseRequest
+
+    src, _ = plain_run
+    run_dir = tmp_path / "run"
+    shutil.copytree(src, run_dir)
+    settings = RunFolder.open(run_dir).settings.replace(run={"dir": str(run_dir)})
+    grid = LocalGrid(make_app(), 2 + M, run_config=settings_to_flat(settings))
+    erase(run_dir, EraseRequest(("org-1",), method="sisa"), grid=grid)
+    plan = canary_plan(settings, KEY)
+    run = RunFolder.open(run_dir)
+    with Ledger.open(run_dir) as ledger:
+        assert {o.name for o in ledger.organizations() if o.status == "active"} == {"org-0", *plan.members}
+        for ckpt in ledger.chain(0)[1:]:
+            assert {c.org for c in ledger.contributions(ckpt.id)} == {"org-0", *plan.members}
+        after = audit_canary_orgs(run, ledger, ledger.served()["served_hash"], delta=1e-5)
+        ref = retrain_reference(run, ledger, run_consortium(run), ["org-1"], run.settings.run.seed)
+        head = ledger.get_state(ledger.head(0).hash)
+    assert after is not None and after.audit.bound.correct == 16  # still found after the erasure
+    for k, v in ref.states[0].items():  # the reference retrain equals sisa's: same seeds, same canary updates
+        torch.testing.assert_close(v, head[k], rtol=1e-4, atol=1e-5)
+    # the evaluation suite: the canary audit in the JSON, the certificate summary and the HTML report
+    import json
+
+    from fedunlearn.evaluate.report import render_report
+    from fedunlearn.evaluate.suite import EvaluationOptions, evaluate_erasure, summary_for_certificate
+
+    result = evaluate_erasure(run_dir, "org-1", EvaluationOptions(
+        retrain_seeds=1, baseline_canaries=0, relearn_steps=1, fidelity_texts=2, quantize_bits=()))
+    doc = result.to_dict()
+    [after_doc] = [m for m in doc["models"] if m["name"] == "after:sisa"]
+    assert after_doc["epsilon_lower_bound_canary_orgs"]["correct"] == 16
+    assert not any("epsilon_lower_bound_canary_orgs" in m for m in doc["models"] if m["name"] != "after:sisa")
+    assert set(after_doc["utility"]["holdout"]) == {"org-0"}  # canaries are no retained organization
+    summary = summary_for_certificate(result)
+    assert summary["after:sisa"]["epsilon_lower_bound_canary_orgs"] == pytest.approx(after.epsilon)
+    (run_dir / "evaluation" / "org-1.json").write_text(json.dumps(doc), encoding="utf-8")
+    page = render_report(run_dir)
+    assert "canary organizations" in page and "16/16 of 32" in page
