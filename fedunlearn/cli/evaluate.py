@@ -54,6 +54,7 @@ def evaluate(
         kl = "-" if m.kl_to_retrain is None else f"{m.kl_to_retrain:.4f}"
         eps = "" if m.epsilon_audit is None else f"  ε ≥ {m.epsilon_audit.epsilon:.3f}"
         eps += "" if m.one_run_audit is None else f" (one-run ε ≥ {m.one_run_audit.epsilon:.3f})"
+        eps += "" if m.canary_org_audit is None else f" (canary orgs ε ≥ {m.canary_org_audit.epsilon:.3f})"
         console.print(f"{m.name:18s} loss-MIA AUC {auc:.3f}  exposure {exp:>6s}  holdout loss {util:>6s}  "
                       f"KL to retrain {kl}{eps}")
     if result.spread is not None:

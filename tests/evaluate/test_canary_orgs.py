@@ -242,21 +242,24 @@ def test_erasing_a_real_organization_keeps_the_canaries(plain_run, tmp_path):
     assert after is not None and after.audit.bound.correct == 16  # still found after the erasure
     for k, v in ref.states[0].items():  # the reference retrain equals sisa's: same seeds, same canary updates
         torch.testing.assert_close(v, head[k], rtol=1e-4, atol=1e-5)
-    # the evaluation suite: the canary audit in the JSON, the certificate summary and the HTML report
+    # `fedunlearn evaluate`: the canary audit in its output, the JSON, the certificate summary and the report
     import json
 
-    from fedunlearn.evaluate.report import render_report
-    from fedunlearn.evaluate.suite import EvaluationOptions, evaluate_erasure, summary_for_certificate
+    from typer.testing import CliRunner
 
-    result = evaluate_erasure(run_dir, "org-1", EvaluationOptions(
-        retrain_seeds=1, baseline_canaries=0, relearn_steps=1, fidelity_texts=2, quantize_bits=()))
-    doc = result.to_dict()
+    from fedunlearn.cli import app
+    from fedunlearn.evaluate.report import render_report
+    from fedunlearn.evaluate.summary import model_summary
+
+    out = CliRunner().invoke(app, ["evaluate", "--run", str(run_dir), "--org", "org-1", "--retrain-seeds", "1",
+                                   "--baseline-canaries", "0", "--relearn-steps", "1"])
+    assert out.exit_code == 0, out.output
+    assert f"canary orgs ε ≥ {after.epsilon:.3f}" in out.output
+    doc = json.loads((run_dir / "evaluation" / "org-1.json").read_text(encoding="utf-8"))
     [after_doc] = [m for m in doc["models"] if m["name"] == "after:sisa"]
     assert after_doc["epsilon_lower_bound_canary_orgs"]["correct"] == 16
     assert not any("epsilon_lower_bound_canary_orgs" in m for m in doc["models"] if m["name"] != "after:sisa")
     assert set(after_doc["utility"]["holdout"]) == {"org-0"}  # canaries are no retained organization
-    summary = summary_for_certificate(result)
-    assert summary["after:sisa"]["epsilon_lower_bound_canary_orgs"] == pytest.approx(after.epsilon)
-    (run_dir / "evaluation" / "org-1.json").write_text(json.dumps(doc), encoding="utf-8")
+    assert model_summary(after_doc)["epsilon_lower_bound_canary_orgs"] == pytest.approx(after.epsilon)
     page = render_report(run_dir)
     assert "canary organizations" in page and "16/16 of 32" in page
