@@ -28,6 +28,7 @@ from fedunlearn.models import (
     set_lora_state,
     wrap_lora,
 )
+from fedunlearn.training import modelpool
 from fedunlearn.training.local import (
     EncodedData,
     EvalResult,
@@ -190,12 +191,21 @@ class OrganizationClient:
         return encode_texts(self.base.tokenizer, texts, max_length=self.settings.data.max_length)
 
     def model_with(self, state: Mapping[str, torch.Tensor]):
-        """A fresh copy of the base model wrapped with LoRA and loaded with ``state``."""
+        """A fresh copy of the base model wrapped with LoRA and loaded with ``state`` (the caller's own)."""
         base = copy.copy(self.base)
         base.model = copy.deepcopy(self.base.model)
         model = wrap_lora(base, lora_spec(self.settings), seed=0, inplace=True)  # already a copy: not twice
         set_lora_state(model, state)
         return model
+
+    def borrowed(self, state: Mapping[str, torch.Tensor]):
+        """A context manager lending a pooled LoRA model loaded with ``state`` (:mod:`~fedunlearn.training.modelpool`).
+
+        What the message handlers use: the model is built once per process, not once per message.
+        """
+        m = self.settings.model
+        spec = lora_spec(self.settings)
+        return modelpool.borrow((m.path, m.device, m.threads, spec), self.base, spec, state)
 
     def train(self, state: Mapping[str, torch.Tensor], *, seed: int, epochs: int | None = None,
               lr: float | None = None, batch_size: int | None = None,
@@ -217,11 +227,11 @@ class OrganizationClient:
 
             return canary_fit(state, canary or {}, examples=self.settings.data.records_per_org)
         t = self.settings.train
-        model = self.model_with(state)
         train_data = self.records(exclude)
         if self.settings.dp.record_level:  # DP-SGD: secret sampling and noise (see training.dp)
             from fedunlearn.training.dp import fit_local_dp
 
+            model = self.model_with(state)  # a fresh model: Opacus hooks never touch a pooled one
             result: FitResult = fit_local_dp(
                 model, train_data,
                 epochs=epochs or t.local_epochs, batch_size=batch_size or t.batch_size, lr=lr or t.lr,
@@ -231,16 +241,18 @@ class OrganizationClient:
                 history=dp_history,
             )
             return get_lora_state(model), result
-        result = fit_local(
-            model, train_data,
-            epochs=epochs or t.local_epochs, batch_size=batch_size or t.batch_size, lr=lr or t.lr,
-            seed=seed, weight_decay=t.weight_decay,
-        )
-        return get_lora_state(model), result
+        with self.borrowed(state) as model:
+            result = fit_local(
+                model, train_data,
+                epochs=epochs or t.local_epochs, batch_size=batch_size or t.batch_size, lr=lr or t.lr,
+                seed=seed, weight_decay=t.weight_decay,
+            )
+            return get_lora_state(model), result
 
     def evaluate(self, state: Mapping[str, torch.Tensor]) -> EvalResult:
         """Loss and perplexity of the adapter on this organization's holdout."""
-        return evaluate_local(self.model_with(state), self.holdout_data)
+        with self.borrowed(state) as model:
+            return evaluate_local(model, self.holdout_data)
 
     # -- unlearning: record selection, gradients, Hessian-vector products, local forgetting ----------
     def split_records(self, record_ids: Sequence[str]) -> RecordSplit:
@@ -291,21 +303,27 @@ class OrganizationClient:
         """Gradient of the mean training loss at ``state`` (see :mod:`fedunlearn.training.secondorder`)."""
         from fedunlearn.training.secondorder import loss_gradient
 
-        return loss_gradient(self.model_with(state), self.records(exclude))
+        data = self.records(exclude)
+        with self.borrowed(state) as model:
+            return loss_gradient(model, data)
 
     def hvp(self, state: Mapping[str, torch.Tensor], vector: Mapping[str, torch.Tensor], *,
             exclude: Sequence[str] = ()) -> dict[str, torch.Tensor]:
         """Hessian of the mean training loss at ``state`` times ``vector``."""
         from fedunlearn.training.secondorder import hessian_vector_product
 
-        return hessian_vector_product(self.model_with(state), self.records(exclude), vector)
+        data = self.records(exclude)
+        with self.borrowed(state) as model:
+            return hessian_vector_product(model, data, vector)
 
     def solve(self, state: Mapping[str, torch.Tensor], g: Mapping[str, torch.Tensor], *, exclude: Sequence[str] = (),
               **options):
         """GIANT local step: solve ``(c·C + λI) x = g`` on the local records (:func:`~fedunlearn.training.secondorder.local_solve`)."""
         from fedunlearn.training.secondorder import local_solve
 
-        return local_solve(self.model_with(state), self.records(exclude), g, **options)
+        data = self.records(exclude)
+        with self.borrowed(state) as model:
+            return local_solve(model, data, g, **options)
 
     def forget(self, state: Mapping[str, torch.Tensor], record_ids: Sequence[str], *, method: str, seed: int,
                epochs: int, lr: float, beta: float, retain_weight: float, exclude: Sequence[str] = ()):
@@ -319,8 +337,8 @@ class OrganizationClient:
         if exclude:
             split = RecordSplit(forget=split.forget, forget_ids=split.forget_ids,
                                 retain=self.split_records([*record_ids, *exclude]).retain)
-        model = self.model_with(state)
-        result = forget_local(model, split.forget, split.retain, method=method, epochs=epochs,
-                              batch_size=self.settings.train.batch_size, lr=lr, seed=seed, beta=beta,
-                              retain_weight=retain_weight)
-        return get_lora_state(model), result
+        with self.borrowed(state) as model:
+            result = forget_local(model, split.forget, split.retain, method=method, epochs=epochs,
+                                  batch_size=self.settings.train.batch_size, lr=lr, seed=seed, beta=beta,
+                                  retain_weight=retain_weight)
+            return get_lora_state(model), result

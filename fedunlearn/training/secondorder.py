@@ -26,6 +26,7 @@ Vectors are plain ``dict[str, Tensor]`` keyed by the canonical LoRA state keys
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
@@ -145,27 +146,58 @@ def hessian_vector_product(
     return {k: t.cpu() for k, t in total.items()}
 
 
-def per_example_gradients(model: nn.Module, data: EncodedData) -> tuple[dict[str, torch.Tensor], torch.Tensor, float]:
+def per_example_gradients(model: nn.Module, data: EncodedData, *,
+                          batch_size: int = 16) -> tuple[dict[str, torch.Tensor], torch.Tensor, float]:
     """The gradient of every record's loss ``ℓ_j`` with respect to the LoRA factors.
+
+    Batched: Opacus' per-sample-gradient hooks (:class:`opacus.GradSampleModule`, the machinery of
+    DP-SGD here) give every record's gradient of the LoRA ``Linear`` layers from one forward/backward
+    pass per batch. Records of a batch are right-padded; with causal attention and the padding masked
+    out of the loss, a padded record's gradient equals its unpadded one (tested against one backward
+    pass per record). The hooks are removed and every attribute Opacus set is deleted afterwards, so
+    the model is left as it was (it may be a pooled one, :mod:`~fedunlearn.training.modelpool`).
 
     Returns
     -------
     tuple
         ``(mean gradient keyed like the LoRA state, G [n, d] with row j = ∇ℓ_j flattened in sorted key
-        order, mean loss)``. One backward pass per record (sequences differ in length; padding would
-        change nothing but the cost).
+        order, mean loss)``.
     """
-    _check(1, data)
+    from opacus import GradSampleModule
+
+    _check(batch_size, data)
     params = _lora_parameters(model)
     device = next(iter(params.values())).device
     model.eval()
     rows, loss_sum = [], 0.0
-    for ids, mask in _batches(data, 1, device):
-        loss = sequence_losses(model, ids, mask).sum()
-        grads = torch.autograd.grad(loss, list(params.values()))
-        rows.append(torch.cat([g.detach().float().reshape(-1).cpu() for g in grads]))
-        loss_sum += float(loss.detach())
-    G = torch.stack(rows)  # [n, d]
+    wrapper = GradSampleModule(model, batch_first=True, loss_reduction="sum", strict=True)
+    trainable = [m for m in model.modules() if any(p.requires_grad for p in m.parameters(recurse=False))]
+    try:
+        for m in trainable:  # Opacus records activations in train mode only; dropout modules stay in eval
+            m.train()
+        for ids, mask in _batches(data, batch_size, device):
+            losses = sequence_losses(model, ids, mask)  # [b]
+            with warnings.catch_warnings():  # frozen embeddings: Opacus' hooks fire on outputs, as intended
+                warnings.filterwarnings("ignore", message="Full backward hook is firing")
+                losses.sum().backward()
+            b = ids.shape[0]
+            rows.append(torch.cat([p.grad_sample.detach().float().reshape(b, -1).cpu() for p in params.values()],
+                                  dim=1))
+            for p in params.values():
+                p.grad, p.grad_sample = None, None
+            loss_sum += float(losses.detach().sum())
+    finally:
+        model.eval()
+        wrapper.remove_hooks()
+        for p in model.parameters():
+            p.grad = None
+            for attr in ("grad_sample", "_current_grad_sample", "_forward_counter", "summed_grad"):
+                if hasattr(p, attr):
+                    delattr(p, attr)
+        for module in model.modules():
+            if hasattr(module, "activations"):
+                delattr(module, "activations")
+    G = torch.cat(rows)  # [n, d]
     mean = G.mean(dim=0)
     out, i = {}, 0
     for k, p in params.items():

@@ -40,6 +40,27 @@ def test_per_record_gradients_average_to_the_loss_gradient(trained):
     assert torch.allclose(_flat(mean), _flat(ref.gradient), atol=1e-6)
 
 
+def test_batched_per_record_gradients_equal_one_backward_per_record(trained):
+    """Opacus' hooks on padded batches give exactly each record's own gradient, and leave no trace."""
+    from fedunlearn.models.lora import _lora_parameters
+    from fedunlearn.training.local import sequence_losses
+    from fedunlearn.training.modelpool import _clean
+
+    model, data = trained
+    params = _lora_parameters(model)
+    ref = []
+    for j in range(len(data)):  # one unpadded record at a time: the definition
+        width = int(data.attention_mask[j].sum())
+        loss = sequence_losses(model, data.input_ids[j : j + 1, :width], data.attention_mask[j : j + 1, :width]).sum()
+        ref.append(torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, list(params.values()))]))
+    ref = torch.stack(ref)
+    for batch_size in (1, 2, len(data)):  # the last batch pads the short records the most
+        _, G, _ = per_example_gradients(model, data, batch_size=batch_size)
+        assert torch.allclose(G, ref, atol=1e-6, rtol=1e-4), batch_size
+    assert _clean(model) and all(p.grad is None for p in model.parameters())
+    assert not any(hasattr(m, "activations") for m in model.modules())
+
+
 def test_fisher_local_solve_solves_its_system(trained):
     model, data = trained
     g = loss_gradient(model, data).gradient
