@@ -379,8 +379,8 @@ class Coordinator:
     def _anyone_can_train(self, rnd: int) -> bool:
         """Whether some active organization's DP budget is not spent by round ``rnd``."""
         spent = self._spent()
-        return any(not (o.name in spent and spent[o.name]["from_round"] <= rnd)
-                   for o in self.ledger.organizations() if o.status == "active")
+        return any(not (o.name in spent and spent[o.name]["from_round"] <= rnd)  # canaries alone train nothing
+                   for o in self.ledger.organizations() if o.status == "active" and not is_canary(o.name))
 
     def _trained_rounds(self) -> list[int]:
         return [ck.round for s in range(self.topology.shards) for ck in self.ledger.chain(s)

@@ -133,6 +133,21 @@ def test_canary_names_are_reserved_and_never_erasure_subjects(plain_run):
         check_request(EraseRequest((member,), method="sisa"), ledger)
 
 
+def test_canary_nodes_come_after_the_organizations():
+    """Simulated nodes: partition ids past the organizations are the canaries (one node each, included or not)."""
+    from fedunlearn.federation.canaries import canary_data
+    from fedunlearn.training.client import organization_data, organization_name
+
+    s = Settings().replace(dp={"audit_canary_orgs": 3})
+    assert [organization_name(s, {"partition-id": i}) for i in (3, 4, 6)] == ["org-3", "canary-org-0", "canary-org-2"]
+    assert organization_name(s, {"org": "canary-org-1"}) == "canary-org-1"
+    with pytest.raises(ConfigError, match="num-supernodes = 7"):
+        organization_name(s, {"partition-id": 7})
+    with pytest.raises(ConfigError, match="not in the run's organizations"):
+        organization_name(Settings(), {"org": "canary-org-1"})  # no canaries in this run
+    assert organization_data(s, "canary-org-1") == canary_data("canary-org-1")
+
+
 # -- membership through the real ClientApp ---------------------------------------------------------
 def test_only_included_canaries_take_part_and_no_canary_is_evaluated(plain_run):
     run_dir, grid = plain_run
@@ -214,6 +229,10 @@ def test_certified_certificate_is_checked_against_the_canaries(dp_run, plain_run
     bad = CanaryOrgAudit(audit=_audit(plain_run[0]).audit, names=good.names, norm=good.norm, history=good.history)
     [row] = check_certificates(run_dir, [erasure], scores, canary_orgs={"after:retrain": bad})
     assert row["consistent"] is False and "REFUTED" in row["message"]
+    from fedunlearn.certify import verify_run
+
+    report = verify_run(run_dir)  # canaries are enrolled, logged and accounted like any organization
+    assert report.ok, report.problems
 
 
 def test_erasing_a_real_organization_keeps_the_canaries(plain_run, tmp_path):
@@ -263,3 +282,21 @@ def test_erasing_a_real_organization_keeps_the_canaries(plain_run, tmp_path):
     assert model_summary(after_doc)["epsilon_lower_bound_canary_orgs"] == pytest.approx(after.epsilon)
     page = render_report(run_dir)
     assert "canary organizations" in page and "16/16 of 32" in page
+
+
+def test_training_stops_when_only_canaries_could_train(plain_run, tmp_path):
+    """Canaries never refuse a round (they train nothing), so they must not keep a run going alone."""
+    import json
+    import shutil
+
+    from fedunlearn.federation.coordinator import Coordinator
+    from fedunlearn.ledger.store import BUDGET_STOP_PREFIX
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(plain_run[0], run_dir)
+    with Ledger.open(run_dir) as ledger:
+        coord = Coordinator(None, RunFolder.open(run_dir), ledger)  # type: ignore[arg-type]
+        assert coord._anyone_can_train(3)
+        for org in ("org-0", "org-1"):
+            ledger.set_meta(BUDGET_STOP_PREFIX + org, json.dumps({"from_round": 3}))
+        assert not coord._anyone_can_train(3) and coord._anyone_can_train(2)
