@@ -16,6 +16,7 @@ Usage: ``.venv/bin/python benchmarks/bench_approx.py [--retrain-seeds 3]``; writ
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -34,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from bench_sisa import machine  # noqa: E402  (this script's folder is on sys.path)
+from fedunlearn.evaluate.before import CAPTURE_SWITCH  # noqa: E402
 from fedunlearn.evaluate import exposure_report, mean_next_token_kl, mia_results, score_texts  # noqa: E402
 from fedunlearn.evaluate.runmodels import load_base, merged_model, retrain_reference, run_consortium  # noqa: E402
 from fedunlearn.federation.erase import erase, prepare_erasure  # noqa: E402
@@ -121,9 +123,10 @@ def erase_each(trained: Path, settings, methods, work: Path) -> tuple[dict[str, 
         run = copy_run(trained, work / label.replace(" ", "_").replace("=", ""))
         request = EraseRequest((SUBJECT,), method=method, options=options)
         grid = grid_for(settings) if prepare_erasure(run, request) else None
-        t = time.perf_counter()
-        result = erase(run, request, grid=grid)
-        wall = time.perf_counter() - t
+        with _capture_off():  # the pre-erasure audit is the same for every method: timed once, apart
+            t = time.perf_counter()
+            result = erase(run, request, grid=grid)
+            wall = time.perf_counter() - t
         metrics, model = evaluate(run, [head_state(run)], [1.0], reference)
         if method == "retrain":
             reference, metrics["kl_to_retrain"] = model, 0.0
@@ -134,6 +137,41 @@ def erase_each(trained: Path, settings, methods, work: Path) -> tuple[dict[str, 
         print(label, rows[label], flush=True)
         shutil.rmtree(run)
     return rows, reference
+
+
+@contextlib.contextmanager
+def _capture_off():
+    old = os.environ.get(CAPTURE_SWITCH)
+    os.environ[CAPTURE_SWITCH] = "0"
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ[CAPTURE_SWITCH]
+        else:
+            os.environ[CAPTURE_SWITCH] = old
+
+
+def capture_seconds(trained: Path, work: Path) -> float:
+    """Wall time of the pre-erasure audit (:func:`fedunlearn.evaluate.before.capture_before`) of ``SUBJECT``.
+
+    ``fedunlearn forget`` runs it before every organization-level erasure, whatever the method (it
+    evaluates the model served *before*, which an exact erasure purges); :func:`erase_each` times the
+    erasures without it, and the tables give this cost once, beside them.
+    """
+    from fedunlearn.evaluate.before import capture_before
+
+    run = copy_run(trained, work / "capture-before")
+    old = os.environ.pop(CAPTURE_SWITCH, None)
+    try:
+        t = time.perf_counter()
+        if capture_before(run, (SUBJECT,)) is None:
+            raise RuntimeError("the pre-erasure audit captured nothing: the bench would time an empty call")
+        return time.perf_counter() - t
+    finally:
+        if old is not None:
+            os.environ[CAPTURE_SWITCH] = old
+        shutil.rmtree(run)
 
 
 def main() -> None:
@@ -156,6 +194,7 @@ def main() -> None:
         before, _ = evaluate(trained, [head_state(trained)], [1.0], None, baseline=3)
         print("before", before, flush=True)
         rows, reference = erase_each(trained, settings, METHODS, work)
+        capture = capture_seconds(trained, work)
         seeds: list[dict[str, Any]] = []
         run = RunFolder.open(trained)
         with Ledger.open(trained) as ledger:
@@ -172,7 +211,7 @@ def main() -> None:
     doc = {"machine": info, "scenario": {"organizations": 3, "subject": SUBJECT, "records_per_org": 30,
                                          "canary_repeats": 8, "rounds": 5, "local_epochs": 8, "batch_size": 8,
                                          "lr": 1e-2, "train_seconds": train_seconds},
-           "before": before, "methods": rows, "retrain_seeds": seeds,
+           "before": before, "capture_before_seconds": capture, "methods": rows, "retrain_seeds": seeds,
            "total_seconds": time.perf_counter() - started}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "approx.json").write_text(json.dumps(doc, indent=2, default=str) + "\n", encoding="utf-8")
@@ -219,6 +258,8 @@ def render(doc: dict[str, Any]) -> str:
     lines += ["", f"Retrain spread over {len(spread_rows)} seeds: exposure {lo['exposure']:.2f}-{hi['exposure']:.2f} bits, "
               f"AUC loss {lo['auc_loss']:.3f}-{hi['auc_loss']:.3f}, Min-K%++ {lo['auc_minkpp']:.3f}-{hi['auc_minkpp']:.3f}, "
               f"retained holdout loss {lo['holdout_loss']:.3f}-{hi['holdout_loss']:.3f}, KL between seeds up to {kl_hi:.4f}.", "",
+              f"Wall times exclude the pre-erasure audit that `fedunlearn forget` runs before every organization-level "
+              f"erasure whatever the method ({doc['capture_before_seconds']:.1f} s here; `--no-capture-before` skips it).", "",
               "Bar: `influence` and `subtract` each at most 0.1 of retrain's wall time:"]
     for label in (k for k in rows if k.startswith(("influence", "subtract"))):
         ratio = rows[label]["wall_seconds"] / ref["wall_seconds"]

@@ -80,7 +80,10 @@ def render_erasure(doc: dict, plots: dict) -> str:
         f"Scenario: {doc['scenario']} Subject `{doc['subject']}`; trained in {doc['train_seconds']:.0f} s. "
         f"Before erasure: exposure {b['exposure']:.2f} bits, MIA AUC (loss) {b['auc_loss']:.3f}, "
         f"retained holdout loss {b['holdout_loss']:.3f}. Every method erases a copy of the same trained run, "
-        "in this one process, one after the other.", "",
+        "in this one process, one after the other. Wall times are the erasure's own: they exclude the pre-erasure "
+        "audit that `fedunlearn forget` runs first for every organization-level method alike"
+        + (f" ({doc['capture_before_seconds']:.1f} s here, timed apart; `--no-capture-before` skips it)."
+           if doc.get("capture_before_seconds") is not None else "."), "",
         _table(["method", "wall s", "wall / retrain", "client steps", "steps / retrain", "MB sent", "bytes / retrain",
                 "exposure (bits)", "AUC loss", "AUC Min-K%++", "retained holdout loss", "KL to retrain"], rows), "",
         f"Retrain seed spread over {len(spread)} seeds: exposure {lo_hi['exposure'][0]:.2f}–{lo_hi['exposure'][1]:.2f} "

@@ -104,6 +104,7 @@ def erasure(opts: Options) -> dict[str, Any]:
     train_seconds = time.perf_counter() - t
     before, _ = evaluate(trained, [head_state(trained)], [1.0], None, baseline=3)
     rows, reference = bench_approx.erase_each(trained, settings, methods, work)
+    capture = bench_approx.capture_seconds(trained, work)
     base_row = rows["retrain"]
     for row in rows.values():
         row["wall_ratio"] = row["wall_seconds"] / base_row["wall_seconds"]
@@ -120,7 +121,7 @@ def erasure(opts: Options) -> dict[str, Any]:
             spread.append({"seed": seed, **{k: metrics[k] for k in ("exposure", "auc_loss", "auc_minkpp",
                                                                      "holdout_loss", "kl_to_retrain")}})
     return {"scenario": bench_approx.__doc__.split("\n\n")[1].replace("\n", " "), "subject": SUBJECT,
-            "train_seconds": train_seconds, "before": before, "methods": rows, "retrain_seeds": spread,
+            "train_seconds": train_seconds, "before": before, "capture_before_seconds": capture, "methods": rows, "retrain_seeds": spread,
             "quick": opts.quick}
 
 
