@@ -95,6 +95,34 @@ def render_erasure(doc: dict, plots: dict) -> str:
         _plot(plots, "erasure_cost", chart)])
 
 
+def render_length(doc: dict, plots: dict) -> str:
+    methods = [m for m in doc["methods"] if m != "retrain"]
+    rows = []
+    for p in doc["points"]:
+        ms = p["methods"]
+        rows.append([p["rounds"], p["rounds"] * p["local_epochs"], _f(ms["retrain"]["wall_seconds"], ".1f"),
+                     ms["retrain"]["client_steps"]]
+                    + [x for m in methods for x in (_f(ms[m]["wall_seconds"], ".2f"), f"**{_f(ms[m]['wall_ratio'], '.3f')}**",
+                                                   _f(ms[m]["steps_ratio"], ".3f"), _f(ms[m]["exposure"]),
+                                                   _f(ms[m]["holdout_loss"], ".3f"))]
+                    + [_f(ms["retrain"]["exposure"]), _f(ms["retrain"]["holdout_loss"], ".3f")])
+    chart = bar_chart("Erasure wall time / retrain, by training rounds", [f"R={p['rounds']}" for p in doc["points"]],
+                      [(m, [p["methods"][m]["wall_ratio"] for p in doc["points"]]) for m in methods],
+                      ylabel="ratio to retrain")
+    header = ["R", "R·E", "retrain s", "retrain steps"]
+    for m in methods:
+        header += [f"{m} s", f"{m} / retrain", f"{m} steps / retrain", f"{m} exposure", f"{m} holdout loss"]
+    header += ["retrain exposure", "retrain holdout loss"]
+    return "\n".join([
+        "## Erasure cost against the length of training", "",
+        "The erasure scenario trained for R rounds (E local epochs each), everything else unchanged; each R is its "
+        "own trained run, erased by `retrain` and by the methods' defaults. `retrain` repeats R·E epochs of the "
+        "remaining organizations; `influence` costs a fixed few passes (the subject's gradient, the remaining "
+        "organizations' Fisher, their gradient after the step) and `subtract` its K calibration epochs, whatever R. "
+        "Bar of issue #4: wall / retrain ≤ 0.1.", "",
+        _table(header, rows), "", _plot(plots, "erasure_length", chart)])
+
+
 def render_dp(doc: dict, plots: dict) -> str:
     rows = [[label, _f(r["seconds"], ".1f"), _f(r["time_ratio"]), _f(r["holdout_loss"], ".3f"), _f(r["loss_delta"], "+.3f"),
              ", ".join(f"{k} ε={v:.2f}" for k, v in (r["epsilon"] or {}).items()) or "–"]
@@ -156,7 +184,8 @@ def render_scale(doc: dict, plots: dict) -> str:
            f"`{f['error'].strip().splitlines()[-1][:400]}`" for f in doc.get("failed", [])])
 
 
-RENDER = {"training": render_training, "erasure": render_erasure, "dp": render_dp, "scale": render_scale}
+RENDER = {"training": render_training, "erasure": render_erasure, "length": render_length, "dp": render_dp,
+          "scale": render_scale}
 
 
 def render(doc: dict, plots: dict[str, str]) -> str:

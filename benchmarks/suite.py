@@ -29,7 +29,7 @@ for _p in (ROOT, ROOT / "benchmarks"):
     if str(_p) not in sys.path:
         sys.path.insert(0, str(_p))
 
-SECTIONS = ("training", "erasure", "dp", "scale")
+SECTIONS = ("training", "erasure", "length", "dp", "scale")
 
 
 @dataclass(frozen=True)
@@ -123,6 +123,50 @@ def erasure(opts: Options) -> dict[str, Any]:
     return {"scenario": bench_approx.__doc__.split("\n\n")[1].replace("\n", " "), "subject": SUBJECT,
             "train_seconds": train_seconds, "before": before, "capture_before_seconds": capture, "methods": rows, "retrain_seeds": spread,
             "quick": opts.quick}
+
+
+# -- erasure cost against the length of training ---------------------------------------------------
+LENGTH_METHODS = ("retrain", "influence", "subtract")
+
+
+def length(opts: Options) -> dict[str, Any]:
+    """``retrain``, ``influence`` and ``subtract`` on the erasure scenario trained for R rounds, for several R.
+
+    What an erasure costs relative to retraining depends on how long training was: ``retrain``
+    repeats all R rounds × E local epochs, while ``influence`` costs a fixed few passes over the
+    data (the subject's gradient, the remaining organizations' Fisher and their gradient after the
+    step) and ``subtract`` K calibration rounds of ``calibration-epochs``. Same scenario as the
+    erasure section, only ``train.rounds`` changes; quality is measured as there.
+    """
+    import bench_approx
+    from bench_approx import METHODS
+
+    from fedunlearn.federation.workflow import train_workflow
+    from tests.unlearning.test_forgetting import forgetting_settings
+
+    _task_identity()
+    methods = [m for m in METHODS if m[0] in LENGTH_METHODS]
+    points = []
+    for rounds in ((2, 6) if opts.quick else (5, 10, 20)):
+        work = opts.work / f"length-{rounds}"
+        settings = forgetting_settings(Path(_model(opts)), work / "trained").replace(
+            model={"device": opts.device}, train={"rounds": rounds})
+        if opts.quick:
+            settings = settings.replace(train={"local_epochs": 1},
+                                        data={"canary_digits": 2, "records_per_org": 12, "holdout_per_org": 8})
+        t = time.perf_counter()
+        trained = train_workflow(_local_grid(settings), settings).run_dir
+        train_seconds = time.perf_counter() - t
+        rows, _ = bench_approx.erase_each(trained, settings, methods, work)
+        ref = rows["retrain"]
+        points.append({"rounds": rounds, "local_epochs": settings.train.local_epochs, "train_seconds": train_seconds,
+                       "methods": {label: {k: r[k] for k in ("wall_seconds", "client_steps", "exposure", "auc_loss",
+                                                             "holdout_loss", "kl_to_retrain")}
+                                   | {"wall_ratio": r["wall_seconds"] / ref["wall_seconds"],
+                                      "steps_ratio": r["client_steps"] / max(ref["client_steps"], 1)}
+                                   for label, r in rows.items()}})
+        print(f"length R={rounds}", {k: round(v["wall_ratio"], 3) for k, v in points[-1]["methods"].items()}, flush=True)
+    return {"points": points, "methods": list(LENGTH_METHODS)}
 
 
 # -- DP overhead --------------------------------------------------------------------------------------
@@ -241,7 +285,7 @@ def run_sections(names: list[str], opts: Options) -> dict[str, Any]:
         raise SystemExit(f"unknown section(s) {unknown}: expected a comma-separated subset of {list(SECTIONS)}")
     opts.work.mkdir(parents=True, exist_ok=True)
     doc: dict[str, Any] = {"machine": machine(opts), "quick": opts.quick, "sections": {}}
-    funcs = {"training": training, "erasure": erasure, "dp": dp, "scale": scale}
+    funcs = {"training": training, "erasure": erasure, "length": length, "dp": dp, "scale": scale}
     for name in names:
         t, load = time.perf_counter(), [round(x, 2) for x in os.getloadavg()]
         print(f"== {name}", flush=True)

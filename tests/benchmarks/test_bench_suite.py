@@ -26,9 +26,10 @@ def _runner():
 def test_quick_suite_writes_results_with_measured_sections(tiny_model_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "RESULTS.md"
     doc = _runner().main(["--quick", "--grid", "local", "--model", str(tiny_model_dir), "--only",
-                          "training,erasure,dp,scale", "--scale-points", "3:1.0:1:2,6:0.5:2:2", "--out", str(out)])
+                          "training,erasure,length,dp,scale", "--scale-points", "3:1.0:1:2,6:0.5:2:2", "--out", str(out)])
     text = out.read_text(encoding="utf-8")
-    for heading in ("# Benchmark results", "## Local training throughput", "## Erasure", "## DP overhead", "## Scale"):
+    for heading in ("# Benchmark results", "## Local training throughput", "## Erasure", "## Erasure cost against the length",
+                    "## DP overhead", "## Scale"):
         assert heading in text
     assert "Load average at start" in text and "Quick mode" in text
     sections = doc["sections"]
@@ -38,6 +39,11 @@ def test_quick_suite_writes_results_with_measured_sections(tiny_model_dir: Path,
     assert methods["sisa"]["kl_to_retrain"] == pytest.approx(0.0, abs=1e-6)  # S = 1: SISA is retraining
     assert methods["negate"]["client_steps"] == 0 and methods["negate"]["kl_to_retrain"] > 0
     assert len(sections["erasure"]["retrain_seeds"]) == 2
+    short, longer = sections["length"]["points"]  # R = 2 and 6: retraining triples, influence and subtract do not
+    assert (short["rounds"], longer["rounds"]) == (2, 6)
+    assert longer["methods"]["retrain"]["client_steps"] == 3 * short["methods"]["retrain"]["client_steps"]
+    for m in ("influence", "subtract"):
+        assert longer["methods"][m]["steps_ratio"] < short["methods"][m]["steps_ratio"], m
     modes = sections["dp"]["modes"]
     assert modes["DP-SGD (record level)"]["epsilon"]["record"] > 0
     assert modes["DP-FedAvg (client level)"]["epsilon"]["client"] > 0
@@ -51,7 +57,7 @@ def test_quick_suite_writes_results_with_measured_sections(tiny_model_dir: Path,
     assert points[0]["trained_per_round"] == 3.0
     assert 0 < points[1]["trained_per_round"] < 6  # half of each shard's members sampled per round
     assert json.loads(out.with_suffix(".json").read_text())["sections"].keys() == sections.keys()
-    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["erasure_cost.svg", "scale_0.svg", "scale_1.svg",
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["erasure_cost.svg", "erasure_length.svg", "scale_0.svg", "scale_1.svg",
                                                                 "scale_2.svg"]
 
     # a rerun of one section with --merge keeps the others and the hand-written reading
