@@ -134,16 +134,16 @@ def canary_fit(state: Mapping[str, torch.Tensor], config: Mapping[str, object], 
     Raises
     ------
     FederationError
-        If the instructions lack ``canary-direction`` or ``canary-norm`` (they were not sent by
-        the coordinator's round loop, e.g. by ``subtract``'s calibration).
+        If the instructions lack ``canary-direction`` or ``canary-norm`` (a sender that did not
+        add :func:`canary_train_config`).
     """
     from fedunlearn.training.local import FitResult
 
     missing = [k for k in (CANARY_DIRECTION, CANARY_NORM) if k not in config]
     if missing:
-        raise FederationError(f"train instructions for a canary organization lack {missing}: only the round loop "
-                              "(training, sisa, retrain) sends them; an erasure method that trains organizations "
-                              "itself (subtract's calibration) cannot run with canary organizations")
+        raise FederationError(f"train instructions for a canary organization lack {missing}: the round loop "
+                              "(training, sisa, retrain) and subtract's calibration send them; a method that "
+                              "trains organizations itself must add canary_train_config() for canaries")
     start = time.perf_counter()
     norm = float(config[CANARY_NORM])  # type: ignore[arg-type]
     if not math.isfinite(norm) or norm < 0:

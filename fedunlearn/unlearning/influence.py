@@ -56,6 +56,7 @@ from dataclasses import replace
 import torch
 
 from fedunlearn.certify.removal import removal_noise
+from fedunlearn.config import is_canary
 from fedunlearn.errors import FederationError, RunStateError
 from fedunlearn.federation import protocol
 from fedunlearn.federation.coordinator import forgotten_records
@@ -106,7 +107,9 @@ class InfluenceUnlearner(ApproximateUnlearner):
         shards = self.affected_shards(ledger, request.subjects)
         active = {o.name for o in ledger.organizations() if o.status == "active"}
         weights = {s: shard_weights(ledger, s) for s in shards}
-        remaining = {s: sorted(o for o in weights[s] if o not in subjects and o in active) for s in shards}
+        # canary organizations of a client-level audit hold no data: no loss, no gradient, no curvature
+        remaining = {s: sorted(o for o in weights[s] if o not in subjects and o in active and not is_canary(o))
+                     for s in shards}
         coord = federation.coordinator(sorted({o for s in shards for o in remaining[s]}))
         source = self._gradient_source(federation, sorted(subjects), options)
         queries = Queries(federation, dict(coord.nodes) | source.get("nodes", {}))

@@ -36,8 +36,10 @@ from __future__ import annotations
 
 import torch
 
+from fedunlearn.config import is_canary
 from fedunlearn.errors import RunStateError
 from fedunlearn.federation import protocol
+from fedunlearn.federation.canaries import canary_train_config, run_canary_key
 from fedunlearn.federation.coordinator import forgotten_records
 from fedunlearn.federation.topology import derive_seed
 from fedunlearn.ledger import Ledger
@@ -173,6 +175,8 @@ class SubtractUnlearner(ApproximateUnlearner):
                       "lr": t.lr, "batch-size": t.batch_size}
             if forgotten_records(ledger, o):
                 config[protocol.EXCLUDE_RECORDS] = "\n".join(forgotten_records(ledger, o))
+            if is_canary(o):  # a canary of the client-level audit answers with its keyed update, as in training
+                config.update(canary_train_config(run_canary_key(run.path), o, run.settings))
             contents[o] = protocol.make_content(state=state, config=config)
         replies = queries.ask(protocol.TRAIN, contents, group_id=f"subtract/shard-{shard}/round-{rnd}",
                               sizes={o: nbytes(state) for o in orgs})
