@@ -106,8 +106,8 @@ def run_point(orgs: int, fraction: float, shards: int, rounds: int, work: Path, 
     """
     from fedunlearn.certify.verify_run import verify_run
     from fedunlearn.federation.simulation import simulate
+    from fedunlearn.certify.compaction import compact_run
     from fedunlearn.ledger import CompactionPolicy, Ledger
-    from fedunlearn.ledger import compact as compact_ledger
 
     run_dir = work / f"scale-{orgs}-{shards}-{fraction}"
     settings = scale_settings(orgs, fraction, shards, rounds, run_dir, model=model, device=device)
@@ -138,8 +138,8 @@ def run_point(orgs: int, fraction: float, shards: int, rounds: int, work: Path, 
             "ledger_bytes_per_round": (stats["blob_bytes"] + stats["database_bytes"]) / rounds}
     if compact:
         before = verify_run(report.run_dir)
+        done = compact_run(report.run_dir, CompactionPolicy())  # what `fedunlearn ledger compact` does: logged
         with Ledger.open(report.run_dir) as ledger:
-            done = compact_ledger(ledger, CompactionPolicy())
             database = ledger.stats()["database_bytes"]
         after = verify_run(report.run_dir)
         out |= {"compaction": done.as_dict() | {"ledger_bytes_after": done.bytes_after + database},

@@ -17,6 +17,9 @@ certificate         a signed erasure certificate was issued (its hash)
 key-rotation        a signing key changed: ``role`` coordinator (log/certificate key) or organization
                     (``org``: keyed hash), ``old``/``new`` raw keys, ``attestation`` by the old key
 refusal             a request was refused, with the reason
+compaction          stored ledger blobs were deleted by ``fedunlearn ledger compact``: the batch's
+                    ``stamp``, ``policy``, ``updates``/``aggregates`` counts and ``digest`` (SHA-256
+                    of its sorted hashes); ``verify`` refuses compacted blobs no event covers
 budget-exhausted    an organization's DP budget is spent: it trains no round from ``from_round`` on
                     (``by``: the organization refused the round, or the coordinator predicted it;
                     ``level``, predicted ``epsilon``, ``max_epsilon``, ``delta`` as decimal strings)
@@ -38,6 +41,7 @@ EVENT_TYPES = frozenset(
     {
         "budget-exhausted",
         "certificate",
+        "compaction",
         "enrolment",
         "erasure-applied",
         "erasure-request",

@@ -111,8 +111,10 @@ def verify_certificate(cert: Certificate, key: VerifierKey, log: AuditLog, histo
 
 
 def _artifacts(run_dir: Path, log: AuditLog, report: RunVerification) -> None:
-    exports = [parse_canonical_json(e) for e in log.entries()]
-    exports = [e for e in exports if isinstance(e, dict) and e.get("type") == "export"]
+    from fedunlearn.certify.compaction import check_compactions
+
+    events = [e for e in (parse_canonical_json(x) for x in log.entries()) if isinstance(e, dict)]
+    exports = [e for e in events if e.get("type") == "export"]
     if not exports:
         report.checked.append("artifacts: no export event in the log (nothing exported yet)")
         return
@@ -136,9 +138,10 @@ def _artifacts(run_dir: Path, log: AuditLog, report: RunVerification) -> None:
                         f"logged export's {str(latest.get('served_hash'))[:16]}"
                     )
                 report.problems.extend(f"ledger blob: {p}" for p in ledger.verify_blobs())
+                report.problems.extend(f"ledger compaction: {p}" for p in check_compactions(ledger, events))
         except FedUnlearnError as exc:
             report.problems.append(f"ledger: cannot be read: {exc}")
-        report.checked.append("ledger: served hash and blobs re-hashed")
+        report.checked.append("ledger: served hash and blobs re-hashed, compactions matched to signed events")
 
 
 def verify_run(

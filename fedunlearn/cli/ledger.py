@@ -27,14 +27,17 @@ def compact(
     dry_run: bool = typer.Option(False, "--dry-run", help="Only report what would be deleted."),
     as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
 ) -> None:
-    """Delete stored blobs no kept erasure method needs; hashes stay, so `fedunlearn verify` still passes."""
-    from fedunlearn.ledger import CompactionPolicy, Ledger, plan_compaction
-    from fedunlearn.ledger import compact as compact_ledger
+    """Delete stored blobs no kept erasure method needs; hashes stay, and a signed audit event records what went.
+
+    `fedunlearn verify` still passes afterwards, and refuses blobs marked compacted that no signed
+    `compaction` event covers.
+    """
+    from fedunlearn.certify.compaction import compact_run
+    from fedunlearn.ledger import CompactionPolicy
 
     try:
         policy = CompactionPolicy.parse(keep, drop_history=drop_history)
-        with Ledger.open(run) as ledger:
-            report = (plan_compaction if dry_run else compact_ledger)(ledger, policy)
+        report = compact_run(run, policy, dry_run=dry_run)
     except FedUnlearnError as exc:
         fail(exc)
         return

@@ -19,7 +19,14 @@ Errors: :class:`~fedunlearn.errors.LedgerError` (missing blob, stale commit, bad
 from __future__ import annotations
 
 from fedunlearn.ledger.blobs import BlobStore
-from fedunlearn.ledger.compact import CompactionPolicy, CompactionReport, compact, plan_compaction
+from fedunlearn.ledger.compact import (
+    CompactionBatch,
+    CompactionPolicy,
+    CompactionReport,
+    compact,
+    compaction_batches,
+    plan_compaction,
+)
 from fedunlearn.ledger.keys import KeyStore, ShreddedError
 from fedunlearn.ledger.lineage import Checkpoint, Contribution, Dependency, Ledger, Organization
 from fedunlearn.ledger.tensors import state_from_bytes, state_sha256, state_to_bytes
@@ -27,6 +34,7 @@ from fedunlearn.ledger.tensors import state_from_bytes, state_sha256, state_to_b
 __all__ = [
     "BlobStore",
     "Checkpoint",
+    "CompactionBatch",
     "CompactionPolicy",
     "CompactionReport",
     "Contribution",
@@ -36,6 +44,7 @@ __all__ = [
     "Organization",
     "ShreddedError",
     "compact",
+    "compaction_batches",
     "plan_compaction",
     "state_from_bytes",
     "state_sha256",

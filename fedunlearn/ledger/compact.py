@@ -27,6 +27,12 @@ version 3) with the policy; the lineage rows keep every hash, so the audit log's
 still match, and :meth:`~fedunlearn.ledger.Ledger.verify_blobs` treats compacted blobs as
 expected-missing, as it does purged ones. A compaction interrupted after its record is finished by
 running it again.
+
+Each compaction is one *batch* of ``compacted`` rows sharing a time stamp; :func:`compaction_batches`
+gives each batch's digest (SHA-256 over its sorted ``kind, org, hash`` rows), which the run's audit
+log records in a signed ``compaction`` event (:mod:`fedunlearn.certify.compaction`): ``fedunlearn
+verify`` then refuses blobs marked compacted that no signed event covers, so deleting stored
+contributions and calling it compaction leaves a trace.
 """
 
 from __future__ import annotations
@@ -39,7 +45,8 @@ from fedunlearn.errors import UnknownNameError
 from fedunlearn.ledger.lineage import Ledger
 from fedunlearn.ledger.schema import utc_now
 
-__all__ = ["AGGREGATE_ONLY", "UPDATE_READERS", "CompactionPolicy", "CompactionReport", "compact", "plan_compaction"]
+__all__ = ["AGGREGATE_ONLY", "UPDATE_READERS", "CompactionBatch", "CompactionPolicy", "CompactionReport", "compact",
+           "compaction_batches", "plan_compaction"]
 
 UPDATE_READERS: frozenset[str] = frozenset({"subtract", "negate", "influence"})
 """Erasure methods that read stored client updates (see the module table)."""
@@ -88,6 +95,7 @@ class CompactionReport:
     bytes_before: int = 0
     bytes_after: int = 0
     applied: bool = False
+    stamp: str = ""  # the batch's time stamp in the ``compacted`` table (set when applied)
 
     @property
     def bytes_freed(self) -> int:
@@ -97,7 +105,7 @@ class CompactionReport:
         return {"keep": list(self.policy.keep), "drop_history": self.policy.drop_history,
                 "updates_deleted": len(self.updates), "aggregates_deleted": len(self.aggregates),
                 "bytes_before": self.bytes_before, "bytes_after": self.bytes_after,
-                "bytes_freed": self.bytes_freed, "applied": self.applied}
+                "bytes_freed": self.bytes_freed, "applied": self.applied, "stamp": self.stamp}
 
 
 def _file_size(path) -> int:
@@ -166,8 +174,40 @@ def compact(ledger: Ledger, policy: CompactionPolicy) -> CompactionReport:
         elif row["hash"] not in protected:  # a later commit may have made the same content current
             ledger.blobs.delete(row["hash"])
     report.bytes_after = ledger.blobs.size_bytes()
-    report.applied = True
+    report.applied, report.stamp = True, stamp
     return report
+
+
+@dataclass(frozen=True)
+class CompactionBatch:
+    """The blobs one compaction recorded: its time stamp, policy, counts and digest."""
+
+    stamp: str
+    policy: dict
+    updates: int
+    aggregates: int
+    digest: str  # sha256 hex over the batch's sorted "kind\x1forg\x1fhash\n" rows
+
+    def as_event(self) -> dict[str, object]:
+        """The ``compaction`` audit event that records this batch."""
+        return {"type": "compaction", "stamp": self.stamp, "policy": self.policy, "updates": self.updates,
+                "aggregates": self.aggregates, "digest": self.digest}
+
+
+def compaction_batches(ledger: Ledger) -> list[CompactionBatch]:
+    """Every compaction recorded in ``ledger``, oldest first (one batch per time stamp)."""
+    import hashlib
+
+    groups: dict[str, list] = {}
+    for row in ledger._query("SELECT hash, org, kind, policy, compacted FROM compacted"):
+        groups.setdefault(row["compacted"], []).append(row)
+    batches = []
+    for stamp, rows in sorted(groups.items()):
+        lines = sorted(f"{r['kind']}\x1f{r['org']}\x1f{r['hash']}\n" for r in rows)
+        batches.append(CompactionBatch(
+            stamp=stamp, policy=json.loads(rows[0]["policy"]), digest=hashlib.sha256("".join(lines).encode()).hexdigest(),
+            updates=sum(r["kind"] == "update" for r in rows), aggregates=sum(r["kind"] == "aggregate" for r in rows)))
+    return batches
 
 
 def compacted(ledger: Ledger) -> dict[str, set[str]]:

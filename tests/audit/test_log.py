@@ -91,13 +91,13 @@ def test_append_stores_canonical_json_and_adds_time(log: AuditLog) -> None:
 def test_every_event_type_is_accepted(log: AuditLog) -> None:
     for kind in sorted(EVENT_TYPES):
         log.append({"type": kind})
-    assert log.size == len(EVENT_TYPES) == 9
+    assert log.size == len(EVENT_TYPES) == 10
 
 
 @pytest.mark.parametrize(
     ("event", "error", "fragment"),
     [
-        ({"type": "erasure"}, UnknownNameError, "valid audit event types are: 'budget-exhausted', 'certificate'"),
+        ({"type": "erasure"}, UnknownNameError, "valid audit event types are: 'budget-exhausted', 'certificate', 'compaction'"),
         ({"org": "x"}, ConfigError, "no string 'type'"),
         ("enrolment", ConfigError, "must be a mapping"),
         ({"type": "refusal", "epsilon": 0.5}, ConfigError, "encode decimals as strings"),

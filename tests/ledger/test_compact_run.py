@@ -82,3 +82,36 @@ def test_compact_refuses_an_unknown_method(sampled_run: Path) -> None:
     result = CliRunner().invoke(app, ["ledger", "compact", "--run", str(sampled_run), "--keep", "subtrct"])
     assert result.exit_code == 2
     assert "subtrct" in result.output and "subtract" in result.output
+
+
+def test_a_compaction_is_a_signed_audit_event_and_verify_refuses_unlogged_ones(sampled_run: Path, tmp_path: Path) -> None:
+    """Blobs deleted and marked compacted outside `fedunlearn ledger compact` fail verify until logged."""
+    import sqlite3
+
+    from fedunlearn.certify.compaction import compact_run
+    from fedunlearn.certify.runaudit import RunAudit
+    from fedunlearn.certify.verify_run import verify_run
+    from fedunlearn.ledger import CompactionPolicy, compact, compaction_batches
+
+    logged = _copy(sampled_run, tmp_path / "logged")
+    report = compact_run(logged, CompactionPolicy())
+    with Ledger.open(logged) as ledger:
+        [batch] = compaction_batches(ledger)
+    with RunAudit.open(logged) as audit:
+        [(_, event)] = audit.events("compaction")
+    assert (event["stamp"], event["digest"], event["updates"]) == (report.stamp, batch.digest, len(report.updates))
+    assert verify_run(logged).ok
+
+    raw = _copy(sampled_run, tmp_path / "raw")  # the ledger API alone: deleted, but no signed record
+    with Ledger.open(raw) as ledger:
+        compact(ledger, CompactionPolicy())
+    problems = verify_run(raw).problems
+    assert any("no signed compaction event" in p for p in problems), problems
+    compact_run(raw, CompactionPolicy())  # an interrupted compaction is logged by the next one
+    assert verify_run(raw).ok
+
+    with sqlite3.connect(logged / "ledger.sqlite") as conn:  # someone widens the signed batch afterwards
+        conn.execute("INSERT INTO compacted (hash, org, kind, policy, compacted) VALUES (?, 'org-0', 'update', ?, ?)",
+                     ("0" * 64, '{"drop_history": false, "keep": []}', report.stamp))
+    problems = verify_run(logged).problems
+    assert any("ledger compaction" in p and "no signed compaction event" in p for p in problems), problems
