@@ -20,6 +20,7 @@ import contextlib
 import json
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -111,31 +112,53 @@ def evaluate(run_dir: Path, states: list[dict[str, torch.Tensor]], weights: list
     return out, model
 
 
-def erase_each(trained: Path, settings, methods, work: Path) -> tuple[dict[str, dict[str, Any]], Any]:
+def _timed_erase(trained: Path, settings, label: str, method: str, options: dict, work: Path):
+    """Erase ``SUBJECT`` from a fresh copy of ``trained``; return ``(run folder, result, wall seconds)``."""
+    run = copy_run(trained, work / label.replace(" ", "_").replace("=", ""))
+    request = EraseRequest((SUBJECT,), method=method, options=options)
+    grid = grid_for(settings) if prepare_erasure(run, request) else None
+    with _capture_off():  # the pre-erasure audit is the same for every method: timed once, apart
+        t = time.perf_counter()
+        result = erase(run, request, grid=grid)
+        wall = time.perf_counter() - t
+    return run, result, wall
+
+
+def erase_each(trained: Path, settings, methods, work: Path, *, warmup: bool = True,
+               repeats: int = 1) -> tuple[dict[str, dict[str, Any]], Any]:
     """Erase ``SUBJECT`` from a copy of ``trained`` with each ``(label, method, options)``; measure and evaluate.
+
+    ``warmup``: first run one untimed ``retrain`` (the first erasure of a process was measured up to
+    1.5x slower than later ones: timing ``retrain`` first, cold, flattered every ratio against it).
+    ``repeats``: time every method that many times, interleaved (method by method, round after
+    round), and report the median (``wall_all``: every time); metrics come from the first round
+    (the methods are deterministic on the CPU).
 
     Returns the rows by label (metrics, wall time, client steps, bytes, rounds, guarantee, notes; KL to
     the ``retrain`` row's model, which must come first) and that retrained model.
     """
+    if warmup:
+        run, _, _ = _timed_erase(trained, settings, "warm-up", "retrain", {}, work)
+        shutil.rmtree(run)
     rows: dict[str, dict[str, Any]] = {}
     reference = None
-    for label, method, options in methods:
-        run = copy_run(trained, work / label.replace(" ", "_").replace("=", ""))
-        request = EraseRequest((SUBJECT,), method=method, options=options)
-        grid = grid_for(settings) if prepare_erasure(run, request) else None
-        with _capture_off():  # the pre-erasure audit is the same for every method: timed once, apart
-            t = time.perf_counter()
-            result = erase(run, request, grid=grid)
-            wall = time.perf_counter() - t
-        metrics, model = evaluate(run, [head_state(run)], [1.0], reference)
-        if method == "retrain":
-            reference, metrics["kl_to_retrain"] = model, 0.0
-        rows[label] = metrics | {"method": method, "options": options, "wall_seconds": wall,
-                                 "client_steps": result.cost.client_steps, "bytes": result.cost.bytes_sent,
-                                 "rounds": result.cost.rounds, "guarantee": str(getattr(result, "guarantee", "")),
-                                 "notes": list(result.notes)}
-        print(label, rows[label], flush=True)
-        shutil.rmtree(run)
+    for turn in range(repeats):
+        for label, method, options in methods:
+            run, result, wall = _timed_erase(trained, settings, label, method, options, work)
+            if turn:
+                rows[label]["wall_all"].append(wall)
+                rows[label]["wall_seconds"] = statistics.median(rows[label]["wall_all"])
+                shutil.rmtree(run)
+                continue
+            metrics, model = evaluate(run, [head_state(run)], [1.0], reference)
+            if method == "retrain":
+                reference, metrics["kl_to_retrain"] = model, 0.0
+            rows[label] = metrics | {"method": method, "options": options, "wall_seconds": wall, "wall_all": [wall],
+                                     "client_steps": result.cost.client_steps, "bytes": result.cost.bytes_sent,
+                                     "rounds": result.cost.rounds, "guarantee": str(getattr(result, "guarantee", "")),
+                                     "notes": list(result.notes)}
+            print(label, rows[label], flush=True)
+            shutil.rmtree(run)
     return rows, reference
 
 

@@ -119,7 +119,8 @@ def render_length(doc: dict, plots: dict) -> str:
         "own trained run, erased by `retrain` and by the methods' defaults. `retrain` repeats R·E epochs of the "
         "remaining organizations; `influence` costs a fixed few passes (the subject's gradient, the remaining "
         "organizations' Fisher, their gradient after the step) and `subtract` its K calibration epochs, whatever R. "
-        "Bar of issue #4: wall / retrain ≤ 0.1.", "",
+        f"Wall times: median of {doc.get('repeats', 1)} interleaved timings after an untimed warm-up erasure "
+        "(`wall_all` in the JSON). Bar of issue #4: wall / retrain ≤ 0.1.", "",
         _table(header, rows), "", _plot(plots, "erasure_length", chart)])
 
 

@@ -103,7 +103,7 @@ def erasure(opts: Options) -> dict[str, Any]:
     trained = train_workflow(_local_grid(settings), settings).run_dir
     train_seconds = time.perf_counter() - t
     before, _ = evaluate(trained, [head_state(trained)], [1.0], None, baseline=3)
-    rows, reference = bench_approx.erase_each(trained, settings, methods, work)
+    rows, reference = bench_approx.erase_each(trained, settings, methods, work, warmup=not opts.quick)
     capture = bench_approx.capture_seconds(trained, work)
     base_row = rows["retrain"]
     for row in rows.values():
@@ -127,6 +127,7 @@ def erasure(opts: Options) -> dict[str, Any]:
 
 # -- erasure cost against the length of training ---------------------------------------------------
 LENGTH_METHODS = ("retrain", "influence", "subtract")
+LENGTH_REPEATS = 3  # each method timed 3 times, interleaved, after a warm-up; the median is reported
 
 
 def length(opts: Options) -> dict[str, Any]:
@@ -157,16 +158,16 @@ def length(opts: Options) -> dict[str, Any]:
         t = time.perf_counter()
         trained = train_workflow(_local_grid(settings), settings).run_dir
         train_seconds = time.perf_counter() - t
-        rows, _ = bench_approx.erase_each(trained, settings, methods, work)
+        rows, _ = bench_approx.erase_each(trained, settings, methods, work, repeats=2 if opts.quick else LENGTH_REPEATS)
         ref = rows["retrain"]
         points.append({"rounds": rounds, "local_epochs": settings.train.local_epochs, "train_seconds": train_seconds,
-                       "methods": {label: {k: r[k] for k in ("wall_seconds", "client_steps", "exposure", "auc_loss",
-                                                             "holdout_loss", "kl_to_retrain")}
+                       "methods": {label: {k: r[k] for k in ("wall_seconds", "wall_all", "client_steps", "exposure",
+                                                             "auc_loss", "holdout_loss", "kl_to_retrain")}
                                    | {"wall_ratio": r["wall_seconds"] / ref["wall_seconds"],
                                       "steps_ratio": r["client_steps"] / max(ref["client_steps"], 1)}
                                    for label, r in rows.items()}})
         print(f"length R={rounds}", {k: round(v["wall_ratio"], 3) for k, v in points[-1]["methods"].items()}, flush=True)
-    return {"points": points, "methods": list(LENGTH_METHODS)}
+    return {"points": points, "methods": list(LENGTH_METHODS), "repeats": 2 if opts.quick else LENGTH_REPEATS}
 
 
 # -- DP overhead --------------------------------------------------------------------------------------

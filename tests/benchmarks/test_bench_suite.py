@@ -44,6 +44,8 @@ def test_quick_suite_writes_results_with_measured_sections(tiny_model_dir: Path,
     assert longer["methods"]["retrain"]["client_steps"] == 3 * short["methods"]["retrain"]["client_steps"]
     for m in ("influence", "subtract"):
         assert longer["methods"][m]["steps_ratio"] < short["methods"][m]["steps_ratio"], m
+    for m in longer["methods"].values():  # timed twice, interleaved: the median of both
+        assert len(m["wall_all"]) == 2 and m["wall_seconds"] == pytest.approx(sum(m["wall_all"]) / 2)
     modes = sections["dp"]["modes"]
     assert modes["DP-SGD (record level)"]["epsilon"]["record"] > 0
     assert modes["DP-FedAvg (client level)"]["epsilon"]["client"] > 0
