@@ -118,6 +118,57 @@ def keys_sign_request(
     console.print(f"signed request {signed.digest[:16]}… written to {out}")
 
 
+@keys_app.command("sign-rotation")
+def keys_sign_rotation(
+    key: Path = typer.Option(..., "--key", help="The organization's CURRENT private key (.pem); it never leaves "
+                             "this machine."),
+    new_public_key: Path = typer.Option(..., "--new-public-key", help="The new .pub (`fedunlearn keys generate`)."),
+    run: Path = typer.Option(..., "--run", help="Run folder, or the run's audit.pub (it names the run)."),
+    out: Path = typer.Option(..., "--out", help="Where to write the rotation statement (JSON) for the coordinator."),
+) -> None:
+    """Sign, offline on the organization's machine, the statement that hands its key over to a new one.
+
+    The coordinator logs it with `fedunlearn keys rotate --run RUN --org NAME --statement FILE`; the
+    organization's private keys never reach the coordinator.
+    """
+    from fedunlearn.audit import attest_rotation, load_public_key, load_signing_key
+
+    try:
+        new_key = load_public_key(new_public_key)
+        origin = load_public_key(run / "audit.pub" if run.is_dir() else run).name
+        statement = attest_rotation(load_signing_key(key, name=new_key.name), new_key, origin=origin,
+                                    role="organization")
+        out.write_text(json.dumps({**statement, "new_public_key": new_key.vkey}, indent=2) + "\n", encoding="utf-8")
+    except FedUnlearnError as exc:
+        fail(exc)
+        return
+    console.print(f"rotation statement to key {new_key.key_id.hex()} written to {out}; the coordinator runs "
+                  f"`fedunlearn keys rotate --run RUN --org NAME --statement {out}`")
+
+
+def _read_statement(path: Path):
+    """A statement written by `keys sign-rotation`: (statement, the new VerifierKey it names)."""
+    import base64
+
+    from fedunlearn.audit import VerifierKey
+    from fedunlearn.errors import ConfigError
+
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"rotation statement {str(path)!r} cannot be read as JSON ({exc}); write it with "
+                          "`fedunlearn keys sign-rotation`") from exc
+    missing = [k for k in ("role", "old", "new", "attestation", "new_public_key") if not isinstance(doc.get(k), str)]
+    if not isinstance(doc, dict) or missing:
+        raise ConfigError(f"rotation statement {str(path)!r} lacks {missing or 'a JSON object'}; write it with "
+                          "`fedunlearn keys sign-rotation`")
+    new_key = VerifierKey.parse(doc["new_public_key"])
+    if base64.b64encode(new_key.raw).decode("ascii") != doc["new"]:
+        raise ConfigError(f"rotation statement {str(path)!r}: its new_public_key is not the key its signed 'new' "
+                          "field names; sign the statement again")
+    return {k: doc[k] for k in ("role", "old", "new", "attestation")}, new_key
+
+
 @keys_app.command("rotate")
 def keys_rotate(
     run: Path = typer.Option(..., "--run", help="Run folder."),
@@ -127,13 +178,18 @@ def keys_rotate(
                                        "(.pem), which attests the new one."),
     new_public_key: Optional[Path] = typer.Option(None, "--new-public-key", help="With --org: the organization's "
                                                   "new .pub (`fedunlearn keys generate`)."),
+    statement_file: Optional[Path] = typer.Option(None, "--statement", help="With --org, instead of --key and "
+                                                  "--new-public-key: a statement the organization signed offline "
+                                                  "(`fedunlearn keys sign-rotation`)."),
 ) -> None:
     """Rotate a signing key: the new key is logged in a key-rotation event attested by the old key.
 
     Without --org the coordinator's log/certificate key is replaced (a fresh key in the run's secrets);
     later checkpoints and certificates are signed with it, and `fedunlearn verify` follows the chain from
     the pinned RUN/audit.pub. With --org the organization's erasure-request key changes; requests signed
-    with the old key are refused from then on.
+    with the old key are refused from then on. The organization either hands its current private key
+    to this command (--key) or, better, signs the hand-over on its own machine (`keys sign-rotation`)
+    and sends the statement (--statement).
     """
     from fedunlearn.audit import attest_rotation, load_public_key, load_signing_key, save_public_key
     from fedunlearn.certify.runaudit import RunAudit
@@ -141,20 +197,29 @@ def keys_rotate(
 
     try:
         if org is None:
-            if key is not None or new_public_key is not None:
-                raise ConfigError("--key and --new-public-key rotate an organization's key: pass --org too")
+            if key is not None or new_public_key is not None or statement_file is not None:
+                raise ConfigError("--key, --new-public-key and --statement rotate an organization's key: pass --org too")
             with RunAudit.open(run) as audit:
                 old = audit.verifier
                 new = audit.rotate_key()
             console.print(f"coordinator key rotated: {old.key_id.hex()} → {new.key_id.hex()} (log entry attested by "
                           f"the old key); auditors keep pinning {run / 'audit.pub'}\nnew verifier key: {new.vkey}")
             return
-        if key is None or new_public_key is None:
-            raise ConfigError("--org needs --key (the current private key) and --new-public-key (the new .pub)")
-        new_key = load_public_key(new_public_key)
+        if statement_file is not None:
+            if key is not None or new_public_key is not None:
+                raise ConfigError("--statement already names the new key and is signed by the old one: drop --key "
+                                  "and --new-public-key")
+            statement, new_key = _read_statement(statement_file)
+        elif key is None or new_public_key is None:
+            raise ConfigError("--org needs --statement (signed offline with `fedunlearn keys sign-rotation`), or "
+                              "--key (the current private key) and --new-public-key (the new .pub)")
+        else:
+            new_key = load_public_key(new_public_key)
+            statement = None
         with RunAudit.open(run) as audit:
-            statement = attest_rotation(load_signing_key(key, name=new_key.name), new_key, origin=audit.origin,
-                                        role="organization")
+            if statement is None:
+                statement = attest_rotation(load_signing_key(key, name=new_key.name), new_key, origin=audit.origin,
+                                            role="organization")
             index = audit.rotate_org_key(org, statement)
         (run / "org-keys").mkdir(exist_ok=True)
         save_public_key(new_key, run / "org-keys" / f"{org}.pub")

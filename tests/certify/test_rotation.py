@@ -152,6 +152,37 @@ def test_organization_rotation_refuses_the_old_key(run_copy, org_key, tmp_path):
     assert verify_run(run_copy).ok
 
 
+def test_organization_rotates_offline_with_a_signed_statement(run_copy, org_key, tmp_path):
+    """`keys sign-rotation` on the organization's machine, `keys rotate --statement` at the coordinator."""
+    new = generate_signing_key("org-1.example/erasure-2026")
+    old_pem = save_private_key(org_key, tmp_path / "old.pem")
+    new_pub = save_public_key(new, tmp_path / "new.pub")
+    runner = CliRunner()
+    statement = tmp_path / "rotation.json"
+    out = runner.invoke(app, ["keys", "sign-rotation", "--key", str(old_pem), "--new-public-key", str(new_pub),
+                              "--run", str(run_copy / "audit.pub"), "--out", str(statement)])
+    assert out.exit_code == 0, out.output
+    assert "PRIVATE" not in statement.read_text(encoding="utf-8")  # only public material travels
+    swapped = json.loads(statement.read_text(encoding="utf-8"))  # a statement whose key was swapped in transit
+    swapped["new_public_key"] = generate_signing_key("org-1.example/erasure-2026").verifier.vkey
+    (tmp_path / "swapped.json").write_text(json.dumps(swapped), encoding="utf-8")
+    out = runner.invoke(app, ["keys", "rotate", "--run", str(run_copy), "--org", "org-1",
+                              "--statement", str(tmp_path / "swapped.json")])
+    assert out.exit_code != 0 and "not the key its signed 'new' field names" in out.output
+    out = runner.invoke(app, ["keys", "rotate", "--run", str(run_copy), "--org", "org-1", "--statement", str(statement),
+                              "--key", str(old_pem)])
+    assert out.exit_code != 0 and "drop --key" in out.output
+    out = runner.invoke(app, ["keys", "rotate", "--run", str(run_copy), "--org", "org-1", "--statement", str(statement)])
+    assert out.exit_code == 0, out.output
+    assert load_public_key(run_copy / "org-keys" / "org-1.pub").raw == new.verifier.raw
+    with RunAudit.open(run_copy) as audit:
+        assert audit.enrolled_key("org-1").raw == new.verifier.raw
+        with pytest.raises(AuthorizationError, match="rotated out by the organization"):
+            authorize_request(audit, sign_request(org_key, run=audit.origin, subjects=["org-1"]))
+        assert authorize_request(audit, sign_request(new, run=audit.origin, subjects=["org-1"])).signer_role == "subject"
+    assert verify_run(run_copy).ok
+
+
 def test_cli_rotates_the_coordinator_key(run_copy):
     runner = CliRunner()
     out = runner.invoke(app, ["keys", "rotate", "--run", str(run_copy)])
