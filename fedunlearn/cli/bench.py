@@ -17,8 +17,8 @@ SUITE = Path(__file__).resolve().parents[2] / "benchmarks" / "run.py"
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def bench(
     ctx: typer.Context,
-    only: str = typer.Option("training,erasure,dp,scale", "--only", help="Comma-separated sections: training, "
-                             "erasure, dp, scale."),
+    only: str = typer.Option("training,erasure,length,dp,scale", "--only", help="Comma-separated sections: "
+                             "training, erasure, length (erasure cost against training rounds), dp, scale."),
     quick: bool = typer.Option(False, "--quick", help="Smoke-test sizes (seconds per section)."),
     model: str = typer.Option("", "--model", help="Local model folder (default: the embedded default)."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda or auto."),
