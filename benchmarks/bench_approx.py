@@ -59,7 +59,7 @@ METHODS: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("influence local hessian λ=1 it=3", "influence", {"curvature": "hessian", "damping": 1.0, "iterations": 3}),
     ("influence federated cg λ=1", "influence", {"solver": "cg", "damping": 1.0}),
     ("influence federated cg λ=0.3", "influence", {"solver": "cg", "damping": 0.3}),
-    ("subtract", "subtract", {}),  # defaults: ΔW space, K = 3
+    ("subtract", "subtract", {}),  # defaults: ΔW space, K = auto (3 for these 5 rounds)
     ("subtract K=0", "subtract", {"calibration-rounds": 0}),
     ("subtract K=1", "subtract", {"calibration-rounds": 1}),
     ("subtract K=5", "subtract", {"calibration-rounds": 5}),

@@ -118,7 +118,8 @@ def render_length(doc: dict, plots: dict) -> str:
         "The erasure scenario trained for R rounds (E local epochs each), everything else unchanged; each R is its "
         "own trained run, erased by `retrain` and by the methods' defaults. `retrain` repeats R·E epochs of the "
         "remaining organizations; `influence` costs a fixed few passes (the subject's gradient, the remaining "
-        "organizations' Fisher, their gradient after the step) and `subtract` its K calibration epochs, whatever R. "
+        "organizations' Fisher, their gradient after the step) whatever R, and `subtract` K calibration epochs with K "
+        "= auto: one every 2 replayed rounds, at least 3 (so K = 3, 5, 10 for R = 5, 10, 20). "
         f"Wall times: median of {doc.get('repeats', 1)} interleaved timings after an untimed warm-up erasure "
         "(`wall_all` in the JSON). Bar of issue #4: wall / retrain ≤ 0.1.", "",
         _table(header, rows), "", _plot(plots, "erasure_length", chart)])

@@ -136,7 +136,8 @@ def length(opts: Options) -> dict[str, Any]:
     What an erasure costs relative to retraining depends on how long training was: ``retrain``
     repeats all R rounds × E local epochs, while ``influence`` costs a fixed few passes over the
     data (the subject's gradient, the remaining organizations' Fisher and their gradient after the
-    step) and ``subtract`` K calibration rounds of ``calibration-epochs``. Same scenario as the
+    step) and ``subtract`` K calibration rounds of ``calibration-epochs`` (K = auto: one every 2 replayed
+    rounds, at least 3, so it grows with R too). Same scenario as the
     erasure section, only ``train.rounds`` changes; quality is measured as there.
     """
     import bench_approx

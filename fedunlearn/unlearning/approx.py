@@ -50,6 +50,10 @@ __all__ = ["ApproxOptions", "ApproxOutcome", "ApproximateUnlearner", "Queries", 
 State = dict[str, torch.Tensor]
 
 
+#: ``calibration-rounds=auto`` calibrates at least this many rounds (the K tuned on 5-round runs).
+AUTO_MIN_CALIBRATIONS = 3
+
+
 @dataclass(frozen=True)
 class ApproxOptions:
     """Parameters of the approximate methods (``EraseRequest.options`` keys, ``-`` or ``_`` alike).
@@ -69,10 +73,13 @@ class ApproxOptions:
     noise_epsilon, noise_delta
         ``influence``: Gaussian noise on the result for this (ε, δ) (:func:`~fedunlearn.certify.removal_noise`);
         ``noise_epsilon = 0`` adds none.
-    calibration_rounds, calibration_epochs, space
-        ``subtract``: K replayed rounds calibrated by the remaining organizations (0 = pure
-        subtraction), the local epochs of each calibration fit (FedEraser uses half the original),
-        and where the history is replayed: ``"deltaw"`` (ΔW = s·B A, re-factorized by truncated SVD)
+    calibration_rounds, calibration_interval, calibration_epochs, space
+        ``subtract``: K replayed rounds calibrated by the remaining organizations: ``"auto"`` (one
+        every ``calibration_interval`` replayed rounds, FedEraser's Δt, and at least 3, the value
+        tuned on short runs: K = min(R, max(3, ⌈R/Δt⌉)), so calibration keeps up with longer
+        training) or a number (0 = pure subtraction); the local
+        epochs of each calibration fit (FedEraser uses half the original), and where the history is
+        replayed: ``"deltaw"`` (ΔW = s·B A, re-factorized by truncated SVD)
         or ``"factors"`` (LoRA-factor space, the first version, kept for comparison).
     negate_scale
         ``negate``: α in ``θ − α τ_subject``.
@@ -91,7 +98,8 @@ class ApproxOptions:
     gradient: str = "auto"
     noise_epsilon: float = 0.0
     noise_delta: float = 1e-5
-    calibration_rounds: int = 3
+    calibration_rounds: str = "auto"
+    calibration_interval: int = 2
     calibration_epochs: int = 1
     space: str = "deltaw"
     negate_scale: float = 1.0
@@ -114,8 +122,19 @@ class ApproxOptions:
             raise ConfigError(f"option curvature = {self.curvature!r}: expected 'fisher' or 'hessian'")
         if self.gradient not in ("auto", "subject", "stored"):
             raise ConfigError(f"option gradient = {self.gradient!r}: expected 'auto', 'subject' or 'stored'")
-        if self.iterations < 1 or self.forget_rounds < 1 or self.forget_epochs < 1 or self.calibration_epochs < 1:
-            raise ConfigError("options iterations, forget-rounds, forget-epochs and calibration-epochs must be >= 1")
+        if (self.iterations < 1 or self.forget_rounds < 1 or self.forget_epochs < 1 or self.calibration_epochs < 1
+                or self.calibration_interval < 1):
+            raise ConfigError("options iterations, forget-rounds, forget-epochs, calibration-epochs and "
+                              "calibration-interval must be >= 1")
+        if self.calibration_rounds != "auto" and not str(self.calibration_rounds).isdigit():
+            raise ConfigError(f"option calibration-rounds = {self.calibration_rounds!r}: expected 'auto' (one every "
+                              "calibration-interval replayed rounds) or a whole number >= 0 (0 = no calibration)")
+
+    def calibration_count(self, replayed: int) -> int:
+        """K for a replay of ``replayed`` rounds: ``min(R, max(3, ⌈R / calibration_interval⌉))`` when ``"auto"``."""
+        if self.calibration_rounds == "auto":
+            return min(replayed, max(AUTO_MIN_CALIBRATIONS, -(-replayed // self.calibration_interval)))
+        return int(self.calibration_rounds)
 
     @classmethod
     def from_request(cls, request: EraseRequest) -> ApproxOptions:

@@ -13,7 +13,8 @@ and is renormalized over the remaining weight::
 i.e. the kept organizations' steps with weights ``w_i / Σ_{j≠s} w_j`` plus FedAvg's factor-averaging
 cross term, so that erasing nobody replays the run exactly. The stored steps were computed from
 models that had seen the subject; in K of the replayed rounds (evenly spread, K =
-``calibration-rounds``, 0 allowed) the remaining organizations *calibrate* them: each trains
+``calibration-rounds``: by default one every ``calibration-interval`` = 2 replayed rounds, as
+FedEraser's Δt; a number, 0 allowed) the remaining organizations *calibrate* them: each trains
 ``calibration-epochs`` local epochs from the replayed model (a ``train`` message, same seed as the
 original round) and the server keeps, per module, the ΔW direction of that calibration update and
 the ΔW magnitude of the stored one. The final ``M'`` is re-factorized to the adapter's rank by
@@ -135,7 +136,8 @@ class SubtractUnlearner(ApproximateUnlearner):
         return None
 
     def needs_flower(self, request: EraseRequest, ledger: Ledger, run: RunFolder) -> bool:
-        return ApproxOptions.from_request(request).calibration_rounds > 0
+        k = ApproxOptions.from_request(request).calibration_rounds
+        return k == "auto" or int(k) > 0
 
     def compute(self, request: EraseRequest, federation: Federation, options: ApproxOptions) -> ApproxOutcome:
         ledger, run = federation.ledger, federation.run
@@ -145,7 +147,8 @@ class SubtractUnlearner(ApproximateUnlearner):
         for shard in self.affected_shards(ledger, request.subjects):
             base = min((ledger.checkpoint_before_join(shard, s) for s in subjects), key=lambda c: c.round)
             chain = [c for c in ledger.chain(shard) if c.round > base.round]
-            plans[shard] = (base, chain, calibration_rounds([c.round for c in chain], options.calibration_rounds))
+            plans[shard] = (base, chain, calibration_rounds([c.round for c in chain],
+                                                            options.calibration_count(len(chain))))
         needed = sorted({c.org for _, chain, cal in plans.values() for ck in chain if ck.round in cal
                          for c in ledger.contributions(ck.id) if c.org not in subjects})
         queries = Queries(federation, dict(federation.coordinator(needed).nodes) if needed else {})

@@ -155,3 +155,25 @@ def test_record_request_is_checked(run_factory, tiny_model_dir, tmp_path):
     with pytest.raises(ConfigError, match="option damping"):
         erase(run, EraseRequest(("org-2",), method="influence", options={"damping": -1}), grid=grid)
     del DataError
+
+
+def test_calibration_rounds_default_to_one_every_interval():
+    """K = min(R, max(3, ceil(R / Δt))) by default (FedEraser's interval), so calibration keeps up with longer training."""
+    from fedunlearn.errors import ConfigError
+    from fedunlearn.unlearning.approx import ApproxOptions
+    from fedunlearn.unlearning.subtract import SubtractUnlearner
+
+    def opts(**o):
+        return ApproxOptions.from_request(EraseRequest(("org-1",), method="subtract", options=o))
+
+    assert [opts().calibration_count(r) for r in (1, 2, 5, 6, 10, 20)] == [1, 2, 3, 3, 5, 10]
+    assert opts(**{"calibration-interval": 4}).calibration_count(20) == 5
+    assert opts(**{"calibration-rounds": 3}).calibration_count(20) == 3
+    assert opts(**{"calibration-rounds": 0}).calibration_count(20) == 0
+    needs = SubtractUnlearner().needs_flower
+    assert needs(EraseRequest(("org-1",), method="subtract"), None, None)
+    assert not needs(EraseRequest(("org-1",), method="subtract", options={"calibration-rounds": 0}), None, None)
+    with pytest.raises(ConfigError, match="'auto'"):
+        opts(**{"calibration-rounds": "three"})
+    with pytest.raises(ConfigError, match="calibration-interval"):
+        opts(**{"calibration-interval": 0})
