@@ -115,33 +115,36 @@ def _artifacts(run_dir: Path, log: AuditLog, report: RunVerification) -> None:
 
     events = [e for e in (parse_canonical_json(x) for x in log.entries()) if isinstance(e, dict)]
     exports = [e for e in events if e.get("type") == "export"]
-    if not exports:
+    latest = exports[-1] if exports else None
+    if latest is None:
         report.checked.append("artifacts: no export event in the log (nothing exported yet)")
+    else:
+        for rel, want in sorted(latest.get("files", {}).items()):
+            path = run_dir / rel
+            if not path.is_file():
+                report.problems.append(f"artifact {rel}: missing (the log records sha256 {want[:16]}...)")
+            elif file_sha256(path) != want:
+                report.problems.append(
+                    f"artifact {rel}: sha256 {file_sha256(path)[:16]}... differs from the logged {want[:16]}...")
+        report.checked.append(f"artifacts: {len(latest.get('files', {}))} exported files re-hashed")
+    if not (run_dir / "ledger.sqlite").exists():
         return
-    latest = exports[-1]
-    for rel, want in sorted(latest.get("files", {}).items()):
-        path = run_dir / rel
-        if not path.is_file():
-            report.problems.append(f"artifact {rel}: missing (the log records sha256 {want[:16]}...)")
-        elif file_sha256(path) != want:
-            report.problems.append(f"artifact {rel}: sha256 {file_sha256(path)[:16]}... differs from the logged {want[:16]}...")
-    report.checked.append(f"artifacts: {len(latest.get('files', {}))} exported files re-hashed")
-    if (run_dir / "ledger.sqlite").exists():
-        from fedunlearn.ledger import Ledger
+    from fedunlearn.ledger import Ledger
 
-        try:
-            with Ledger.open(run_dir) as ledger:
-                served = ledger.served()
-                if served is None or served["served_hash"] != latest.get("served_hash"):
-                    report.problems.append(
-                        f"ledger: served hash {None if served is None else served['served_hash'][:16]} differs from the "
-                        f"logged export's {str(latest.get('served_hash'))[:16]}"
-                    )
-                report.problems.extend(f"ledger blob: {p}" for p in ledger.verify_blobs())
-                report.problems.extend(f"ledger compaction: {p}" for p in check_compactions(ledger, events))
-        except FedUnlearnError as exc:
-            report.problems.append(f"ledger: cannot be read: {exc}")
-        report.checked.append("ledger: served hash and blobs re-hashed, compactions matched to signed events")
+    try:  # blobs and compactions are checked whether or not anything was exported yet
+        with Ledger.open(run_dir) as ledger:
+            served = ledger.served()
+            if latest is not None and (served is None or served["served_hash"] != latest.get("served_hash")):
+                report.problems.append(
+                    f"ledger: served hash {None if served is None else served['served_hash'][:16]} differs from the "
+                    f"logged export's {str(latest.get('served_hash'))[:16]}"
+                )
+            report.problems.extend(f"ledger blob: {p}" for p in ledger.verify_blobs())
+            report.problems.extend(f"ledger compaction: {p}" for p in check_compactions(ledger, events))
+    except FedUnlearnError as exc:
+        report.problems.append(f"ledger: cannot be read: {exc}")
+    report.checked.append("ledger: " + ("served hash, " if latest is not None else "")
+                          + "blobs re-hashed, compactions matched to signed events")
 
 
 def verify_run(

@@ -140,3 +140,20 @@ def test_round_sample_is_seeded_stable_and_fixed_for_the_run(ledger: Ledger) -> 
         ledger.set_round_sample(0.2, seed=7)
     with pytest.raises(LedgerError, match="expected a share in"):
         ledger.set_round_sample(0.0, seed=7)
+
+
+def test_verify_checks_blobs_and_compactions_before_anything_is_exported(history: Ledger, run_dir: Path) -> None:
+    """A run with a ledger and an audit log but no export event yet: its ledger is still audited."""
+    from fedunlearn.certify import RunAudit, verify_run
+    from fedunlearn.certify.compaction import log_compactions
+
+    with RunAudit.open(run_dir) as audit:
+        audit.checkpoint()
+    compact(history, CompactionPolicy())  # the ledger API alone: no signed event
+    result = verify_run(run_dir)
+    assert "artifacts: no export event in the log (nothing exported yet)" in result.checked
+    assert any(p.startswith("ledger compaction:") for p in result.problems), result.problems
+    with RunAudit.open(run_dir) as audit:
+        assert len(log_compactions(audit, history)) == 1
+    result = verify_run(run_dir)
+    assert result.ok, result.problems
