@@ -218,6 +218,7 @@ class Coordinator:
         contents = {}
         dp = self.settings.dp  # record-level budget: each organization checks its cumulative ε, so send the log's
         events = self.audit.events("round-commit") if dp.record_level and dp.max_epsilon > 0 and self.audit else None
+        canary_key = b""
         for org in members:
             config = {"round": rnd, "shard": shard, "org": org,
                       "seed": derive_seed(self.settings.run.seed, "train", shard, rnd, org),
@@ -230,8 +231,9 @@ class Coordinator:
                 config[protocol.EXCLUDE_RECORDS] = "\n".join(sorted(exclude))
             if events is not None:
                 config.update(protocol.dp_history_config(record_history(events, self.audit.subject(org))))
-            if is_canary(org):  # its keyed update direction and norm (federation.canaries)
-                config.update(canary_train_config(run_canary_key(self.run.path), org, self.settings))
+            if is_canary(org):  # its keyed update direction and norm (federation.canaries); the key read once
+                canary_key = canary_key or run_canary_key(self.run.path)
+                config.update(canary_train_config(canary_key, org, self.settings))
             contents[org] = protocol.make_content(state=state, config=config)
         collected = collect_train_replies(self.grid, {o: self.nodes[o] for o in members}, contents, sent=state,
                                           settings=self.settings, group_id=f"shard-{shard}/round-{rnd}")

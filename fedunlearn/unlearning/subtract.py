@@ -172,6 +172,7 @@ class SubtractUnlearner(ApproximateUnlearner):
         """The kept organizations train ``calibration-epochs`` from ``state``; their new adapters."""
         t = run.settings.train
         contents = {}
+        key = run_canary_key(run.path) if any(is_canary(o) for o in orgs) else b""  # read once, not per canary
         for o in orgs:
             config = {"round": rnd, "shard": shard, "org": o, "epochs": options.calibration_epochs,
                       "seed": derive_seed(run.settings.run.seed, "train", shard, rnd, o),
@@ -179,7 +180,7 @@ class SubtractUnlearner(ApproximateUnlearner):
             if forgotten_records(ledger, o):
                 config[protocol.EXCLUDE_RECORDS] = "\n".join(forgotten_records(ledger, o))
             if is_canary(o):  # a canary of the client-level audit answers with its keyed update, as in training
-                config.update(canary_train_config(run_canary_key(run.path), o, run.settings))
+                config.update(canary_train_config(key, o, run.settings))
             contents[o] = protocol.make_content(state=state, config=config)
         replies = queries.ask(protocol.TRAIN, contents, group_id=f"subtract/shard-{shard}/round-{rnd}",
                               sizes={o: nbytes(state) for o in orgs})
