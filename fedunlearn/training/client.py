@@ -8,7 +8,6 @@ several simulated organizations).
 
 from __future__ import annotations
 
-import copy
 import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -26,7 +25,6 @@ from fedunlearn.models import (
     load_base_model,
     pick_device,
     set_lora_state,
-    wrap_lora,
 )
 from fedunlearn.training import modelpool
 from fedunlearn.training.local import (
@@ -192,9 +190,7 @@ class OrganizationClient:
 
     def model_with(self, state: Mapping[str, torch.Tensor]):
         """A fresh copy of the base model wrapped with LoRA and loaded with ``state`` (the caller's own)."""
-        base = copy.copy(self.base)
-        base.model = copy.deepcopy(self.base.model)
-        model = wrap_lora(base, lora_spec(self.settings), seed=0, inplace=True)  # already a copy: not twice
+        model = modelpool.build(self.base, lora_spec(self.settings))
         set_lora_state(model, state)
         return model
 

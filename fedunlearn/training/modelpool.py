@@ -17,11 +17,14 @@ handful of short messages: rebuilding per message was the largest fixed cost of 
 * A model that leaves the pool in an unknown state (Opacus attached per-sample hooks for DP-SGD,
   or a call raised) is checked before it goes back, and dropped if anything is left on it.
 
+Where it helps: any process that answers several messages, i.e. a Ray actor of Flower's simulation
+engine and the in-process grid. Not in a deployment: there every ClientApp task runs in its own
+forked process (:mod:`fedunlearn.deploy.warm`), so a pooled model lives for one message only.
+
 Memory: an idle model is a full copy of the base model held between messages (before the pool,
 that copy lived only while a message ran). :data:`MAX_IDLE` copies at most are kept per key: 1 by
 default, set by the environment variable ``FEDUNLEARN_MODEL_POOL`` (``0`` turns pooling off, the old
-behaviour, for a base model too large to hold twice; ``2`` suits a warm deployment executor serving
-several organizations at once).
+behaviour, for a base model too large to hold twice).
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from torch import nn
 from fedunlearn.errors import ConfigError
 from fedunlearn.models import BaseModel, LoraSpec, set_lora_state, wrap_lora
 
-__all__ = ["MAX_IDLE", "borrow", "clear", "idle_count"]
+__all__ = ["MAX_IDLE", "borrow", "build", "clear", "idle_count"]
 
 def _max_idle() -> int:
     raw = os.environ.get("FEDUNLEARN_MODEL_POOL", "1")
@@ -60,7 +63,7 @@ _lock = threading.Lock()
 _idle: dict[Hashable, list[nn.Module]] = {}
 
 
-def _build(base: BaseModel, spec: LoraSpec) -> nn.Module:
+def build(base: BaseModel, spec: LoraSpec) -> nn.Module:
     """A fresh copy of ``base`` wrapped with LoRA (the base itself is never modified)."""
     fresh = copy.copy(base)
     fresh.model = copy.deepcopy(base.model)
@@ -86,7 +89,7 @@ def _reset(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
 
 @contextlib.contextmanager
 def borrow(key: Hashable, base: BaseModel, spec: LoraSpec, state: Mapping[str, torch.Tensor],
-           *, build: Callable[[BaseModel, LoraSpec], nn.Module] = _build) -> Iterator[nn.Module]:
+           *, build: Callable[[BaseModel, LoraSpec], nn.Module] = build) -> Iterator[nn.Module]:
     """Lend a LoRA-wrapped copy of ``base`` loaded with ``state``; it goes back to the pool afterwards.
 
     Parameters
