@@ -117,7 +117,7 @@ def _timed_erase(trained: Path, settings, label: str, method: str, options: dict
     run = copy_run(trained, work / label.replace(" ", "_").replace("=", ""))
     request = EraseRequest((SUBJECT,), method=method, options=options)
     grid = grid_for(settings) if prepare_erasure(run, request) else None
-    with _capture_off():  # the pre-erasure audit is the same for every method: timed once, apart
+    with _capture(False):  # the pre-erasure audit is the same for every method: timed once, apart
         t = time.perf_counter()
         result = erase(run, request, grid=grid)
         wall = time.perf_counter() - t
@@ -163,9 +163,10 @@ def erase_each(trained: Path, settings, methods, work: Path, *, warmup: bool = T
 
 
 @contextlib.contextmanager
-def _capture_off():
+def _capture(on: bool):
+    """The pre-erasure audit switched on or off inside the block, as it was afterwards."""
     old = os.environ.get(CAPTURE_SWITCH)
-    os.environ[CAPTURE_SWITCH] = "0"
+    os.environ[CAPTURE_SWITCH] = "1" if on else "0"
     try:
         yield
     finally:
@@ -185,15 +186,13 @@ def capture_seconds(trained: Path, work: Path) -> float:
     from fedunlearn.evaluate.before import capture_before
 
     run = copy_run(trained, work / "capture-before")
-    old = os.environ.pop(CAPTURE_SWITCH, None)
     try:
-        t = time.perf_counter()
-        if capture_before(run, (SUBJECT,)) is None:
-            raise RuntimeError("the pre-erasure audit captured nothing: the bench would time an empty call")
-        return time.perf_counter() - t
+        with _capture(True):
+            t = time.perf_counter()
+            if capture_before(run, (SUBJECT,)) is None:
+                raise RuntimeError("the pre-erasure audit captured nothing: the bench would time an empty call")
+            return time.perf_counter() - t
     finally:
-        if old is not None:
-            os.environ[CAPTURE_SWITCH] = old
         shutil.rmtree(run)
 
 
