@@ -136,8 +136,7 @@ class SubtractUnlearner(ApproximateUnlearner):
         return None
 
     def needs_flower(self, request: EraseRequest, ledger: Ledger, run: RunFolder) -> bool:
-        k = ApproxOptions.from_request(request).calibration_rounds
-        return k == "auto" or int(k) > 0
+        return ApproxOptions.from_request(request).calibration_count(1) > 0  # any calibration at all
 
     def compute(self, request: EraseRequest, federation: Federation, options: ApproxOptions) -> ApproxOutcome:
         ledger, run = federation.ledger, federation.run
