@@ -3,7 +3,9 @@
 * :mod:`~fedunlearn.models.device` — :class:`DeviceSpec`, :func:`pick_device`.
 * :mod:`~fedunlearn.models.tokenizer` — :func:`train_tokenizer` (byte-level BPE).
 * :mod:`~fedunlearn.models.default` — the embedded default model, built locally and cached:
-  :class:`DefaultModelSpec`, :func:`ensure_default_model`, :func:`cache_root`.
+  :class:`DefaultModelSpec`, :data:`SIZES`, :func:`ensure_default_model`, :func:`cache_root`.
+* :mod:`~fedunlearn.models.bitsperbyte` — :func:`bits_per_byte` of a model against uniform and
+  unigram baselines.
 * :mod:`~fedunlearn.models.pretrain` — the short pre-training used by the default build.
 * :mod:`~fedunlearn.models.base` — :func:`load_base_model` from a local folder (never a hub).
 * :mod:`~fedunlearn.models.lora` — :class:`LoraSpec`, :func:`wrap_lora`, canonical LoRA states.
@@ -13,13 +15,16 @@
 
 from __future__ import annotations
 
+from fedunlearn.models.bitsperbyte import BitsPerByte, UnigramModel, bits_per_byte
 from fedunlearn.models.base import BaseModel, load_base_model, resolve_model_path
 from fedunlearn.models.default import (
     BUILD_INFO_FILE,
+    SIZES,
     DefaultModelSpec,
     cache_root,
     default_model_dir,
     ensure_default_model,
+    spec_for_size,
 )
 from fedunlearn.models.delta import (
     average_states,
@@ -66,6 +71,7 @@ __all__ = [
     "BOS_TOKEN",
     "BUILD_INFO_FILE",
     "BaseModel",
+    "BitsPerByte",
     "DEVICE_CHOICES",
     "DefaultModelSpec",
     "DeviceSpec",
@@ -73,10 +79,13 @@ __all__ = [
     "LoraSpec",
     "PAD_TOKEN",
     "PretrainResult",
+    "SIZES",
     "SMALL_MODEL_PARAMETERS",
     "SPECIAL_TOKENS",
+    "UnigramModel",
     "adapter_files_sha256",
     "average_states",
+    "bits_per_byte",
     "cache_root",
     "combine_exact",
     "default_model_dir",
@@ -94,6 +103,7 @@ __all__ = [
     "resolve_model_path",
     "set_cpu_threads",
     "set_lora_state",
+    "spec_for_size",
     "state_from_bytes",
     "state_sha256",
     "state_to_bytes",

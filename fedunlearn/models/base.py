@@ -21,7 +21,7 @@ from transformers import (
 
 from fedunlearn.errors import ModelError
 from fedunlearn.models._quiet import quiet_transformers
-from fedunlearn.models.default import DefaultModelSpec, ensure_default_model
+from fedunlearn.models.default import DefaultModelSpec, ensure_default_model, spec_for_size
 from fedunlearn.models.device import DeviceSpec, pick_device
 
 __all__ = ["BaseModel", "load_base_model", "resolve_model_path"]
@@ -49,7 +49,7 @@ class BaseModel:
 
 
 def resolve_model_path(
-    path: str | Path | None, *, spec: DefaultModelSpec | None = None
+    path: str | Path | None, *, spec: DefaultModelSpec | None = None, size: str = "small"
 ) -> Path:
     """Turn a model setting into an absolute local folder.
 
@@ -60,6 +60,9 @@ def resolve_model_path(
         folder containing ``config.json``.
     spec : DefaultModelSpec, optional
         Recipe of the default model; ignored when `path` is given.
+    size : str, default "small"
+        Named size of the default model (:data:`~fedunlearn.models.default.SIZES`) when neither
+        `path` nor `spec` is given.
 
     Returns
     -------
@@ -71,7 +74,7 @@ def resolve_model_path(
         If `path` is not an existing folder with a ``config.json``.
     """
     if path is None or (isinstance(path, str) and not path.strip()):
-        return ensure_default_model(spec if spec is not None else DefaultModelSpec()).resolve()
+        return ensure_default_model(spec if spec is not None else spec_for_size(size)).resolve()
     if not isinstance(path, (str, Path)):
         raise ModelError(
             f"model path {path!r} has type {type(path).__name__}; expected a str or Path naming a "

@@ -117,12 +117,22 @@ def _batches(num_blocks: int, batch_size: int, steps: int, seed: int) -> Iterato
         cursor += batch_size
 
 
+def _autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    # bf16 on CUDA (weights and optimizer state stay float32); plain float32 on the CPU.
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
 @torch.no_grad()
 def _mean_loss(model: PreTrainedModel, blocks: torch.Tensor, batch_size: int) -> float:
     total, count = 0.0, 0
+    device = next(model.parameters()).device
     for start in range(0, len(blocks), batch_size):
-        chunk = blocks[start : start + batch_size]  # [b, T]
-        total += float(model(input_ids=chunk, labels=chunk).loss) * len(chunk)
+        chunk = blocks[start : start + batch_size].to(device)  # [b, T]
+        with _autocast(device):
+            loss = model(input_ids=chunk, labels=chunk).loss
+        total += float(loss) * len(chunk)
         count += len(chunk)
     return total / count
 
@@ -158,7 +168,8 @@ def pretrain(
     Parameters
     ----------
     model : PreTrainedModel
-        A causal LM on the CPU in ``float32``; left in eval mode afterwards.
+        A causal LM in ``float32`` on the CPU or a CUDA device (then trained with bf16 autocast);
+        left in eval mode afterwards, on its device.
     blocks : torch.Tensor
         ``[num_blocks, block_size]`` token ids from :func:`pack_corpus`.
     steps, batch_size : int
@@ -190,9 +201,11 @@ def pretrain(
     model.train()
     with _progress_bar(progress, steps) as bar:
         task = bar.add_task("", total=steps) if bar is not None else None
+        device = next(model.parameters()).device
         for index in _batches(len(blocks), batch_size, steps, seed):
-            batch = blocks[index]  # [B, T]
-            loss = model(input_ids=batch, labels=batch).loss
+            batch = blocks[index].to(device)  # [B, T]
+            with _autocast(device):
+                loss = model(input_ids=batch, labels=batch).loss
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()

@@ -182,14 +182,68 @@ def test_build_leaves_global_rng_alone(tmp_path):
     assert torch.equal(torch.rand(3), expected)
 
 
+def test_real_corpus_build_writes_a_manifest(tmp_path):
+    """MICRO reads the machine's real text: the manifest says from where, how much and its hash."""
+    folder = ensure_default_model(MICRO, cache_dir=tmp_path, progress=False)
+    info = json.loads((folder / BUILD_INFO_FILE).read_text())
+    corpus = info["corpus"]
+    assert corpus["kind"] == "real"
+    assert corpus["documents"] == corpus["train_documents"] + corpus["heldout_documents"]
+    assert all(s["documents"] <= MICRO.corpus_documents for s in corpus["sources"])  # per source
+    taken = [s for s in corpus["sources"] if s["documents"]]
+    assert taken and all(len(s["sha256"]) == 64 and s["characters"] > 0 for s in taken)
+    assert info["pretrain"]["steps"] == MICRO.pretrain_steps
+    assert info["pretrain"]["corpus_tokens"] > 0
+    table = info["bits_per_byte"]
+    rows = [row for row in table.values() if isinstance(row, dict)]
+    assert rows, table
+    for row in rows:  # a uniform guess over the vocabulary is never better than token frequencies
+        assert row["uniform"] > row["unigram"] > 0 and row["model"] > 0
+
+
+def test_synthetic_and_real_corpora_are_different_models(tmp_path):
+    synthetic = DefaultModelSpec(**{**MICRO.__dict__, "corpus": "synthetic"})
+    assert synthetic.key() != MICRO.key()
+    with pytest.raises(ConfigError, match="corpus"):
+        DefaultModelSpec(corpus="wikipedia")
+
+
+def test_sizes_are_named_and_large_has_over_20m_parameters():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from fedunlearn.errors import UnknownNameError
+    from fedunlearn.models import SIZES, spec_for_size
+
+    assert spec_for_size("small") == DefaultModelSpec()
+    with pytest.raises(UnknownNameError, match="'large', 'small'"):
+        spec_for_size("huge")
+    large = SIZES["large"]
+    config = LlamaConfig(vocab_size=large.vocab_size, hidden_size=large.hidden_size,
+                         intermediate_size=large.intermediate_size, num_hidden_layers=large.num_layers,
+                         num_attention_heads=large.num_heads, num_key_value_heads=large.num_heads,
+                         max_position_embeddings=large.max_positions, tie_word_embeddings=False)
+    with torch.device("meta"):
+        parameters = sum(p.numel() for p in LlamaForCausalLM(config).parameters())
+    assert parameters == 21_041_664  # the count the docs state
+
+
 @pytest.mark.slow
-def test_real_default_model_builds_and_loads():
-    """Builds the shipped default (about a minute on 2 cores, once per cache) and loads it."""
+def test_real_default_model_beats_unigram_on_text_it_never_saw():
+    """Builds the shipped default (about 3 minutes on 2 cores, once per cache) and checks its
+    manifest: on the held-out slice of its corpus and on every organization source present on this
+    machine (text from outside the corpus), it predicts better than a unigram model."""
     folder = ensure_default_model(progress=False)
     info = json.loads((folder / BUILD_INFO_FILE).read_text())
-    assert info["pretrain"]["final_loss"] < 2.5
+    assert info["parameters"] == 1_573_504
+    table = info["bits_per_byte"]
+    assert "heldout-slice" in table
+    others = [name for name, row in table.items() if isinstance(row, dict) and name != "heldout-slice"]
+    assert len(others) >= 1, table
+    for name, row in table.items():
+        if isinstance(row, dict):
+            assert row["model"] < 0.85 * row["unigram"] < row["uniform"], (name, row)
     base = load_base_model(folder, device=pick_device("cpu"))
-    ids = base.tokenizer("The weather office confirmed", return_tensors="pt")["input_ids"]
+    ids = base.tokenizer("Return the absolute value of the argument.", return_tensors="pt")["input_ids"]
     with torch.no_grad():
         logits = base.model(input_ids=ids).logits  # [1, T, V]
     assert logits.shape == (1, ids.shape[1], DefaultModelSpec().vocab_size)
