@@ -99,11 +99,15 @@ class ModelSettings:
     """Base model: a local Hugging Face folder, or the embedded default when ``path`` is empty."""
 
     path: str = ""
+    size: str = "small"  # the embedded default when path is empty: small | large (fedunlearn model build)
     device: str = "auto"  # auto | cpu | cuda
     threads: int = 0  # CPU threads for torch; 0 = auto (1 for models under 20M parameters, else all cores)
 
     def __post_init__(self) -> None:
         _positive("model", "threads", self.threads, zero=True)
+        if self.size not in ("small", "large"):
+            raise ConfigError(f"model.size = {self.size!r} is invalid: expected 'small' or 'large' "
+                              "(the embedded default's size; ignored when model.path is set)")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"model.device = {self.device!r} is invalid: expected 'auto', 'cpu' or 'cuda'")
 
@@ -134,7 +138,8 @@ class LoraSettings:
 class DataSettings:
     """Organization data: a folder with one sub-folder per organization, or synthetic data."""
 
-    dir: str = ""  # "" -> synthetic consortium generated from run.seed
+    dir: str = ""  # "" -> a consortium generated from run.seed (see text)
+    text: str = "synthetic"  # what a generated consortium holds: synthetic (templates) | real (text on this machine)
     records_per_org: int = 120
     holdout_per_org: int = 40
     canaries_per_org: int = 3
@@ -152,6 +157,9 @@ class DataSettings:
             _positive("data", name.replace("_", "-"), getattr(self, name), zero=True)
         if not 1 <= self.canary_digits <= 9:
             raise ConfigError(f"data.canary-digits = {self.canary_digits!r} is invalid: expected 1..9")
+        if self.text not in ("synthetic", "real"):
+            raise ConfigError(f"data.text = {self.text!r} is invalid: expected 'synthetic' (templated records) "
+                              "or 'real' (real text found on this machine, one source per organization)")
 
 
 @dataclass(frozen=True)

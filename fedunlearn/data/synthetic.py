@@ -70,6 +70,7 @@ __all__ = [
     "audit_canaries",
     "consortium_audit_canaries",
     "default_organization_names",
+    "draw_secret",
     "generate_consortium",
 ]
 
@@ -185,7 +186,7 @@ def _check_names(organizations: Sequence[str]) -> list[str]:
     return names
 
 
-def _draw_secret(rng: random.Random, space: CanarySpace, taken: set[str]) -> str:
+def draw_secret(rng: random.Random, space: CanarySpace, taken: set[str]) -> str:
     # Rejection sampling keeps the draw uniform over the untaken secrets and prefix-stable.
     while True:
         secret = space.format(rng.randrange(space.size))
@@ -238,7 +239,7 @@ def _organization(
             id=f"canary-{name}-{j}",
             org=name,
             prefix=CANARY_PREFIX.format(holder=name),
-            secret=_draw_secret(secret_rng, space, taken),
+            secret=draw_secret(secret_rng, space, taken),
             suffix=CANARY_SUFFIX,
             repeats=repeats,
         )
@@ -327,7 +328,7 @@ def generate_consortium(
             id=f"canary-never-{i}",
             org="",
             prefix=CANARY_PREFIX.format(holder=f"reserve-{i}"),
-            secret=_draw_secret(baseline_rng, space, taken),
+            secret=draw_secret(baseline_rng, space, taken),
             suffix=CANARY_SUFFIX,
             repeats=0,
         )

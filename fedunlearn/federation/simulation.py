@@ -78,7 +78,7 @@ def prepare_simulation(settings: Settings, run_dir: Path, *, reporter: Reporter 
     from fedunlearn.runs import RunFolder
 
     run_dir = Path(run_dir)
-    base = resolve_model_path(settings.model.path or None)
+    base = resolve_model_path(settings.model.path or None, size=settings.model.size)
     settings = settings.replace(model={"path": str(base)}, run={"dir": str(run_dir.resolve())})
     synthetic = not settings.data.dir and not any(o.data for o in settings.organizations)
     data_dir = run_dir / "data"

@@ -42,7 +42,7 @@ def open_or_create_ledger(run: RunFolder) -> Ledger:
 def train_workflow(grid: Grid, settings: Settings, *, reporter: Reporter | None = None) -> TrainReport:
     """Train (or resume) the run described by ``settings`` on ``grid`` and export the served model."""
     run_dir = Path(settings.run.dir) if settings.run.dir else default_run_dir(settings)
-    base = resolve_model_path(settings.model.path or None)
+    base = resolve_model_path(settings.model.path or None, size=settings.model.size)
     run = RunFolder.create_or_resume(run_dir, settings, base)
     with open_or_create_ledger(run) as ledger, RunAudit.open(run.path) as audit:
         coord = Coordinator(grid, run, ledger, reporter=reporter, audit=audit)

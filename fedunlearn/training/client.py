@@ -89,7 +89,17 @@ def organization_name(settings: Settings, node_config: Mapping[str, object]) -> 
 
 @functools.lru_cache(maxsize=4)
 def _synthetic(names: tuple[str, ...], data_key: tuple, seed: int):
-    (records, holdout, canaries, repeats, digits, never, public, audit) = data_key
+    (records, holdout, canaries, repeats, digits, never, public, audit, text) = data_key
+    if text == "real":
+        from fedunlearn.data.realorgs import real_text_consortium
+
+        if audit:
+            raise ConfigError("data.audit-canaries-per-org needs data.text = \"synthetic\"; the real-text "
+                              "consortium has no audit canaries: set it to 0")
+        return real_text_consortium(
+            organizations=names, records_per_org=records, holdout_per_org=holdout, canaries_per_org=canaries,
+            canary_repeats=repeats, canary_digits=digits, never_inserted=never, public_documents=public, seed=seed,
+        )
     return generate_consortium(
         organizations=names, records_per_org=records, holdout_per_org=holdout, canaries_per_org=canaries,
         canary_repeats=repeats, canary_digits=digits, never_inserted=never, public_documents=public, seed=seed,
@@ -100,11 +110,12 @@ def _synthetic(names: tuple[str, ...], data_key: tuple, seed: int):
 def synthetic_key(settings: Settings) -> tuple:
     d = settings.data
     return (d.records_per_org, d.holdout_per_org, d.canaries_per_org, d.canary_repeats, d.canary_digits,
-            d.never_inserted, d.public_documents, d.audit_canaries_per_org)
+            d.never_inserted, d.public_documents, d.audit_canaries_per_org, d.text)
 
 
 def synthetic_consortium(settings: Settings) -> Consortium:
-    """The synthetic consortium ``settings`` describe (deterministic from ``run.seed``; cached)."""
+    """The generated consortium ``settings`` describe: synthetic records, or real text found on this
+    machine when ``data.text = "real"`` (deterministic from ``run.seed`` on one machine; cached)."""
     return _synthetic(tuple(settings.organization_names), synthetic_key(settings), settings.run.seed)
 
 
