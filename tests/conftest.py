@@ -13,10 +13,13 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("FEDUNLEARN_CAPTURE_BEFORE", "0")  # erasures skip the pre-erasure audit (tests/evaluate turn it on)
 
 # A model far smaller than the embedded default, so that every test takes seconds. It is built by
-# the same code path as the default (tokenizer training, config, pre-training, save_pretrained).
+# the same code path as the default (tokenizer training, config, pre-training, save_pretrained), on
+# the synthetic public corpus: the tests' synthetic organizations share its vocabulary, so their
+# records tokenize short and the memorization tests keep their signal (tests of the real-text
+# corpus build their own models, see tests/models/test_default.py).
 TINY_SPEC_KW = dict(
     vocab_size=512, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64,
-    corpus_documents=300, pretrain_steps=20, batch_size=16,
+    corpus="synthetic", corpus_documents=300, pretrain_steps=20, batch_size=16,
 )
 
 
