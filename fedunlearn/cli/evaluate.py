@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
@@ -59,6 +59,8 @@ def evaluate(
                       f"KL to retrain {kl}{eps}")
     if result.spread is not None:
         console.print(f"retrain spread (KL between seeds): mean {result.spread.mean:.4f}, max {result.spread.max:.4f}")
+    if result.learned is not None:
+        _print_learned(result.learned)
     console.print(f"results: {path}  ({sum(result.timings.values()):.1f} s)")
     for check in result.certificate_checks:
         flag = "REFUTED" if check.get("consistent") is False else "ok"
@@ -68,6 +70,28 @@ def evaluate(
             console.print(f"certificate re-issued with the evaluation: {cert.path}")
         else:
             console.print(f"certificate {cert.path} already carries these results; not re-issued")
+
+
+def _print_learned(learned: Any) -> None:
+    """A :class:`~fedunlearn.evaluate.informative.LearnedReport`: the table, then the verdict (yellow unless informative)."""
+    from rich.markup import escape
+
+    fit = "public documents" if learned.unigram_fit == "public" else "organizations' training records"
+    console.print(f"what the models learned: bits per byte on each organization's holdout (unigram fitted on "
+                  f"{learned.unigram_documents} {fit}); canary exposure before the erasure", soft_wrap=True)
+    for o in learned.organizations:
+        cells = "  ".join(f"{n} {v:.3f}" for n, v in {"uniform": o.uniform, "unigram": o.unigram, **o.models}.items())
+        exp = "" if o.exposure_before is None else f"  canaries {o.exposure_before:.2f} bits"
+        mark = " (erased)" if o.organization == learned.subject else ""
+        console.print(f"  {o.organization}{mark}: {cells}{exp}", soft_wrap=True, highlight=False)
+    if learned.never_inserted_before:
+        never = learned.to_dict()["never_inserted_before"]
+        console.print(f"  never-inserted canaries before the erasure: mean {never['mean']:.2f}, p95 {never['p95']:.2f} "
+                      f"bits (a secret ranked by chance: p95 {never['chance_p95']:.2f})", soft_wrap=True, highlight=False)
+    verdict = learned.verdict
+    line = escape(verdict.reason)
+    console.print(line if verdict.uninformative is False else f"[yellow]{line}[/yellow]", soft_wrap=True,
+                  highlight=False)
 
 
 @app.command()

@@ -7,6 +7,8 @@
 * :mod:`~fedunlearn.evaluate.utility` — perplexity on retained organizations and public text.
 * :mod:`~fedunlearn.evaluate.fidelity` — next-token KL to retrained models and their spread.
 * :mod:`~fedunlearn.evaluate.lower_bound` — empirical ε lower bounds; certificate checks.
+* :mod:`~fedunlearn.evaluate.informative` — what a model learned of each organization (bits per
+  byte against uniform and unigram baselines) and whether forgetting figures can mean anything.
 
 Every function takes a model and its tokenizer (or plain scores) and returns a frozen dataclass.
 """
@@ -30,6 +32,17 @@ from fedunlearn.evaluate.fidelity import (
     fidelity_to_retrain,
     mean_next_token_kl,
     retrain_spread,
+)
+from fedunlearn.evaluate.informative import (
+    LearnedReport,
+    OrganizationLearned,
+    ServedFigures,
+    Verdict,
+    chance_p95,
+    fit_unigram,
+    forgetting_verdict,
+    learned_report,
+    served_figures,
 )
 from fedunlearn.evaluate.lower_bound import (
     CertificateCheck,
@@ -77,9 +90,11 @@ __all__ = [
     "ExposureResult",
     "FidelityResult",
     "KlDivergence",
+    "LearnedReport",
     "MemorizationResult",
     "MiaResult",
     "OneRunBound",
+    "OrganizationLearned",
     "Perplexity",
     "RetrainSpread",
     "RocCurve",
@@ -87,11 +102,14 @@ __all__ = [
     "SCORE_NAMES",
     "SecretRank",
     "SequenceScores",
+    "ServedFigures",
     "TokenStatistics",
     "UtilityReport",
+    "Verdict",
     "canary_exposure",
     "candidate_losses",
     "candidate_tokens",
+    "chance_p95",
     "check_certificate",
     "clopper_pearson_upper",
     "epsilon_lower_bound",
@@ -99,8 +117,11 @@ __all__ = [
     "exposure_from_losses",
     "exposure_report",
     "fidelity_to_retrain",
+    "fit_unigram",
+    "forgetting_verdict",
     "greedy_continuations",
     "lcs_length",
+    "learned_report",
     "mean_next_token_kl",
     "memorization",
     "mia_results",
@@ -113,6 +134,7 @@ __all__ = [
     "roc_auc",
     "roc_curve",
     "score_texts",
+    "served_figures",
     "token_statistics",
     "tpr_at_fpr",
     "utility_report",

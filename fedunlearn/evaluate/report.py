@@ -2,9 +2,10 @@
 
 Plots are inline SVG written here (no plotting library needed, nothing fetched by the browser):
 ROC curves of the loss MIA per model, canary exposure per model against the never-inserted
-baseline, erasure cost against full retraining, utility per retained organization, and a summary
-of every certificate. Reads ``RUN_DIR/evaluation/*.json`` (written by ``fedunlearn evaluate``) and
-``RUN_DIR/certificates/*.json``.
+baseline, erasure cost against full retraining, utility per retained organization, what the models
+learned of each organization (bits per byte against uniform and unigram baselines, with a warning
+box when the forgetting figures are uninformative) and a summary of every certificate. Reads
+``RUN_DIR/evaluation/*.json`` (written by ``fedunlearn evaluate``) and ``RUN_DIR/certificates/*.json``.
 """
 
 from __future__ import annotations
@@ -137,10 +138,50 @@ def _evaluation_section(doc: dict[str, Any]) -> str:
                + ("<table><tr><th>certificate</th><th>guarantee</th><th>check</th><th>detail</th></tr>" + checks
                   + "</table>" if checks else "<p>No certificate of these erasures claims an ε to check.</p>")
                + canaries)
-    return (f"<h2>Erasure of {html.escape(doc['subject'])}</h2><div class='plots'>{''.join(charts)}</div>"
+    return (f"<h2>Erasure of {html.escape(doc['subject'])}</h2>{_learned_section(doc)}"
+            f"<div class='plots'>{''.join(charts)}</div>"
             "<table><tr><th>model</th><th>loss AUC</th><th>Min-K%++ AUC</th><th>exposure</th><th>KL to retrain</th>"
             f"</tr>{rows}</table><p>Retrain spread (KL between seeds): mean {spread.get('mean')}, max "
             f"{spread.get('max')}.</p>{privacy}")
+
+
+_BEFORE = {"model": "rebuilt from the ledger and measured",
+           "captured": "purged; its figures were captured at erasure time",
+           "unavailable": "purged and not captured with these figures: no verdict"}
+
+
+def _learned_section(doc: dict[str, Any]) -> str:
+    """The verdict on the forgetting figures (a warning box unless informative) and the "learned" table."""
+    learned, verdict = doc.get("learned"), doc.get("forgetting_verdict")
+    if not learned:
+        return ""
+    box = ""
+    if verdict:
+        kind = {True: "uninformative", False: "informative"}.get(verdict.get("uninformative"), "unknown")
+        box = (f"<div class='verdict {kind}'><strong>{'Warning: ' if kind != 'informative' else ''}"
+               f"{html.escape(str(verdict.get('reason')))}</strong><br><small>Rule: "
+               f"{html.escape(str(verdict.get('rule')))}.</small></div>")
+    models = list(dict.fromkeys(k for o in learned["organizations"] for k in o["bits_per_byte"]))
+    cell = lambda v: "-" if v is None else f"{float(v):.3f}"  # noqa: E731
+    rows = "".join(
+        ("<tr class='subject'>" if o["subject"] else "<tr>")
+        + f"<td>{html.escape(o['organization'])}{' (erased)' if o['subject'] else ''}</td><td>{o['texts']}</td>"
+        + "".join(f"<td>{cell(o['bits_per_byte'].get(m))}</td>" for m in models)
+        + f"<td>{cell(o.get('exposure_before')) if o['canaries'] else '- (no canaries)'}</td></tr>"
+        for o in learned["organizations"])
+    never = learned.get("never_inserted_before")
+    fit = "public documents" if learned.get("unigram_fit") == "public" else "organizations' training records"
+    return (f"{box}<h3>What the model learned</h3><p>Bits per byte on each organization's holdout (lower is better; "
+            f"tokenizer-independent). The unigram baseline is fitted on {learned.get('unigram_documents')} {fit}; "
+            f"the model served before the erasure was {_BEFORE.get(learned.get('before'), 'not measured')}. Canary "
+            "exposure before the erasure, mean of the organization's inserted canaries"
+            + (f", against never-inserted canaries: mean {never['mean']:.2f}, p95 {never['p95']:.2f} bits "
+               f"({never['canaries']} canaries; a secret ranked by chance: p95 {never['chance_p95']:.2f} bits)."
+               if never else " (no never-inserted canary was scored on that model: the threshold is that of a secret "
+               "ranked by chance).")
+            + "</p><table class='learned'><tr><th>organization</th><th>holdout records</th>"
+            + "".join(f"<th>{html.escape(m)}</th>" for m in models)
+            + f"<th>canary exposure before (bits)</th></tr>{rows}</table>")
 
 
 def _certificate_section(run_dir: Path) -> str:
@@ -174,7 +215,10 @@ def render_report(run_dir: str | Path) -> str:
                             f"`fedunlearn evaluate --run {run_dir} --org NAME` first")
     body = "".join(_evaluation_section(d) for d in docs) + _certificate_section(run_dir)
     style = ("body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin:1em 0}"
-             "td,th{border:1px solid #ccc;padding:3px 8px}tr.refuted td{background:#fdd;font-weight:bold}.plots svg{margin:6px;border:1px solid #eee}")
+             "td,th{border:1px solid #ccc;padding:3px 8px}tr.refuted td{background:#fdd;font-weight:bold}.plots svg{margin:6px;border:1px solid #eee}"
+             ".verdict{padding:8px 12px;margin:1em 0;border:2px solid}.verdict.uninformative,.verdict.unknown"
+             "{background:#fff3cd;border-color:#e0a800}.verdict.informative{background:#e8f5e9;border-color:#9c9}"
+             "tr.subject td{font-weight:bold}")
     return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>fedunlearn report</title>"
             f"<style>{style}</style></head><body><h1>fedunlearn evaluation report</h1>"
             f"<p>Run: {html.escape(str(run_dir))}</p>{body}</body></html>")

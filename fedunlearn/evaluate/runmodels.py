@@ -142,7 +142,8 @@ def merged_model(base: BaseModel, states: Sequence[Mapping[str, torch.Tensor]], 
 
 
 def run_consortium(run: RunFolder) -> Consortium:
-    """The run's consortium: ``RUN_DIR/data`` when a simulation saved it, else regenerated (synthetic).
+    """The run's consortium: ``RUN_DIR/data`` when a simulation saved it, the saved consortium that
+    ``data.dir`` names (e.g. ``fedunlearn data real-text``), else regenerated (synthetic).
 
     Raises
     ------
@@ -153,6 +154,8 @@ def run_consortium(run: RunFolder) -> Consortium:
     if (folder / "manifest.json").is_file():
         return load_consortium(folder)
     s = run.settings
+    if s.data.dir and (Path(s.data.dir) / "manifest.json").is_file() and not any(o.data for o in s.organizations):
+        return load_consortium(Path(s.data.dir))
     if s.data.dir or any(o.data for o in s.organizations):
         raise DataError(
             f"run {str(run.path)!r} trained on organizations' own data and holds no consortium in "

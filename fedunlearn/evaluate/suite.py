@@ -9,6 +9,11 @@ Metrics per model: MIAs of the subject's training records (canary copies ``<id>#
 against its holdout, canary exposure (inserted vs ``baseline_canaries`` never-inserted ones),
 memorization of the subject's records, utility on retained organizations and public text, and
 next-token KL to the first retrain (fidelity, with the retrains' mutual spread as noise level).
+
+Per organization of the run, what the base and the served models before and after learned of it
+(bits per byte on its holdout against uniform and unigram baselines, canary exposure before the
+erasure) and whether the subject's forgetting figures can mean anything at all
+(:mod:`~fedunlearn.evaluate.informative`).
 """
 
 from __future__ import annotations
@@ -34,11 +39,12 @@ from fedunlearn.evaluate.runmodels import (
     served_history,
     start_retrains,
 )
-from fedunlearn.evaluate.before import load_captured
+from fedunlearn.evaluate.before import load_captured, load_captured_learned
+from fedunlearn.evaluate.informative import ServedFigures, fit_unigram, learned_report, served_figures
 from fedunlearn.evaluate.onemodel import AuditContext, evaluate_model
 from fedunlearn.evaluate.privacy import check_certificates
 from fedunlearn.evaluate.scores import SequenceScores
-from fedunlearn.evaluate.summary import ModelEvaluation, SuiteResult, model_summary
+from fedunlearn.evaluate.summary import ModelEvaluation, SuiteResult, learned_summary, model_summary
 from fedunlearn.ledger import Ledger
 from fedunlearn.runs import RunFolder
 from fedunlearn.training.client import lora_spec
@@ -182,12 +188,34 @@ def evaluate_erasure(run_dir: str | Path, org: str, options: EvaluationOptions |
             full_models[name] = model
 
     clock = time.perf_counter()
+    fit = fit_unigram(consortium, tok)
+    learned: dict[str, ServedFigures] = {}
+    learned_seconds = 0.0
+
+    def learn(name: str, model: Any, **kwargs: Any) -> None:
+        nonlocal learned_seconds
+        start = time.perf_counter()
+        learned[name] = served_figures(model, consortium, tok, fit.model, max_length=max_len,
+                                       batch_size=opts.exposure_batch_size, **kwargs)
+        learned_seconds += time.perf_counter() - start
+
     # the base never saw any canary: its inserted canaries are a baseline already
-    evaluate("base", "base", merged_model(base, (), (), scaling), served=None, full=True, baseline=False)
+    base_model = merged_model(base, (), (), scaling)
+    evaluate("base", "base", base_model, served=None, full=True, baseline=False)
+    learn("base", base_model)
     captured: list[dict[str, Any]] = []
+    before_source = "unavailable"
     if before_hash is not None:
-        evaluate("before", "before", build(history[before_hash]), served=before_hash, full=True)
+        before_model = build(history[before_hash])
+        evaluate("before", "before", before_model, served=before_hash, full=True)
+        exposure = done["before"].exposure
+        learn("before", before_model, canaries=True, never=ctx.never,
+              known={org: exposure} if exposure is not None else None)
+        before_source = "model"
     elif previous:
+        figures = load_captured_learned(run.path, str(previous))
+        if figures is not None:
+            learned["before"], before_source = figures, "captured"
         found = load_captured(run.path, str(previous), org)
         if found is not None:
             captured.append(dict(found))
@@ -199,7 +227,9 @@ def evaluate_erasure(run_dir: str | Path, org: str, options: EvaluationOptions |
         m = build(history[e["served_hash"]])
         erased_models.append((e["method"], m))
         evaluate(f"after:{e['method']}", "after", m, served=e["served_hash"], full=True)
-    timings["models"] = time.perf_counter() - clock
+        learn(f"after:{e['method']}", m)
+    timings["models"] = time.perf_counter() - clock - learned_seconds
+    timings["learned"] = learned_seconds
     clock = time.perf_counter()
     spec = lora_spec(run.settings)
 
@@ -248,7 +278,8 @@ def evaluate_erasure(run_dir: str | Path, org: str, options: EvaluationOptions |
     return SuiteResult(run=str(run.path), subject=org, subjects=subjects, erasures=erasure_rows,
                        models=tuple(models), spread=spread, privleak=leaks, relearn_split=(len(split.attack),
                        len(split.audit)), options=opts, timings=timings, notes=tuple(notes),
-                       certificate_checks=tuple(checks), captured=tuple(captured))
+                       certificate_checks=tuple(checks), captured=tuple(captured),
+                       learned=learned_report(consortium, org, fit, learned, before_source=before_source))
 
 
 def _with_canary_orgs(run: RunFolder, models: list[ModelEvaluation], delta: float) -> list[ModelEvaluation]:
@@ -265,7 +296,7 @@ def _with_canary_orgs(run: RunFolder, models: list[ModelEvaluation], delta: floa
 def summary_for_certificate(result: SuiteResult) -> Mapping[str, Any]:
     """The compact summary of ``result`` written into the erasure's certificate."""
     models = [(c["name"], c) for c in result.captured] + [(m.name, m) for m in result.models]
-    return {name: model_summary(m) for name, m in models} | {
+    return {name: model_summary(m) for name, m in models} | learned_summary(result.learned) | {
         "retrain_spread_kl": None if result.spread is None else result.spread.mean,
         "privleak": result.privleak,
         "certificate_checks": [{k: c.get(k) for k in ("guarantee", "epsilon_certified", "consistent")}

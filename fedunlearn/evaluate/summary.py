@@ -21,7 +21,7 @@ from fedunlearn.evaluate.memorization import MemorizationResult
 from fedunlearn.evaluate.mia import MiaResult
 from fedunlearn.evaluate.utility import UtilityReport
 
-__all__ = ["ModelEvaluation", "SuiteResult", "model_dict", "model_summary", "to_jsonable"]
+__all__ = ["ModelEvaluation", "SuiteResult", "learned_summary", "model_dict", "model_summary", "to_jsonable"]
 
 _ROC_POINTS = 101
 
@@ -104,6 +104,11 @@ class SuiteResult:
     captured : tuple of dict
         Models evaluated at erasure time (the one served before an erasure that purged it), in
         their JSON form (:mod:`~fedunlearn.evaluate.before`).
+    learned : LearnedReport or None
+        Per organization, what the base and the served models learned of it (bits per byte
+        against uniform and unigram baselines, canary exposure before the erasure), and the
+        verdict on whether the subject's forgetting figures are informative
+        (:mod:`~fedunlearn.evaluate.informative`).
     """
 
     run: str
@@ -119,6 +124,7 @@ class SuiteResult:
     notes: tuple[str, ...] = ()
     certificate_checks: tuple[Mapping[str, Any], ...] = ()
     captured: tuple[Mapping[str, Any], ...] = ()
+    learned: Any = None
 
     def model(self, name: str) -> ModelEvaluation:
         """The evaluation of the model called ``name`` (KeyError-free: ConfigError naming the valid ones)."""
@@ -141,6 +147,8 @@ class SuiteResult:
             "options": dataclasses.asdict(self.options), "timings": dict(self.timings),
             "notes": list(self.notes), "certificate_checks": list(self.certificate_checks),
             "refuted_certificates": [c["certificate"] for c in self.certificate_checks if c.get("consistent") is False],
+            "learned": None if self.learned is None else self.learned.to_dict(),
+            "forgetting_verdict": None if self.learned is None else self.learned.verdict.to_dict(),
         })
 
 
@@ -204,6 +212,21 @@ def model_summary(m: ModelEvaluation | Mapping[str, Any]) -> dict[str, Any]:
     if d.get("captured_at_erasure"):
         out["captured_at_erasure"] = True
     return to_jsonable(out)
+
+
+def learned_summary(learned: Any) -> dict[str, Any]:
+    """The certificate's part of a :class:`~fedunlearn.evaluate.informative.LearnedReport` (empty for None).
+
+    ``forgetting_uninformative`` (true, false or null = unknown) and its reason with the numbers;
+    ``subject_bits_per_byte``: the subject's holdout bits per byte (uniform, unigram, per model).
+    """
+    if learned is None:
+        return {}
+    mine = [o for o in learned.to_dict()["organizations"] if o["subject"]]
+    return to_jsonable({"forgetting_uninformative": learned.verdict.uninformative,
+                        "forgetting_verdict": learned.verdict.reason,
+                        "forgetting_criterion": learned.verdict.criterion}
+                       | ({"subject_bits_per_byte": mine[0]["bits_per_byte"]} if mine else {}))
 
 
 def to_jsonable(value: Any) -> Any:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 
 import pytest
@@ -76,6 +77,43 @@ def test_before_was_captured_at_erasure_and_is_reported(erased_run, result):
     assert doc["models"][0]["name"] == "before" and doc["models"][0]["epsilon_lower_bound"]["epsilon"] >= 0
 
 
+def test_what_the_models_learned_of_every_organization(erased_run, result):
+    """Bits per byte on each holdout (uniform > unigram, finite), exposure before from the capture, the verdict."""
+    doc = json.loads(json.dumps(result.to_dict(), allow_nan=False))
+    learned, verdict = doc["learned"], doc["forgetting_verdict"]
+    assert learned["unigram_fit"] == "training" and learned["unigram_documents"] == 3 * 16  # 20 public documents
+    assert learned["before"] == "captured"  # purged by sisa, measured at erasure time
+    assert [o["organization"] for o in learned["organizations"]] == ["org-0", "org-1", "org-2"]
+    for o in learned["organizations"]:
+        bpb = o["bits_per_byte"]
+        assert list(bpb) == ["uniform", "unigram", "base", "before", "after:sisa"] and o["texts"] == 8
+        assert all(isinstance(v, float) and math.isfinite(v) and v > 0 for v in bpb.values())
+        assert bpb["uniform"] > bpb["unigram"]
+        assert o["canaries"] == 1 and o["subject"] == (o["organization"] == "org-1")
+        # the capture scores no other organization's canary (seconds each, at erasure time)
+        assert (o["exposure_before"] is not None) is o["subject"]
+    assert learned["never_inserted_before"] is None  # nor never-inserted ones: the threshold is chance's
+    [subject] = [o for o in learned["organizations"] if o["subject"]]
+    assert verdict["subject"] == "org-1" and verdict["criterion"] == "canary-exposure"
+    assert verdict["chance_p95"] == pytest.approx(math.log2(20)) and verdict["never_inserted_p95"] is None
+    assert verdict["uninformative"] is (subject["exposure_before"] <= verdict["chance_p95"])
+    assert verdict["exposure_before"] == subject["exposure_before"] == result.to_dict()["models"][0]["exposure"]["mean"]
+    assert "p95 4.3 bits, that of a secret ranked by chance)" in verdict["reason"] and "rule" in verdict
+    # the capture holds the figures, aggregates only: no holdout record either
+    stored = next((erased_run / "evaluation" / "before").glob("*.json")).read_text()
+    assert '"learned"' in stored
+    from fedunlearn.evaluate.runmodels import run_consortium
+    from fedunlearn.evaluate.suite import summary_for_certificate
+    from fedunlearn.runs import RunFolder
+
+    consortium = run_consortium(RunFolder.open(erased_run))
+    assert not any(t in stored for o in consortium.organizations for t in o.texts("holdout"))
+    summary = summary_for_certificate(result)
+    assert summary["forgetting_uninformative"] is verdict["uninformative"]
+    assert summary["forgetting_verdict"] == verdict["reason"] and "after:sisa" in summary  # old keys kept
+    assert summary["subject_bits_per_byte"] == subject["bits_per_byte"]
+
+
 def test_epsilon_lower_bound_in_every_full_evaluation(result):
     for name in ("base", "after:sisa", "retrain"):
         bound = result.model(name).epsilon_audit
@@ -147,7 +185,11 @@ def test_cli_evaluate_then_report(erased_run, tmp_path):
     res = CliRunner().invoke(app, ["evaluate", "--run", str(erased_run), "--org", "org-1", "--json", str(out),
                                    "--retrain-seeds", "2", "--baseline-canaries", "1", "--relearn-steps", "1"])
     assert res.exit_code == 0, res.output
-    assert json.loads(out.read_text())["subject"] == "org-1"
+    doc = json.loads(out.read_text())
+    assert doc["subject"] == "org-1"
+    verdict = doc["forgetting_verdict"]
+    assert verdict["reason"] in res.output.replace("\n", "")  # the warning (yellow) or the all-clear line
+    assert "what the models learned" in res.output and "org-0: uniform" in res.output
     (erased_run / "evaluation").mkdir(exist_ok=True)
     shutil.copy(out, erased_run / "evaluation" / "org-1.json")
     page = tmp_path / "report.html"
@@ -156,5 +198,15 @@ def test_cli_evaluate_then_report(erased_run, tmp_path):
     text = page.read_text()
     assert "one-run ε ≥" in text and "of 16)" in text
     assert text.count("<svg") >= 4 and "http" not in text.replace('xmlns="http://www.w3.org/2000/svg"', "")
+    assert "What the model learned" in text and "<table class='learned'>" in text and "org-2</td>" in text
+    assert ("class='verdict uninformative'" in text) is verdict["uninformative"]
+    from fedunlearn.evaluate.report import render_report
+
+    for flag, box in ((True, "verdict uninformative"), (False, "verdict informative"), (None, "verdict unknown")):
+        shown = doc | {"forgetting_verdict": verdict | {"uninformative": flag}}
+        (erased_run / "evaluation" / "org-1.json").write_text(json.dumps(shown))
+        page_text = render_report(erased_run)
+        assert f"class='{box}'" in page_text and ("Warning: " in page_text) is (flag is not False)
+    (erased_run / "evaluation" / "org-1.json").write_text(json.dumps(doc))
     res = CliRunner().invoke(app, ["evaluate", "--run", str(erased_run), "--org", "nobody"])
     assert res.exit_code == 2 and "nobody" in res.output
