@@ -1,6 +1,7 @@
 """Run the benchmark suite and write ``benchmarks/RESULTS.md`` (tables, SVG plots, the machine).
 
-Sections (``--only``, comma-separated): ``training`` (local training throughput against a plain
+Sections (``--only``, comma-separated): ``realtext`` (bits per byte of the embedded default at
+``--size`` and what the demo's schedule makes it learn of real text), ``training`` (local training throughput against a plain
 PyTorch loop), ``erasure`` (cost and quality of every erasure method against full retraining, one
 run, with the retrain seed spread), ``dp`` (DP-SGD and DP-FedAvg against non-private training),
 ``scale`` (10, 100 and 1000 simulated organizations sampled per round, S shards: wall time per
@@ -186,7 +187,13 @@ def render_scale(doc: dict, plots: dict) -> str:
            f"`{f['error'].strip().splitlines()[-1][:400]}`" for f in doc.get("failed", [])])
 
 
-RENDER = {"training": render_training, "erasure": render_erasure, "length": render_length, "dp": render_dp,
+def render_realtext(doc: dict, plots: dict) -> str:
+    from bench_realtext import markdown
+
+    return "## What the default model learns of real text\n\n" + markdown([doc])
+
+
+RENDER = {"realtext": render_realtext, "training": render_training, "erasure": render_erasure, "length": render_length, "dp": render_dp,
           "scale": render_scale}
 
 
@@ -241,6 +248,10 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--quick", action="store_true", help="smoke-test sizes (seconds per section on a tiny model)")
     ap.add_argument("--model", default="", help="local model folder (default: the embedded default)")
     ap.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
+    ap.add_argument("--size", default="small", choices=("small", "large"),
+                    help="size of the embedded default model (when --model is not given)")
+    ap.add_argument("--text", default="synthetic", choices=("synthetic", "real"),
+                    help="organizations' data: synthetic records or real text found on this machine")
     ap.add_argument("--grid", default="ray", choices=("ray", "local"), help="federation of the scale section")
     ap.add_argument("--scale-points", default="", help="ORGS:FRACTION:SHARDS:ROUNDS,... (default: 10, 100, 1000)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "RESULTS.md")
@@ -251,7 +262,7 @@ def main(argv: list[str] | None = None) -> dict:
     names = [n.strip() for n in args.only.split(",") if n.strip()]
     with tempfile.TemporaryDirectory(prefix="fedunlearn-bench-") as tmp:
         opts = Options(quick=args.quick, model=args.model, device=args.device, grid=args.grid, work=Path(tmp),
-                       scale_points=parse_points(args.scale_points))
+                       scale_points=parse_points(args.scale_points), size=args.size, text=args.text)
         doc = run_sections(names, opts)
     previous = args.out.with_suffix(".json")
     if args.merge and previous.is_file():

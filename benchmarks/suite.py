@@ -29,7 +29,7 @@ for _p in (ROOT, ROOT / "benchmarks"):
     if str(_p) not in sys.path:
         sys.path.insert(0, str(_p))
 
-SECTIONS = ("training", "erasure", "length", "dp", "scale")
+SECTIONS = ("realtext", "training", "erasure", "length", "dp", "scale")
 
 
 @dataclass(frozen=True)
@@ -40,12 +40,19 @@ class Options:
     grid: str = "ray"  # scale section: ray | local
     work: Path = field(default_factory=lambda: Path("/tmp"))
     scale_points: tuple[tuple[int, float, int, int], ...] = ()  # (orgs, fraction, shards, rounds)
+    size: str = "small"  # the embedded default's size when model is ""
+    text: str = "synthetic"  # data.text of every generated consortium: synthetic | real
+
+
+def _with_text(settings, opts: Options):
+    """``settings`` with the benchmark's data realism (``data.text``)."""
+    return settings.replace(data={"text": opts.text})
 
 
 def _model(opts: Options) -> str:
     from fedunlearn.models import resolve_model_path
 
-    return str(resolve_model_path(opts.model or None))
+    return str(resolve_model_path(opts.model or None, size=opts.size))
 
 
 def _local_grid(settings):
@@ -67,7 +74,7 @@ def training(opts: Options) -> dict[str, Any]:
 
     from fedunlearn.config import Settings
 
-    settings = Settings().replace(model={"path": _model(opts), "device": opts.device})
+    settings = _with_text(Settings().replace(model={"path": _model(opts), "device": opts.device}), opts)
     if opts.quick:
         settings = settings.replace(data={"records_per_org": 16, "holdout_per_org": 4}, train={"local_epochs": 1})
     return bench_local(repeats=1 if opts.quick else 3, settings=settings)
@@ -94,7 +101,7 @@ def erasure(opts: Options) -> dict[str, Any]:
 
     _task_identity()
     work = opts.work / "erasure"
-    settings = forgetting_settings(Path(_model(opts)), work / "trained").replace(model={"device": opts.device})
+    settings = _with_text(forgetting_settings(Path(_model(opts)), work / "trained").replace(model={"device": opts.device}), opts)
     methods = [m for m in METHODS if not opts.quick or m[0] in QUICK_METHODS]
     if opts.quick:  # 2-digit canaries: exposure ranks among 100 candidates instead of 10 000
         settings = settings.replace(train={"rounds": 2, "local_epochs": 1},
@@ -151,7 +158,7 @@ def length(opts: Options) -> dict[str, Any]:
     points = []
     for rounds in ((2, 6) if opts.quick else (5, 10, 20)):
         work = opts.work / f"length-{rounds}"
-        settings = forgetting_settings(Path(_model(opts)), work / "trained").replace(
+        settings = _with_text(forgetting_settings(Path(_model(opts)), work / "trained"), opts).replace(
             model={"device": opts.device}, train={"rounds": rounds})
         if opts.quick:
             settings = settings.replace(train={"local_epochs": 1},
@@ -197,7 +204,7 @@ def dp(opts: Options) -> dict[str, Any]:
             model={"path": _model(opts), "device": opts.device},
             data={"records_per_org": 12 if opts.quick else 64, "holdout_per_org": 4 if opts.quick else 24,
                   "canaries_per_org": 1, "canary_repeats": 1, "never_inserted": 5, "public_documents": 20,
-                  "max_length": 48},
+                  "max_length": 48, "text": opts.text},
             train={"rounds": 1 if opts.quick else 4, "local_epochs": 1, "batch_size": 8, "lr": 1e-2},
             dp=dp_settings)
         t = time.perf_counter()
@@ -280,6 +287,16 @@ def machine(opts: Options) -> dict[str, Any]:
     return info
 
 
+# -- what the model learns of real text ------------------------------------------------------------
+def realtext(opts: Options) -> dict[str, Any]:
+    """The model's bits per byte and the demo schedule's memorization (``bench_realtext.run_size``)."""
+    from bench_realtext import run_size
+
+    if opts.model:
+        raise SystemExit("the realtext section measures the embedded default (--size), not --model")
+    return run_size(opts.size, opts.device, rounds=2 if opts.quick else None, records=24 if opts.quick else 120)
+
+
 def run_sections(names: list[str], opts: Options) -> dict[str, Any]:
     """Run ``names`` (from :data:`SECTIONS`) and return ``{"machine": ..., name: result, ...}``."""
     unknown = [n for n in names if n not in SECTIONS]
@@ -287,7 +304,7 @@ def run_sections(names: list[str], opts: Options) -> dict[str, Any]:
         raise SystemExit(f"unknown section(s) {unknown}: expected a comma-separated subset of {list(SECTIONS)}")
     opts.work.mkdir(parents=True, exist_ok=True)
     doc: dict[str, Any] = {"machine": machine(opts), "quick": opts.quick, "sections": {}}
-    funcs = {"training": training, "erasure": erasure, "length": length, "dp": dp, "scale": scale}
+    funcs = {"realtext": realtext, "training": training, "erasure": erasure, "length": length, "dp": dp, "scale": scale}
     for name in names:
         t, load = time.perf_counter(), [round(x, 2) for x in os.getloadavg()]
         print(f"== {name}", flush=True)

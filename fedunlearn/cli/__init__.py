@@ -9,6 +9,7 @@ from fedunlearn.cli import deploy  # noqa: F401  (deploy up, run, down)
 from fedunlearn.cli import evaluate  # noqa: F401  (evaluate, report)
 from fedunlearn.cli import ledger  # noqa: F401  (ledger compact)
 from fedunlearn.cli import bench  # noqa: F401  (bench)
+from fedunlearn.cli import model  # noqa: F401  (model build, model info, data real-text)
 from fedunlearn.cli._app import app
 
 __all__ = ["app", "run"]

@@ -17,11 +17,15 @@ SUITE = Path(__file__).resolve().parents[2] / "benchmarks" / "run.py"
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def bench(
     ctx: typer.Context,
-    only: str = typer.Option("training,erasure,length,dp,scale", "--only", help="Comma-separated sections: "
-                             "training, erasure, length (erasure cost against training rounds), dp, scale."),
+    only: str = typer.Option("realtext,training,erasure,length,dp,scale", "--only", help="Comma-separated "
+                             "sections: realtext (what the default model learns of real text at --size), training, "
+                             "erasure, length (erasure cost against training rounds), dp, scale."),
     quick: bool = typer.Option(False, "--quick", help="Smoke-test sizes (seconds per section)."),
     model: str = typer.Option("", "--model", help="Local model folder (default: the embedded default)."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda or auto."),
+    size: str = typer.Option("small", "--size", help="Embedded default size when --model is not given: small or large."),
+    text: str = typer.Option("synthetic", "--text", help="Organizations' data: synthetic, or real text found on "
+                             "this machine."),
     out: Optional[Path] = typer.Option(None, "--out", help="Results file (default: benchmarks/RESULTS.md)."),
 ) -> None:
     """Measure erasure cost and quality, DP overhead, scale and training throughput; write RESULTS.md.
@@ -32,7 +36,8 @@ def bench(
         err_console.print(f"[bold red]error:[/] the benchmark suite {SUITE} is not here: `fedunlearn bench` runs "
                           "from a source checkout of fedunlearn (git clone, then pip install -e .)")
         raise typer.Exit(code=2)
-    cmd = [sys.executable, str(SUITE), "--only", only, "--model", model, "--device", device]
+    cmd = [sys.executable, str(SUITE), "--only", only, "--model", model, "--device", device, "--size", size,
+           "--text", text]
     cmd += ["--quick"] if quick else []
     cmd += ["--out", str(out)] if out else []
     cmd += list(ctx.args)

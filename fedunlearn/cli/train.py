@@ -50,26 +50,54 @@ def _summary(report) -> None:
 @app.command()
 def demo(
     out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default: runs/demo-<time>)."),
-    organizations: int = typer.Option(4, "--organizations", min=1, max=64, help="Number of synthetic organizations."),
-    rounds: int = typer.Option(3, "--rounds", min=1, help="Federated rounds."),
+    text: str = typer.Option("real", "--text", help="real: one organization per source of real text found on "
+                             "this machine (licenses, manuals, packages, Perl docs); synthetic: templated records."),
+    organizations: int = typer.Option(4, "--organizations", min=1, max=64,
+                                      help="Number of organizations (at most the real-text sources present)."),
+    rounds: Optional[int] = typer.Option(None, "--rounds", min=1,
+                                         help="Federated rounds (default: 8 with real text, 3 synthetic)."),
     shards: int = typer.Option(1, "--shards", min=1, help="Isolated shards (1 = plain FedAvg)."),
+    size: str = typer.Option("small", "--size", help="Embedded model size: small or large (see fedunlearn model build)."),
     key_dir: Optional[Path] = typer.Option(None, "--key-dir", help="Folder for this run's keys/ and secrets/ "
                                            "outside the run folder (setting run.key-dir; default: inside it)."),
 ) -> None:
-    """Fine-tune a LoRA adapter on a synthetic consortium through Flower's simulation engine."""
+    """Fine-tune a LoRA adapter on a consortium through Flower's simulation engine, then show what it learned."""
     from fedunlearn.config import OrganizationSettings, Settings
+    from fedunlearn.data.realorgs import DEMO_SCHEDULE
+    from fedunlearn.data.realtext import ORGANIZATION_SOURCES
+    from fedunlearn.errors import ConfigError
     from fedunlearn.federation.simulation import simulate
     from fedunlearn.federation.workflow import default_run_dir
     from fedunlearn.progress import RichReporter
 
     try:
-        settings = Settings(organizations=tuple(OrganizationSettings(name=f"org-{i}") for i in range(organizations)))
+        if text not in ("real", "synthetic"):
+            raise ConfigError(f"--text {text!r} is invalid: expected 'real' or 'synthetic'")
+        if text == "real":
+            if organizations > len(ORGANIZATION_SOURCES):
+                raise ConfigError(f"--organizations {organizations}: the real-text demo has one organization per "
+                                  f"source ({', '.join(ORGANIZATION_SOURCES)}), at most {len(ORGANIZATION_SOURCES)}; "
+                                  "use --text synthetic for more")
+            names = list(ORGANIZATION_SOURCES[:organizations])
+            rounds = rounds or DEMO_SCHEDULE["rounds"]
+            train = {"rounds": rounds, "local_epochs": DEMO_SCHEDULE["epochs"], "lr": DEMO_SCHEDULE["lr"]}
+            extra = {"lora": {"target_modules": DEMO_SCHEDULE["target_modules"]}, "data": {"text": "real"}}
+        else:
+            names = [f"org-{i}" for i in range(organizations)]
+            rounds = rounds or 3
+            train, extra = {"rounds": rounds}, {}
+        settings = Settings(organizations=tuple(OrganizationSettings(name=n) for n in names))
         settings = settings.replace(run={"name": "demo", "key_dir": str(key_dir.resolve()) if key_dir else ""},
-                                    train={"rounds": rounds}, topology={"shards": shards})
+                                    model={"size": size}, train=train, topology={"shards": shards}, **extra)
         out = out or default_run_dir(settings)
-        console.print(f"[bold]fedunlearn demo[/]: {organizations} organizations, {rounds} rounds, {shards} shard(s) → {out}")
+        console.print(f"[bold]fedunlearn demo[/]: {organizations} organizations ({text} text), {rounds} rounds, "
+                      f"{shards} shard(s), {size} model → {out}")
         report = simulate(settings, out, reporter=RichReporter())
         _summary(report)
+        if report.served is not None:
+            from fedunlearn.cli._learned import print_learned
+
+            print_learned(report.run_dir)
     except FedUnlearnError as exc:
         _fail(exc)
 

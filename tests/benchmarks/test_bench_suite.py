@@ -93,3 +93,16 @@ def test_kept_reading_is_the_hand_written_tail(tmp_path: Path) -> None:
     assert runner.kept_reading(out) == ""  # no reading section
     out.write_text("# Benchmark results\n\n## Scale\n\n| a |\n\n## Reading (by hand)\n\n- x\n\n", encoding="utf-8")
     assert runner.kept_reading(out) == "## Reading (by hand)\n\n- x\n"
+
+
+@pytest.mark.slow
+def test_quick_realtext_section_measures_the_default_model(tmp_path: Path) -> None:
+    """The realtext section on the shipped small default (cached by the slow model tests)."""
+    out = tmp_path / "RESULTS.md"
+    doc = _runner().main(["--quick", "--only", "realtext", "--size", "small", "--out", str(out)])
+    section = doc["sections"]["realtext"]
+    assert section["parameters"] == 1_573_504 and section["schedule"]["rounds"] == 2
+    assert section["build"]["bits_per_byte"]["heldout-slice"]["model"] < section["build"]["bits_per_byte"]["heldout-slice"]["unigram"]
+    rows = section["organizations"]
+    assert len(rows) >= 2 and all(r["served_bpb"] > 0 and r["never_p95"] >= 0 for r in rows)
+    assert "## What the default model learns of real text" in out.read_text(encoding="utf-8")
