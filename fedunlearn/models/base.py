@@ -137,6 +137,11 @@ def load_base_model(
             f"cannot load the tokenizer from {str(folder)!r}: {exc}; save the tokenizer into the "
             "model folder with tokenizer.save_pretrained(folder)"
         ) from exc
+    # fedunlearn truncates every sequence itself (records to data.max-length, scoring in windows), so
+    # transformers' one-time "sequence length is longer than the specified maximum" warning only
+    # alarms users: mark it as already shown.
+    if isinstance(getattr(tokenizer, "deprecation_warnings", None), dict):
+        tokenizer.deprecation_warnings["sequence-length-is-longer-than-the-specified-maximum"] = True
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
             raise ModelError(

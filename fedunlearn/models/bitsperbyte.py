@@ -82,7 +82,7 @@ class UnigramModel:
 
 def _encode(tokenizer, texts: Sequence[str]) -> list[list[int]]:
     special = set(tokenizer.all_special_ids)
-    encoded = tokenizer(list(texts), add_special_tokens=False, verbose=False)["input_ids"]
+    encoded = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
     return [[t for t in ids if t not in special] for ids in encoded]
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -89,6 +90,7 @@ def export_adapter(
         config = spec.to_peft_config()
         config.base_model_name_or_path = str(base)
         config.save_pretrained(str(staging))
+        _canonical_json(staging / ADAPTER_CONFIG_FILE)
         tensors = {
             key: state[key].detach().to("cpu", torch.float32).contiguous() for key in sorted(state)
         }
@@ -99,6 +101,19 @@ def export_adapter(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return folder
+
+
+def _canonical_json(path: Path) -> None:
+    """Rewrite a JSON file with sorted keys and sorted ``target_modules``.
+
+    peft keeps ``target_modules`` as a set, whose order changes from process to process (string
+    hashing is randomized), so the same adapter would otherwise be written with other bytes, and a
+    certified hash of the file could not be reproduced by anyone else.
+    """
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    if isinstance(doc.get("target_modules"), list):
+        doc["target_modules"] = sorted(doc["target_modules"])
+    path.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
 def export_combined(

@@ -81,9 +81,7 @@ def encode_texts(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], *, ma
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
     rows: list[list[int]] = []
     for text in texts:
-        # verbose=False: a record longer than the model's context is truncated just below, so the
-        # tokenizer's "sequence length is longer than the maximum" warning is noise to the user.
-        ids = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         ids = ([bos] if bos is not None else []) + ids
         ids = ids[: max_length - 1] + ([eos] if eos is not None else [])
         rows.append(ids)

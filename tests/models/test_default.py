@@ -247,3 +247,27 @@ def test_real_default_model_beats_unigram_on_text_it_never_saw():
     with torch.no_grad():
         logits = base.model(input_ids=ids).logits  # [1, T, V]
     assert logits.shape == (1, ids.shape[1], DefaultModelSpec().vocab_size)
+
+
+def test_missing_corpus_source_is_reported_and_the_build_goes_on(tmp_path, monkeypatch):
+    from fedunlearn.data import realtext
+
+    gone = realtext.TextSource("python-libraries", "docs", "/nowhere", lambda: [], realtext._docstring_paragraphs)
+    monkeypatch.setitem(realtext.SOURCES, "python-libraries", gone)
+    folder = ensure_default_model(MICRO, cache_dir=tmp_path, progress=False)
+    sources = {s["name"]: s for s in json.loads((folder / BUILD_INFO_FILE).read_text())["corpus"]["sources"]}
+    assert sources["python-libraries"]["documents"] == 0 and sources["python-libraries"]["where"] == "/nowhere"
+    assert sources["python-help"]["documents"] > 0
+
+
+def test_no_corpus_at_all_stops_naming_what_is_missing_and_caches_nothing(tmp_path, monkeypatch):
+    from fedunlearn.data import realtext
+    from fedunlearn.errors import DataError
+
+    for name in realtext.PRETRAIN_SOURCES:
+        monkeypatch.setitem(realtext.SOURCES, name, realtext.TextSource(name, "docs", f"/nowhere/{name}", lambda: [],
+                                                                        realtext._docstring_paragraphs))
+    with pytest.raises(DataError, match=r"python-help: 0 files in /nowhere/python-help"):
+        ensure_default_model(MICRO, cache_dir=tmp_path, progress=False)
+    folder = default_model_dir(MICRO, tmp_path)
+    assert not folder.exists() and not list(folder.parent.glob(f".{folder.name}.tmp-*"))

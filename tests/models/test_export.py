@@ -116,3 +116,32 @@ def test_base_must_be_local_folder(tmp_path, small_lora, states):
 def test_sha256_needs_adapter_folder(tmp_path):
     with pytest.raises(ModelError, match="not an exported adapter folder"):
         adapter_files_sha256(tmp_path)
+
+
+def test_export_bytes_are_the_same_in_every_process(tmp_path, tiny_base, small_lora, states):
+    """peft keeps target_modules as a set; string hashing differs per process (PYTHONHASHSEED), so
+    without canonical ordering each process wrote other bytes (issue 15). Two processes with
+    different hash seeds must write byte-identical adapter folders."""
+    import os
+    import subprocess
+    import sys
+
+    from safetensors.torch import save_file
+
+    save_file(states[2], str(tmp_path / "state.safetensors"))
+    script = (
+        "import sys; from pathlib import Path; from safetensors.torch import load_file\n"
+        "from fedunlearn.models import LoraSpec, export_adapter\n"
+        "spec = LoraSpec(r=4, alpha=8, target_modules=('v_proj', 'q_proj'))\n"
+        "export_adapter(Path(sys.argv[1]), load_file(sys.argv[2]), base_model_path=Path(sys.argv[3]), spec=spec)\n"
+    )
+    digests = []
+    for seed in ("1", "2", "3"):
+        out = tmp_path / f"out-{seed}"
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        subprocess.run([sys.executable, "-c", script, str(out), str(tmp_path / "state.safetensors"),
+                        str(tiny_base.path)], check=True, env=env)
+        digests.append(adapter_files_sha256(out))
+        config = json.loads((out / ADAPTER_CONFIG_FILE).read_text())
+        assert config["target_modules"] == ["q_proj", "v_proj"]
+    assert digests[0] == digests[1] == digests[2]
