@@ -103,7 +103,7 @@ def train_tokenizer(corpus: Iterable[str], *, vocab_size: int = 2048) -> PreTrai
             ),
         ]
     )
-    return PreTrainedTokenizerFast(
+    fast = PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
         bos_token=BOS_TOKEN,
         eos_token=EOS_TOKEN,
@@ -111,3 +111,7 @@ def train_tokenizer(corpus: Iterable[str], *, vocab_size: int = 2048) -> PreTrai
         padding_side="right",
         clean_up_tokenization_spaces=False,
     )
+    # Callers cut long texts into blocks or windows themselves: the "sequence length is longer than
+    # the specified maximum" warning would only alarm (see fedunlearn.models.base as well).
+    fast.deprecation_warnings["sequence-length-is-longer-than-the-specified-maximum"] = True
+    return fast
