@@ -44,7 +44,7 @@ import os
 import re
 import sys
 import sysconfig
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -474,8 +474,3 @@ def _gather_one(source: TextSource, seen: set[str], max_documents: int | None, m
         unreadable_examples=tuple(unreadable[:5]),
     )
     return report, kept
-
-
-def iter_source_names() -> Iterator[str]:
-    """Every registered source name, sorted."""
-    yield from sorted(SOURCES)
