@@ -15,7 +15,9 @@ from fedunlearn.errors import FedUnlearnError
 def _print(result) -> None:
     console.print(f"[bold]erased[/] {', '.join(result.subjects)} with {result.method} "
                   f"(guarantee: {result.guarantee})")
-    for label, cost in (("this erasure", result.cost), ("full retraining", result.full_retrain_cost)):
+    full = result.full_retrain_cost
+    for label, cost in (("this erasure", result.cost),
+                        ("full retraining" + (" (estimate)" if full.estimated else ""), full)):
         who = ", ".join(cost.organizations) or "none"
         console.print(f"[bold]{label}[/]: {cost.client_steps} client-steps, {cost.wall_seconds:.2f} s, "
                       f"{cost.rounds} rounds ({cost.aggregations} shard aggregations), {cost.bytes_sent} bytes "

@@ -41,7 +41,7 @@ from fedunlearn.federation.nodes import discover, exchange_partial
 from fedunlearn.federation.serving import export_served
 from fedunlearn.federation.topology import Topology, derive_seed
 from fedunlearn.ledger import Contribution, Ledger
-from fedunlearn.ledger.store import BUDGET_STOP_PREFIX
+from fedunlearn.ledger.store import BUDGET_STOP_PREFIX, ROUND_SECONDS_PREFIX
 from fedunlearn.models import average_states, get_lora_state, load_base_model, pick_device, wrap_lora
 from fedunlearn.progress import LogReporter, Reporter
 from fedunlearn.runs import RunFolder, utc_now
@@ -191,6 +191,9 @@ class Coordinator:
         ckpt = self.ledger.commit_round(shard=shard, round=rnd, aggregate_hash=fitted.aggregate_hash,
                                         contributions=fitted.contributions, parent_id=head.id)
         summary = fitted.summary
+        # the round's own wall time (fit, transport, aggregation, storage): the basis of every
+        # full-retraining estimate (unlearning.cost.estimate_full_retrain)
+        self.ledger.set_meta(ROUND_SECONDS_PREFIX + str(ckpt.id), repr(round(summary.seconds, 6)))
         if summary.absent or summary.rejected:  # the round committed without them: say so in the ledger
             self.ledger.set_meta(f"round-absent/{ckpt.id}", json.dumps(
                 {"shard": shard, "round": rnd, "absent": summary.absent, "rejected": summary.rejected}, sort_keys=True))

@@ -57,6 +57,11 @@ BUDGET_STOP_PREFIX = "budget-exhausted/"
 spent and it is no member of that round or any later one (written by the coordinator)."""
 
 
+ROUND_SECONDS_PREFIX = "round-seconds/"
+"""Meta key prefix: ``round-seconds/<checkpoint id>``: wall seconds the coordinator spent on that
+training round (fit, transport, aggregation, storage); the basis of full-retraining estimates."""
+
+
 def in_round_sample(seed: int, shard: int, round: int, org: str, fraction: float) -> bool:
     """Whether ``org`` trains in ``round`` of ``shard`` when a ``fraction`` of members is sampled.
 

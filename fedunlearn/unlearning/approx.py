@@ -42,7 +42,7 @@ from fedunlearn.federation.serving import export_served
 from fedunlearn.ledger import Contribution, Ledger
 from fedunlearn.runs import RunFolder, utc_now
 from fedunlearn.unlearning.base import Cost, EraseRequest, Federation, Unlearner, UnlearnResult, check_request
-from fedunlearn.unlearning.cost import estimate_full_retrain
+from fedunlearn.unlearning.cost import estimate_full_retrain, finished_cost
 from fedunlearn.unlearning.replay import JOURNAL_KEY, pending_erasure
 
 __all__ = ["ApproxOptions", "ApproxOutcome", "ApproximateUnlearner", "Queries", "add", "nbytes", "scale", "shard_weights", "sub"]
@@ -251,6 +251,7 @@ class ApproximateUnlearner(Unlearner):
                 f"run {str(run.path)!r} has an unfinished erasure of {pending['subjects']} by method "
                 f"{pending['method']!r}; complete it first by requesting exactly that erasure again"
             )
+        resumed = pending is not None
         if pending is None:
             pending = self._compute(request, federation, start)
             ledger.set_meta(JOURNAL_KEY, json.dumps(pending, sort_keys=True))  # one transaction
@@ -283,9 +284,7 @@ class ApproximateUnlearner(Unlearner):
             # contributions by construction (see Ledger.purge_dependents), hence "empirical".
             ledger.purge_erased()
         ledger.set_meta(JOURNAL_KEY, "")
-        cost_doc = dict(pending["cost"])
-        cost = Cost(**{**cost_doc, "organizations": tuple(cost_doc["organizations"]),
-                       "wall_seconds": float(cost_doc["wall_seconds"]) + time.perf_counter() - start})
+        cost = finished_cost(pending["cost"], start, resumed=resumed)
         full = Cost(**{**pending["full"], "organizations": tuple(pending["full"]["organizations"])})
         result = UnlearnResult(
             method=self.name, subjects=request.subjects, guarantee=pending["guarantee"],

@@ -150,7 +150,7 @@ class RecordSisaUnlearner(Unlearner):
             state = fitted.aggregate
             steps += fitted.summary.client_steps
             sent += fitted.summary.bytes_sent
-            rounds.append(NewRound(ckpt.round, fitted.aggregate_hash, tuple(fitted.contributions)))
+            rounds.append(NewRound(ckpt.round, fitted.aggregate_hash, tuple(fitted.contributions), fitted.summary.seconds))
         switch_chain(ledger, shard, base.id, rounds)
         remember_forgotten(ledger, org, request.records)
         served = export_served(run, ledger)

@@ -29,9 +29,10 @@ from typing import Any
 from fedunlearn.errors import RunStateError
 from fedunlearn.federation.serving import export_served
 from fedunlearn.ledger import Checkpoint, Contribution, Ledger
+from fedunlearn.ledger.store import ROUND_SECONDS_PREFIX
 from fedunlearn.runs import RunFolder, utc_now
 from fedunlearn.unlearning.base import Cost, EraseRequest, Federation, Unlearner, UnlearnResult, check_request
-from fedunlearn.unlearning.cost import estimate_full_retrain
+from fedunlearn.unlearning.cost import estimate_full_retrain, finished_cost
 
 __all__ = ["JOURNAL_KEY", "NewRound", "ReplayUnlearner", "ShardPlan", "pending_erasure", "switch_chain"]
 
@@ -68,6 +69,7 @@ class NewRound:
     round: int
     hash: str
     contributions: tuple[Contribution, ...]
+    seconds: float = 0.0  # the round's wall time when it was trained (0: nothing trained)
 
 
 def pending_erasure(ledger: Ledger) -> dict[str, Any] | None:
@@ -80,13 +82,13 @@ def _encode_chain(base_id: int, rounds: list[NewRound]) -> dict[str, Any]:
     return {"base": base_id, "rounds": [
         {"round": r.round, "hash": r.hash, "contributions": [
             {"org": c.org, "update_hash": c.update_hash, "weight": c.weight, "num_examples": c.num_examples,
-             "metrics": dict(c.metrics)} for c in r.contributions]}
+             "metrics": dict(c.metrics)} for c in r.contributions], "seconds": r.seconds}
         for r in rounds]}
 
 
 def _decode_chain(doc: Mapping[str, Any]) -> tuple[int, list[NewRound]]:
-    rounds = [NewRound(r["round"], r["hash"], tuple(Contribution(**c) for c in r["contributions"]))
-              for r in doc["rounds"]]
+    rounds = [NewRound(r["round"], r["hash"], tuple(Contribution(**c) for c in r["contributions"]),
+                       float(r.get("seconds", 0.0))) for r in doc["rounds"]]
     return int(doc["base"]), rounds
 
 
@@ -119,6 +121,8 @@ def switch_chain(ledger: Ledger, shard: int, base_id: int, rounds: list[NewRound
     for new in rounds[k:]:
         parent = ledger.commit_round(shard=shard, round=new.round, aggregate_hash=new.hash,
                                      contributions=list(new.contributions), parent_id=parent).id
+        if new.seconds:
+            ledger.set_meta(ROUND_SECONDS_PREFIX + str(parent), repr(round(new.seconds, 6)))
 
 
 class ReplayUnlearner(Unlearner):
@@ -153,6 +157,7 @@ class ReplayUnlearner(Unlearner):
         check_request(request, ledger, resuming=pending is not None)
         self.check(run)
         previous = ledger.served()
+        resumed = pending is not None
         if pending is None:
             pending = self._compute(request, federation, start)
             ledger.set_meta(JOURNAL_KEY, json.dumps(pending, sort_keys=True))  # phase 2: one transaction
@@ -167,16 +172,9 @@ class ReplayUnlearner(Unlearner):
         ledger.purge_erased()  # abandoned aggregates that depend on a subject; idempotent
         purged = sorted({c.id for subject in request.subjects for c in ledger.purged(subject)})
         ledger.set_meta(JOURNAL_KEY, "")
-        cost_doc = dict(pending["cost"])
-        cost_doc["wall_seconds"] = float(cost_doc["wall_seconds"]) + (time.perf_counter() - start)
-        cost = Cost(**{**cost_doc, "organizations": tuple(cost_doc["organizations"])})
+        cost = finished_cost(pending["cost"], start, resumed=resumed)
         full_doc = pending["full"]
         full = cost if full_doc is None else Cost(**{**full_doc, "organizations": tuple(full_doc["organizations"])})
-        if full.estimated and cost.client_steps:
-            # same clients, data and schedule: time per client-step carries over (server overhead included)
-            full = Cost(**{**full.to_dict(), "organizations": full.organizations,
-                           "wall_seconds": cost.wall_seconds * full.client_steps / cost.client_steps,
-                           "basis": full.basis + "; wall seconds scaled from this erasure's seconds per client-step"})
         result = UnlearnResult(
             method=self.name, subjects=request.subjects, guarantee=self.guarantee, served_hash=served.hash,
             served_path=served.path,
@@ -211,15 +209,17 @@ class ReplayUnlearner(Unlearner):
                 for r in p.rounds:
                     members = list(p.members.get(r, ()))
                     contributions: tuple[Contribution, ...] = ()
+                    seconds = 0.0
                     if members:
                         fitted = coord.fit_round(p.shard, r, state, members)
                         state, digest = fitted.aggregate, fitted.aggregate_hash
                         contributions = tuple(fitted.contributions)
+                        seconds = fitted.summary.seconds
                         steps += fitted.summary.client_steps
                         sent += fitted.summary.bytes_sent
                         aggregations += 1
                         trained_rounds.add(r)
-                    new.append(NewRound(r, digest, contributions))
+                    new.append(NewRound(r, digest, contributions, seconds))
                     advance(1, note=f"shard {p.shard} round {r}: {len(members)} orgs")
                 chains[str(p.shard)] = _encode_chain(p.base.id, new)
         cost = Cost(client_steps=steps, wall_seconds=time.perf_counter() - start, rounds=len(trained_rounds),
