@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import typer
-from fedunlearn.cli._app import app, console, fail
+from fedunlearn.cli._app import app, console, err_console, fail
 from fedunlearn.errors import FedUnlearnError
 
 
@@ -83,6 +83,14 @@ def forget(
     from fedunlearn.unlearning import EraseRequest
 
     try:
+        from fedunlearn.runs import RunFolder
+
+        RunFolder.open(run)  # a clear error for a folder that is not a run, before any log is created
+    except FedUnlearnError as exc:
+        fail(exc)
+        return
+    signed = None
+    try:
         ids: tuple[str, ...] = ()
         if records is not None:
             ids = _read_ids(records)
@@ -93,13 +101,19 @@ def forget(
         ids = tuple(body.get("records") or ()) or ids
         request = EraseRequest(tuple(body["subjects"]), method=str(body.get("method", method)), records=ids,
                                requested_by=requested_by, options=opts)
-        needs_flower = prepare_erasure(run, request)  # every check before anything is logged or changed
+        needs_flower = prepare_erasure(run, request)  # every check before anything is changed
+    except FedUnlearnError as exc:  # refused before authorization: still a refusal, and logged
+        _log_refusal(run, signed, tuple(org), exc)
+        fail(exc)
+        return
+    try:
         authorization = _authorize(run, signed)
         reporter = RichReporter()
         if needs_flower:
             from fedunlearn.federation.simulation import simulate_erasure
 
-            console.print(f"retraining through Flower's simulation engine without {', '.join(request.subjects)} …")
+            # a note, not the result: stderr, so that stdout stays one JSON document with --json
+            err_console.print(f"retraining through Flower's simulation engine without {', '.join(request.subjects)} …")
             result = simulate_erasure(run, request, reporter=reporter)
         else:
             result = erase(run, request, reporter=reporter)
@@ -139,6 +153,21 @@ def _signed_request(run: Path, request_file: Path | None, orgs: tuple[str, ...],
     from fedunlearn.unlearning import EraseRequest
 
     return coordinator_request(run, EraseRequest(orgs, method=method, records=records))
+
+
+def _log_refusal(run: Path, signed, orgs: tuple[str, ...], exc: Exception) -> None:
+    """Log a request refused before its signature was checked (unknown subject, malformed request...)."""
+    from fedunlearn.certify import RunAudit
+    from fedunlearn.certify.authorize import log_refusal
+
+    subjects = (signed.request.get("subjects") if signed is not None else None) or list(orgs)
+    if not isinstance(subjects, list) or not all(isinstance(s, str) for s in subjects):
+        subjects = []
+    try:
+        with RunAudit.open(run) as audit:
+            log_refusal(audit, signed, subjects, str(exc))
+    except FedUnlearnError as err:  # the refusal stands; say that it could not be logged
+        err_console.print(f"[yellow]warning[/]: the refusal could not be logged: {err}")
 
 
 def _authorize(run: Path, signed):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import json
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
@@ -31,8 +33,28 @@ def test_coordinator_may_sign_for_anyone(run_copy):
         assert auth.signer_role == "coordinator" and auth.subjects == ("org-0", "org-2")
 
 
+def _padding_variant(signature: str) -> str:
+    """The same 64 signature bytes, base64 with other padding bits (decodes identically, not canonical)."""
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+    body, last = signature[:-3], signature[-3]  # 64 bytes -> 86 chars + "=="; the 86th holds 4 padding bits
+    i = alphabet.index(last)
+    variant = body + alphabet[(i & ~0xF) | ((i + 1) & 0xF)] + "=="
+    assert base64.b64decode(variant, validate=True) == base64.b64decode(signature) and variant != signature
+    return variant
+
+
+def _signed_body(key, body):
+    from fedunlearn.audit import canonical_json
+    from fedunlearn.certify import SignedRequest
+    from fedunlearn.certify.authorize import _DOMAIN
+
+    return SignedRequest(body, key.verifier.vkey, base64.b64encode(key.sign(_DOMAIN + canonical_json(body))).decode())
+
+
 @pytest.mark.parametrize("case", ["other-org", "stranger", "wrong-run", "altered", "unknown-subject",
-                                  "no-key-enrolled", "replay", "garbage", "bad-signature"])
+                                  "no-key-enrolled", "replay", "garbage", "bad-signature", "non-canonical-signature",
+                                  "replay-reencoded", "issued-1970", "issued-2999", "issued-garbage",
+                                  "issued-missing", "issued-before-run"])
 def test_unauthorized_requests_are_refused_and_logged(run_copy, org_key, case):
     with RunAudit.open(run_copy) as audit:
         origin = audit.origin
@@ -56,6 +78,24 @@ def test_unauthorized_requests_are_refused_and_logged(run_copy, org_key, case):
             authorize_request(audit, request)
         elif case == "garbage":
             request = b"{not json"
+        elif case in ("non-canonical-signature", "replay-reencoded"):
+            signed = sign_request(org_key, run=origin, subjects=["org-1"])
+            if case == "replay-reencoded":  # the first use is accepted; the same signature re-encoded is a replay
+                authorize_request(audit, signed)
+            doc = json.loads(signed.to_json())
+            doc["signature"] = _padding_variant(doc["signature"])
+            request = doc
+        elif case.startswith("issued-"):
+            issued = {"issued-1970": "1970-01-01T00:00:00Z", "issued-2999": "2999-01-01T00:00:00Z",
+                      "issued-garbage": "not-a-date",  # a day before the run was made: recent, but older than the run
+                      "issued-before-run": (datetime.now(timezone.utc) - timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+                      }.get(case)
+            body = dict(sign_request(org_key, run=origin, subjects=["org-1"]).request)
+            if issued is None:
+                del body["issued"]
+            else:
+                body["issued"] = issued
+            request = _signed_body(org_key, body)  # correctly signed: only the time is wrong
         else:
             doc = json.loads(sign_request(org_key, run=origin, subjects=["org-1"]).to_json())
             doc["signature"] = doc["signature"][:-4] + "AAA="
@@ -66,6 +106,11 @@ def test_unauthorized_requests_are_refused_and_logged(run_copy, org_key, case):
         refusals = _refusals(audit)
         assert len(refusals) == before + 1
         assert "org-" not in json.dumps(refusals[-1])  # keyed hashes only
+        reason = refusals[-1]["reason"]
+        expected = {"issued-1970": "days old", "issued-2999": "future", "issued-garbage": "not a UTC time",
+                    "issued-missing": "no 'issued'", "issued-before-run": "predates the run",
+                    "non-canonical-signature": "canonical base64", "replay-reencoded": "canonical base64"}
+        assert expected.get(case, "") in reason, reason
     assert verify_run(run_copy).ok  # the refusal is signed into the log
 
 

@@ -42,7 +42,7 @@ def test_forget_prints_the_cost_table(run_factory, tmp_path):
     out = runner.invoke(app, ["forget", "--run", str(run), "--org", "org-0", "--org", "org-2", "--method", "drop"])
     assert out.exit_code == 0, out.output
     text = " ".join(out.output.split())
-    assert "this erasure: 0 client-steps" in text and "full retraining:" in text and "estimated" in text
+    assert "this erasure: 0 client-steps" in text and "full retraining (estimate):" in text and "estimated" in text
     assert "served model" in text
 
 
@@ -106,3 +106,25 @@ def test_forget_captures_the_served_model_first_unless_told_not_to(run_factory, 
                               "--no-capture-before"])
     assert out.exit_code == 0, out.output
     assert not (skipped / "evaluation" / "before").exists()
+
+
+def test_requests_refused_before_authorization_are_logged_too(sharded_run, tmp_path):
+    """An unknown subject and a malformed request file were refused without a trace in the log."""
+    from fedunlearn.certify import RunAudit, verify_run
+
+    def refusals():
+        with RunAudit.open(sharded_run) as audit:
+            return [e for _, e in audit.events("refusal")]
+
+    out = runner.invoke(app, ["forget", "--run", str(sharded_run), "--org", "org-7"])
+    assert out.exit_code == 2 and "unknown organization 'org-7'" in out.output
+    logged = refusals()
+    assert len(logged) == 1 and "unknown organization" in logged[0]["reason"] and "org-7" not in logged[0]["subjects"]
+    bad = tmp_path / "request.json"
+    bad.write_text('{"request": {"subjects": ["org-1"]}, "signer": 3}')
+    out = runner.invoke(app, ["forget", "--run", str(sharded_run), "--request", str(bad)])
+    assert out.exit_code == 2 and "signer" in out.output
+    assert len(refusals()) == 2
+    out = runner.invoke(app, ["forget", "--run", str(tmp_path / "nowhere"), "--org", "org-1"])
+    assert out.exit_code != 0 and not (tmp_path / "nowhere").exists()  # not a run: nothing is created
+    assert verify_run(sharded_run).ok
