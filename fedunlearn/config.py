@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, get_type_hints
 
-from fedunlearn.errors import ConfigError
+from fedunlearn.errors import ConfigError, did_you_mean
 
 __all__ = [
     "CANARY_PREFIX",
@@ -442,9 +442,14 @@ def settings_from_flat(flat: Mapping[str, Any], *, base: Settings | None = None)
     known = set(settings_to_flat(base))
     unknown = sorted(set(flat) - known)
     if unknown:
-        raise ConfigError(
-            f"unknown setting(s) {unknown}; valid keys are: {', '.join(sorted(known))}"
-        )
+        lines = []
+        for key in unknown:  # name the closest key, and list only the keys of that section
+            section = key.partition(".")[0]
+            same = sorted(k for k in known if k.partition(".")[0] == section)
+            where = (f"valid keys in [{section}]: {', '.join(same)}" if same else
+                     f"valid sections: {', '.join(sorted({k.partition('.')[0] for k in known}))}")
+            lines.append(f"unknown setting {key!r}{did_you_mean(key, known)} ({where})")
+        raise ConfigError("; ".join(lines))
     sections: dict[str, Any] = {}
     for section in _SECTIONS:
         obj = getattr(base, section)
@@ -495,7 +500,7 @@ def load_scenario(path: str | Path, *, base: Settings | None = None) -> Settings
             continue
         if key not in _SECTIONS or not isinstance(value, dict):
             raise ConfigError(
-                f"scenario file {str(path)!r}: unknown top-level entry {key!r}; expected tables "
+                f"scenario file {str(path)!r}: unknown top-level entry {key!r}{did_you_mean(key, _SECTIONS)}; expected tables "
                 f"{', '.join(f'[{s}]' for s in _SECTIONS)} and [[organizations]]"
             )
         for sub, v in value.items():

@@ -43,6 +43,17 @@ class ConfigError(FedUnlearnError, ValueError):
     """Invalid settings, scenario file or command-line argument."""
 
 
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """``"; did you mean 'x'?"`` for the closest of ``choices`` to ``word`` (difflib), else ``""``."""
+    import difflib
+
+    choices = [str(c) for c in choices]
+    close = difflib.get_close_matches(str(word), choices, n=1, cutoff=0.6)
+    if not close:  # case slips ('SISA') and prefixes ('influ')
+        close = [c for c in choices if c.lower() == str(word).lower() or (len(str(word)) >= 3 and c.startswith(str(word)))][:1]
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
 class UnknownNameError(ConfigError, KeyError):
     """A name that is not registered; the message lists the valid names."""
 
@@ -51,7 +62,8 @@ class UnknownNameError(ConfigError, KeyError):
         self.name = name
         self.valid = sorted(valid)
         listed = ", ".join(repr(v) for v in self.valid) or "(none)"
-        super().__init__(f"unknown {kind} {name!r}; valid {kind}s are: {listed}")
+        guess = did_you_mean(name, self.valid)
+        super().__init__(f"unknown {kind} {name!r}{guess}; valid {kind}s are: {listed}")
 
     def __str__(self) -> str:  # KeyError would otherwise repr() the message
         return str(self.args[0])

@@ -43,8 +43,17 @@ def test_flat_round_trip_of_defaults():
 
 
 def test_unknown_key_is_rejected_with_valid_keys_listed():
-    with pytest.raises(ConfigError, match=r"unknown setting\(s\) \['train.epochs'\].*train.local-epochs"):
+    with pytest.raises(ConfigError, match=r"unknown setting 'train.epochs'.*train.local-epochs"):
         settings_from_flat({"train.epochs": 3})
+
+
+def test_a_misspelled_key_gets_a_suggestion_and_only_its_sections_keys():
+    with pytest.raises(ConfigError) as info:
+        settings_from_flat({"train.rouns": 3})
+    text = str(info.value)
+    assert "did you mean 'train.rounds'?" in text and "train.lr" in text and "lora.r" not in text
+    with pytest.raises(ConfigError, match="valid sections"):
+        settings_from_flat({"trian.rounds": 3})
 
 
 @pytest.mark.parametrize(

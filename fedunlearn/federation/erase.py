@@ -27,7 +27,9 @@ from fedunlearn.config import Settings
 from fedunlearn.ledger import Ledger
 from fedunlearn.progress import LogReporter, Reporter
 from fedunlearn.runs import RunFolder
-from fedunlearn.unlearning import EraseRequest, Federation, UnlearnResult, check_request, get_unlearner, pending_erasure
+from fedunlearn.errors import UnknownNameError
+from fedunlearn.unlearning import (UNLEARNERS, EraseRequest, Federation, UnlearnResult, check_request, get_unlearner,
+                                   pending_erasure)
 
 __all__ = [
     "authorize_erasure",
@@ -40,6 +42,16 @@ __all__ = [
     "erasure_workflow",
     "prepare_erasure",
 ]
+
+
+def _unlearner_for(request: EraseRequest):
+    """The request's method; an unknown one lists the methods of the request's level only."""
+    if request.method not in UNLEARNERS.names():
+        record_level = bool(request.records)
+        valid = [n for n in UNLEARNERS.names() if (get_unlearner(n).level == "record") == record_level]
+        raise UnknownNameError("record-level erasure method" if record_level else "erasure method", request.method,
+                               ["sisa" if n == "sisa-records" else n for n in valid])  # the CLI's name for it
+    return get_unlearner(request.method)
 
 
 def prepare_erasure(run_dir: Path, request: EraseRequest) -> bool:
@@ -55,7 +67,7 @@ def prepare_erasure(run_dir: Path, request: EraseRequest) -> bool:
         The method cannot serve the run's topology.
     """
     run = RunFolder.open(run_dir)
-    unlearner = get_unlearner(request.method)
+    unlearner = _unlearner_for(request)
     with Ledger.open(run.path) as ledger:
         pending = pending_erasure(ledger)
         same = pending is not None and pending["subjects"] == list(request.subjects)
@@ -71,7 +83,7 @@ def prepare_erasure(run_dir: Path, request: EraseRequest) -> bool:
 
 def erase_workflow(grid: Grid | None, run: RunFolder, request: EraseRequest, reporter: Reporter | None = None) -> UnlearnResult:
     """Erase ``request.subjects`` from ``run`` with the requested method, retraining over ``grid``."""
-    unlearner = get_unlearner(request.method)
+    unlearner = _unlearner_for(request)
     reporter = reporter or LogReporter()
     with Ledger.open(run.path) as ledger:
         if unlearner.level != "record":  # the served model may be purged below: audit it first

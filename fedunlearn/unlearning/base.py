@@ -19,7 +19,7 @@ from typing import Any
 from flwr.serverapp import Grid
 
 from fedunlearn.config import is_canary
-from fedunlearn.errors import ConfigError, FederationError, RunStateError
+from fedunlearn.errors import ConfigError, FederationError, RunStateError, UnknownNameError
 from fedunlearn.federation.coordinator import Coordinator
 from fedunlearn.ledger import Ledger
 from fedunlearn.progress import LogReporter, Reporter
@@ -217,7 +217,10 @@ def check_request(request: EraseRequest, ledger: Ledger, *, resuming: bool = Fal
         if is_canary(name):  # the audited units of a client-level canary audit (dp.audit-canary-orgs)
             raise ConfigError(f"{name!r} is a canary organization of the privacy audit, not an erasure subject; "
                               "erase a real organization")
-        org = ledger.organization(name)  # UnknownNameError with the valid names
+        org = orgs.get(name)
+        if org is None:  # list only the names this request could name: active, real organizations
+            raise UnknownNameError("organization", name, [n for n, o in orgs.items()
+                                                          if o.status == "active" and not is_canary(n)])
         if org.status == "erased" and not resuming:
             raise RunStateError(
                 f"organization {name!r} was already erased from run {str(ledger.run_dir)!r}; nothing to "

@@ -27,7 +27,7 @@ def _snapshot(run_dir) -> dict:
 
 @pytest.mark.parametrize("request_, error, match", [
     (EraseRequest(("org-9",)), UnknownNameError, r"unknown organization 'org-9'.*'org-0', 'org-1', 'org-2'"),
-    (EraseRequest(("org-1",), method="sisa2"), UnknownNameError, r"unknown unlearning method 'sisa2'.*'sisa'"),
+    (EraseRequest(("org-1",), method="sisa2"), UnknownNameError, r"unknown erasure method 'sisa2'; did you mean 'sisa'\?.*'retrain'"),
     (EraseRequest(("org-1",), method="drop"), ConfigError, r"'drop' cannot erase.*shard 0 holds \['org-0', 'org-2'\].*--method sisa"),
     (EraseRequest(("org-0", "org-1", "org-2")), RunStateError, r"would leave no organization"),
     (EraseRequest(("org-1",), records=("r-1",)), ConfigError, r"record ids"),
@@ -46,6 +46,14 @@ def test_already_erased_and_foreign_run_folders_are_refused(sharded_run, tmp_pat
     before = _snapshot(sharded_run)
     with pytest.raises(RunStateError, match=r"'org-1' was already erased"):
         erase(sharded_run, EraseRequest(("org-1",)))
+    with pytest.raises(UnknownNameError) as info:  # the valid names are those one could still erase
+        prepare_erasure(sharded_run, EraseRequest(("org-11",)))
+    assert "did you mean 'org-0'?" in str(info.value) or "did you mean 'org-2'?" in str(info.value)
+    assert "'org-1'" not in str(info.value).partition("valid")[2]
+    with pytest.raises(UnknownNameError) as info:  # record-level: the user's names, not internal ones
+        prepare_erasure(sharded_run, EraseRequest(("org-0",), method="npx", records=("r-1",)))
+    assert "did you mean 'npo'?" in str(info.value) and "sisa-records" not in str(info.value)
+    assert "'sisa'" in str(info.value) and "'retrain'" not in str(info.value)
     assert _snapshot(sharded_run) == before
     meta = json.loads((sharded_run / "run.json").read_text())
     meta["format"] = 99
