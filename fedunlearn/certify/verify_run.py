@@ -39,7 +39,7 @@ from fedunlearn.audit import (
 )
 from fedunlearn.certify.certificate import Certificate, signed_message
 from fedunlearn.certify.runaudit import AUDIT_FILE, PUBLIC_KEY_FILE, file_sha256
-from fedunlearn.errors import FedUnlearnError, IntegrityError
+from fedunlearn.errors import FedUnlearnError, IntegrityError, RunStateError
 
 __all__ = ["RunVerification", "verify_certificate", "verify_run"]
 
@@ -160,8 +160,18 @@ def verify_run(
         The pinned coordinator key (default: ``RUN_DIR/audit.pub``).
     certificates : list of Path, optional
         Certificates to check (default: every ``RUN_DIR/certificates/*.json``).
+
+    Raises
+    ------
+    RunStateError
+        ``run_dir`` holds none of a run's files (what is damaged in a run is reported, not raised).
     """
     run_dir = Path(run_dir)
+    if not run_dir.is_dir() or not any((run_dir / n).exists() for n in ("run.json", PUBLIC_KEY_FILE, AUDIT_FILE)):
+        raise RunStateError(
+            f"{str(run_dir)!r} is not a fedunlearn run folder (no run.json, {PUBLIC_KEY_FILE} or audit log): pass the "
+            "--out folder of `fedunlearn simulate` or `fedunlearn demo`"
+        )
     report = RunVerification()
     try:
         if public_key is None:

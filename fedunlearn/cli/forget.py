@@ -12,9 +12,22 @@ from fedunlearn.cli._app import app, console, err_console, fail
 from fedunlearn.errors import FedUnlearnError
 
 
-def _print(result) -> None:
-    console.print(f"[bold]erased[/] {', '.join(result.subjects)} with {result.method} "
-                  f"(guarantee: {result.guarantee})")
+def _what(request) -> str:
+    """What the erasure does, in words (record-level forgetting keeps the organization)."""
+    if request.records:
+        return (f"{len(request.records)} record(s) of {request.subjects[0]} "
+                f"({request.subjects[0]} stays in the federation)")
+    return ", ".join(request.subjects)
+
+
+def _print(result, request) -> None:
+    if request.records:
+        console.print(f"[bold]forgot[/] {_what(request)} with {result.method} (guarantee: {result.guarantee})")
+    else:
+        console.print(f"[bold]erased[/] {', '.join(result.subjects)} with {result.method} "
+                      f"(guarantee: {result.guarantee})")
+    if result.cost.client_steps == 0:
+        console.print("  nothing was trained: the served model was rebuilt from stored adapters")
     full = result.full_retrain_cost
     for label, cost in (("this erasure", result.cost),
                         ("full retraining" + (" (estimate)" if full.estimated else ""), full)):
@@ -113,7 +126,8 @@ def forget(
             from fedunlearn.federation.simulation import simulate_erasure
 
             # a note, not the result: stderr, so that stdout stays one JSON document with --json
-            err_console.print(f"retraining through Flower's simulation engine without {', '.join(request.subjects)} …")
+            verb = "forgetting" if request.records else "erasing"
+            err_console.print(f"{verb} {_what(request)} through Flower's simulation engine …")
             result = simulate_erasure(run, request, reporter=reporter)
         else:
             result = erase(run, request, reporter=reporter)
@@ -124,7 +138,7 @@ def forget(
     if as_json:
         sys.stdout.write(json.dumps({**result.to_dict(), "certificate": str(certificate)}, indent=2) + "\n")
         return
-    _print(result)
+    _print(result, request)
     console.print(f"[bold]certificate[/] {certificate}  (check it: fedunlearn verify --run {run} "
                   f"--certificate {certificate})")
 

@@ -43,7 +43,7 @@ def test_forget_prints_the_cost_table(run_factory, tmp_path):
     assert out.exit_code == 0, out.output
     text = " ".join(out.output.split())
     assert "this erasure: 0 client-steps" in text and "full retraining (estimate):" in text and "estimated" in text
-    assert "served model" in text
+    assert "served model" in text and "nothing was trained" in text
 
 
 def test_forget_is_authorized_certified_and_verifiable(run_factory, tmp_path):
@@ -128,3 +128,26 @@ def test_requests_refused_before_authorization_are_logged_too(sharded_run, tmp_p
     out = runner.invoke(app, ["forget", "--run", str(tmp_path / "nowhere"), "--org", "org-1"])
     assert out.exit_code != 0 and not (tmp_path / "nowhere").exists()  # not a run: nothing is created
     assert verify_run(sharded_run).ok
+
+
+def test_record_level_forgetting_says_the_organization_stays(sharded_run, tiny_model_dir, capsys):
+    from fedunlearn.cli import forget as forget_cli
+    from fedunlearn.federation.erase import erase
+    from fedunlearn.training.client import organization_data
+    from fedunlearn.unlearning import EraseRequest
+    from tests.unlearning.conftest import SHARDED, base_settings, grid_for
+
+    settings = base_settings(tiny_model_dir, **SHARDED)
+    record = organization_data(settings, "org-2").train[0].id
+    request = EraseRequest(("org-2",), method="npo", records=(record,))
+    result = erase(sharded_run, request, grid=grid_for(settings))
+    forget_cli._print(result, request)
+    text = " ".join(capsys.readouterr().out.split())
+    assert "forgot 1 record(s) of org-2 (org-2 stays in the federation) with npo" in text, text
+    assert "erased" not in text and "nothing was trained" not in text
+
+
+def test_verify_on_a_folder_that_is_not_a_run(tmp_path):
+    (tmp_path / "notes.txt").write_text("hello")
+    out = runner.invoke(app, ["verify", "--run", str(tmp_path)])
+    assert out.exit_code == 2 and "is not a fedunlearn run folder" in out.output and "public key" not in out.output
