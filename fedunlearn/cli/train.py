@@ -42,8 +42,8 @@ def _summary(report) -> None:
         return
     console.print(f"[bold]served adapter[/]  {report.served.path.resolve()}  (sha256 {report.served.hash[:16]}…)")
     console.print(f"[bold]ledger[/]          {stats}")
-    console.print("load it:  [cyan]from peft import AutoPeftModelForCausalLM; "
-                  f"AutoPeftModelForCausalLM.from_pretrained('{report.served.path.resolve()}')[/]")
+    console.print("load it:  [cyan]from fedunlearn.models import load_served; "
+                  f"model = load_served('{report.served.path.resolve()}')[/]")
     console.print(f"inspect:  [cyan]fedunlearn info --run {run.path}[/]")
 
 
@@ -137,7 +137,7 @@ def export(
     try:
         dest = copy_served(RunFolder.open(run), out)
         console.print(f"exported to {dest.resolve()}")
-        console.print(f"load it: AutoPeftModelForCausalLM.from_pretrained('{dest.resolve()}')")
+        console.print(f"load it: from fedunlearn.models import load_served; model = load_served('{dest.resolve()}')")
     except FedUnlearnError as exc:
         _fail(exc)
 

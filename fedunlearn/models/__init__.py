@@ -11,6 +11,7 @@
 * :mod:`~fedunlearn.models.lora` — :class:`LoraSpec`, :func:`wrap_lora`, canonical LoRA states.
 * :mod:`~fedunlearn.models.delta` — FedAvg and exact (concatenated) ΔW combination, hashing.
 * :mod:`~fedunlearn.models.export` — standard PEFT adapter folders.
+* :mod:`~fedunlearn.models.served` — portable base-model names; :func:`load_served` anywhere.
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ from fedunlearn.models.lora import (
     wrap_lora,
 )
 from fedunlearn.models.pretrain import PretrainResult, pack_corpus, pretrain
+from fedunlearn.models.served import BASE_INFO_FILE, load_served, served_base
 from fedunlearn.models.tokenizer import (
     BOS_TOKEN,
     EOS_TOKEN,
@@ -68,6 +70,7 @@ from fedunlearn.models.tokenizer import (
 __all__ = [
     "ADAPTER_CONFIG_FILE",
     "ADAPTER_WEIGHTS_FILE",
+    "BASE_INFO_FILE",
     "BOS_TOKEN",
     "BUILD_INFO_FILE",
     "BaseModel",
@@ -95,12 +98,14 @@ __all__ = [
     "export_combined",
     "get_lora_state",
     "load_base_model",
+    "load_served",
     "lora_modules",
     "lora_state_keys",
     "pack_corpus",
     "pick_device",
     "pretrain",
     "resolve_model_path",
+    "served_base",
     "set_cpu_threads",
     "set_lora_state",
     "spec_for_size",

@@ -1,13 +1,16 @@
 """Export LoRA states as standard PEFT adapter folders.
 
 An exported folder holds ``adapter_config.json`` (written by :class:`peft.LoraConfig` itself, with
-``base_model_name_or_path`` set to the absolute local base folder), ``adapter_model.safetensors``
-(PEFT's key names, i.e. the canonical keys) and a copy of the base tokenizer, so that::
+``base_model_name_or_path`` naming the base portably, see :mod:`fedunlearn.models.served`),
+``fedunlearn_base.json`` (that name, the base weights' SHA-256, how to rebuild the base),
+``adapter_model.safetensors`` (PEFT's key names, i.e. the canonical keys) and a copy of the base
+tokenizer, so that::
 
-    model = peft.AutoPeftModelForCausalLM.from_pretrained(folder)
+    model = fedunlearn.models.load_served(folder)
 
-serves it in one line with no hub access. The tokenizer copy also keeps PEFT from asking the hub
-whether the folder has one. Folders are written to a temporary sibling and renamed into place, so
+serves it in one line on any machine, with no hub access (plain peft works as well:
+``PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(served_base(folder)), folder)``).
+The tokenizer copy also keeps PEFT from asking the hub whether the folder has one. Folders are written to a temporary sibling and renamed into place, so
 a reader never sees a half-written adapter.
 """
 
@@ -30,6 +33,7 @@ from fedunlearn.errors import ModelError
 from fedunlearn.models.base import resolve_model_path
 from fedunlearn.models.delta import combine_exact, lora_modules
 from fedunlearn.models.lora import LoraSpec
+from fedunlearn.models.served import BASE_INFO_FILE, base_info
 
 __all__ = [
     "ADAPTER_CONFIG_FILE",
@@ -63,7 +67,7 @@ def export_adapter(
     Returns
     -------
     Path
-        `folder`, loadable with ``peft.AutoPeftModelForCausalLM.from_pretrained(folder)``.
+        `folder`, loadable with :func:`fedunlearn.models.load_served`.
 
     Raises
     ------
@@ -87,10 +91,12 @@ def export_adapter(
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
     try:
+        info = base_info(base)  # a portable name for fedunlearn-built bases (see models.served)
         config = spec.to_peft_config()
-        config.base_model_name_or_path = str(base)
+        config.base_model_name_or_path = info["name"]
         config.save_pretrained(str(staging))
         _canonical_json(staging / ADAPTER_CONFIG_FILE)
+        (staging / BASE_INFO_FILE).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         tensors = {
             key: state[key].detach().to("cpu", torch.float32).contiguous() for key in sorted(state)
         }

@@ -34,13 +34,20 @@ def test_info_text_and_json(trained_run):
     assert doc["served"]["served_hash"] == trained_run.served.hash
 
 
+def _base_of(run_dir):
+    from fedunlearn.runs import RunFolder
+
+    return RunFolder.open(run_dir).base_model
+
+
 def test_export_writes_a_loadable_peft_folder(trained_run, tmp_path):
     out = tmp_path / "adapter"
     res = runner.invoke(app, ["export", "--run", str(trained_run.run_dir), "--out", str(out)])
     assert res.exit_code == 0, res.output
-    from peft import AutoPeftModelForCausalLM
+    from fedunlearn.models import load_served
 
-    model = AutoPeftModelForCausalLM.from_pretrained(str(out))
+    assert "load_served" in " ".join(res.output.split())
+    model = load_served(out, base=_base_of(trained_run.run_dir))
     ids = torch.tensor([[0, 5, 6, 7]])
     assert model(input_ids=ids).logits.shape[:2] == (1, 4)
     res = runner.invoke(app, ["export", "--run", str(trained_run.run_dir), "--out", str(out)])

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from peft import AutoPeftModelForCausalLM
+from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
 from fedunlearn.errors import ModelError
@@ -18,6 +18,7 @@ from fedunlearn.models import (
     export_adapter,
     export_combined,
     get_lora_state,
+    load_served,
     set_lora_state,
     wrap_lora,
 )
@@ -43,11 +44,11 @@ def test_exported_adapter_loads_in_one_line(tmp_path, tiny_base, small_lora, sta
     )
     assert folder == tmp_path / "adapter"
     config = json.loads((folder / ADAPTER_CONFIG_FILE).read_text())
-    assert config["base_model_name_or_path"] == str(tiny_base.path)
+    assert config["base_model_name_or_path"] == "fedunlearn/" + tiny_base.path.name  # portable, not a path
     assert (config["r"], config["lora_alpha"], config["task_type"]) == (4, 8, "CAUSAL_LM")
     assert sorted(config["target_modules"]) == ["q_proj", "v_proj"]
 
-    served = AutoPeftModelForCausalLM.from_pretrained(folder)
+    served = load_served(folder, base=tiny_base.path)
 
     trained = wrap_lora(tiny_base, small_lora, seed=0)
     set_lora_state(trained, states[0])
@@ -62,7 +63,7 @@ def test_combined_export_equals_base_plus_weighted_delta_sum(tmp_path, tiny_base
     )
     config = json.loads((folder / ADAPTER_CONFIG_FILE).read_text())
     assert (config["r"], config["lora_alpha"]) == (12, 24)  # S·r, S·alpha
-    served = AutoPeftModelForCausalLM.from_pretrained(folder)
+    served = load_served(folder, base=tiny_base.path)
 
     # Reference: the frozen base with Σ_s w_s ΔW_s added to each adapted weight.
     reference = AutoModelForCausalLM.from_pretrained(tiny_base.path, local_files_only=True)
@@ -145,3 +146,45 @@ def test_export_bytes_are_the_same_in_every_process(tmp_path, tiny_base, small_l
         config = json.loads((out / ADAPTER_CONFIG_FILE).read_text())
         assert config["target_modules"] == ["q_proj", "v_proj"]
     assert digests[0] == digests[1] == digests[2]
+
+
+def test_an_export_loads_from_another_cache_on_another_machine(tmp_path, tiny_base, small_lora, states, monkeypatch):
+    """The adapter names its base portably; a copy of the base in another cache serves it, a base with
+    other weights is refused, a missing one says how to get it."""
+    import shutil
+
+    from fedunlearn.errors import ModelError
+    from fedunlearn.models import BASE_INFO_FILE, served_base
+
+    folder = export_adapter(tmp_path / "adapter", states[0], base_model_path=tiny_base.path, spec=small_lora)
+    info = json.loads((folder / BASE_INFO_FILE).read_text())
+    assert info["name"] == "fedunlearn/" + tiny_base.path.name and len(info["weights_sha256"]) == 64
+    moved = shutil.copytree(folder, tmp_path / "elsewhere" / "served")  # the adapter, copied away
+    other_cache = tmp_path / "other-machine-cache"
+    monkeypatch.setenv("FEDUNLEARN_CACHE", str(other_cache))
+    with pytest.raises(ModelError, match="not in this machine's cache.*pass base=FOLDER"):
+        served_base(moved)
+    shutil.copytree(tiny_base.path, other_cache / "models" / tiny_base.path.name)
+    assert served_base(moved) == other_cache / "models" / tiny_base.path.name
+    served = load_served(moved)  # no base named: found in this machine's cache
+    trained = wrap_lora(tiny_base, small_lora, seed=0)
+    set_lora_state(trained, states[0])
+    torch.testing.assert_close(_logits(served), _logits(trained), atol=1e-6, rtol=1e-6)
+    plain = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(served_base(moved)), str(moved))
+    torch.testing.assert_close(_logits(plain), _logits(trained), atol=1e-6, rtol=1e-6)  # plain peft, same
+    weights = other_cache / "models" / tiny_base.path.name / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1] + b"\x00")  # another base under the same name
+    with pytest.raises(ModelError, match="other weights"):
+        served_base(moved)
+
+
+def test_the_same_adapter_exports_the_same_bytes_from_any_cache_location(tmp_path, tiny_base, small_lora, states):
+    import shutil
+
+    from fedunlearn.models import adapter_files_sha256
+
+    copy = shutil.copytree(tiny_base.path, tmp_path / "cache2" / "models" / tiny_base.path.name)
+    one = export_adapter(tmp_path / "a", states[0], base_model_path=tiny_base.path, spec=small_lora)
+    two = export_adapter(tmp_path / "b", states[0], base_model_path=copy, spec=small_lora)
+    for name in ("adapter_config.json", "fedunlearn_base.json", "adapter_model.safetensors"):
+        assert (one / name).read_bytes() == (two / name).read_bytes(), name
