@@ -16,5 +16,27 @@ __all__ = ["app", "run"]
 
 
 def run() -> None:
-    """Console-script entry point."""
-    app()
+    """Console-script entry point: Ctrl-C and SIGTERM end with a message and status 130, no traceback.
+
+    Flower-backed commands stop at a safe point themselves (:mod:`fedunlearn.interrupt`); any
+    other work is interrupted where it is, and its files are written atomically, so nothing
+    half-written is left.
+    """
+    import sys
+
+    import click
+
+    from fedunlearn.cli._app import err_console, resume_hint
+    from fedunlearn.interrupt import EXIT_CODE, terminate_as_interrupt
+
+    terminate_as_interrupt()
+    try:
+        code = app(standalone_mode=False)
+    except (click.Abort, KeyboardInterrupt):
+        err_console.print(f"\n[bold yellow]stopped[/]: nothing half-written was kept. Run it again with: "
+                          f"{resume_hint()}", soft_wrap=True, highlight=False)
+        sys.exit(EXIT_CODE)
+    except click.ClickException as exc:  # usage errors: click's own message and status
+        exc.show()
+        sys.exit(exc.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)

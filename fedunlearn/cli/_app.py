@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import shlex
+import sys
+
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -9,7 +12,7 @@ from rich.markup import escape
 from fedunlearn import __version__
 from fedunlearn.errors import FedUnlearnError
 
-__all__ = ["app", "console", "err_console", "fail"]
+__all__ = ["app", "console", "err_console", "fail", "resume_hint"]
 
 app = typer.Typer(
     name="fedunlearn",
@@ -22,8 +25,24 @@ console = Console()
 err_console = Console(stderr=True)
 
 
+def resume_hint() -> str:
+    """The command line that resumes this one (the same command again)."""
+    return "fedunlearn " + shlex.join(sys.argv[1:]) if sys.argv[1:] else "the same command"
+
+
 def fail(exc: FedUnlearnError) -> None:
-    """Print a fedunlearn error (it names the bad value and the fix) and exit with status 2."""
+    """Print a fedunlearn error (it names the bad value and the fix) and exit with status 2.
+
+    A requested stop (:class:`~fedunlearn.interrupt.Interrupted`) is not an error: it says what was
+    kept and how to resume, and exits with 130 (128 + SIGINT).
+    """
+    from fedunlearn.interrupt import EXIT_CODE, Interrupted
+
+    if isinstance(exc, Interrupted):
+        err_console.print(f"[bold yellow]{escape(str(exc))}[/]: committed rounds and journaled erasures "
+                          f"are kept, the engine's processes are stopped. Resume with: {escape(resume_hint())}",
+                          soft_wrap=True, highlight=False)
+        raise typer.Exit(code=EXIT_CODE)
     err_console.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True, highlight=False)
     raise typer.Exit(code=2)
 

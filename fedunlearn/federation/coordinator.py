@@ -29,6 +29,7 @@ from dataclasses import dataclass, field, replace
 import torch
 from flwr.serverapp import Grid
 
+from fedunlearn import interrupt
 from fedunlearn.certify.budget import over_budget, record_history
 from fedunlearn.certify.runaudit import RunAudit, dp_secret
 from fedunlearn.errors import FederationError
@@ -335,6 +336,7 @@ class Coordinator:
                 losses = self.evaluate(r)
                 for summary in round_summaries:
                     summary.eval_loss = {o: losses[o] for o in summary.members if o in losses}
+                interrupt.check(f"after round {r} (committed)")
         return self.summaries
 
     def export(self):

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from flwr.app import Message
 from flwr.serverapp import Grid
 
+from fedunlearn import interrupt
 from fedunlearn.errors import FederationError, NodesMissingError
 from fedunlearn.federation import protocol
 
@@ -24,12 +25,20 @@ each pull is an HTTPS request that costs the SuperLink CPU)."""
 
 
 def send_and_receive(grid: Grid, msgs: list[Message], *, timeout: float) -> list[Message]:
-    """``grid.send_and_receive``, but a real SuperLink (``HttpGrid``) is asked for replies every
-    :data:`PULL_INTERVAL` s instead of Flower's fixed 3 s; other grids are called unchanged."""
-    from flwr.superlink.grid.http_grid import HttpGrid
+    """``grid.send_and_receive`` that stops on request (:func:`fedunlearn.interrupt.check`).
 
-    if not isinstance(grid, HttpGrid):
+    Flower's grids (a real SuperLink's ``HttpGrid``, the simulation's ``InMemoryGrid``) are pulled
+    here, every :data:`PULL_INTERVAL` s for a SuperLink (instead of Flower's fixed 3 s) and every
+    0.1 s in simulation, and a requested stop raises :class:`~fedunlearn.interrupt.Interrupted`
+    between pulls; other grids (e.g. the tests' in-process one) are called as they are.
+    """
+    from flwr.superlink.grid.http_grid import HttpGrid
+    from flwr.superlink.grid.inmemory_grid import InMemoryGrid
+
+    interrupt.check("while waiting for the organizations' replies")
+    if not isinstance(grid, (HttpGrid, InMemoryGrid)):
         return list(grid.send_and_receive(msgs, timeout=timeout))
+    interval = PULL_INTERVAL if isinstance(grid, HttpGrid) else 0.1
     waiting = set(grid.push_messages(msgs))
     deadline = time.monotonic() + timeout
     replies: list[Message] = []
@@ -39,7 +48,8 @@ def send_and_receive(grid: Grid, msgs: list[Message], *, timeout: float) -> list
         waiting -= {m.metadata.reply_to_message_id for m in got}
         if not waiting or time.monotonic() >= deadline:
             break
-        time.sleep(PULL_INTERVAL)
+        interrupt.check("while waiting for the organizations' replies")
+        time.sleep(interval)
     return replies
 
 
@@ -96,6 +106,7 @@ def discover(grid: Grid, expected: Sequence[str], *, timeout: float, poll: float
                 + (f"; nodes that refused to identify: {detail}" if detail else "")
                 + ". Start their SuperNodes or raise run.discovery-timeout"
             )
+        interrupt.check("while waiting for the organizations' nodes")
         time.sleep(poll)
 
 

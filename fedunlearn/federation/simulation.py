@@ -9,13 +9,14 @@ apps as run-config overrides.
 from __future__ import annotations
 
 import contextlib
-
 import importlib
 import os
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from fedunlearn import interrupt
 from fedunlearn.config import Settings, settings_to_flat
 from fedunlearn.errors import FederationError, NodesMissingError, RunStateError
 from fedunlearn.federation.workflow import TrainReport
@@ -35,6 +36,8 @@ __all__ = [
     "stop_ray",
 ]
 
+#: Seconds the ServerApp gets to reach a safe point after Ctrl-C before the engine's workers are killed.
+STOP_GRACE = 3.0
 SERVER_APP_FACTORY = "server.app:make_app"
 CLIENT_APP_FACTORY = "clients.app:make_app"
 
@@ -47,6 +50,9 @@ def quiet_flower() -> None:
     os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    # Ray's C++ failure-signal handler turns SIGTERM of the driver into an abort (status 134);
+    # fedunlearn handles SIGTERM itself (fedunlearn.interrupt) and stops the engine cleanly
+    os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
     if not os.environ.get("FEDUNLEARN_VERBOSE"):
         import logging
 
@@ -133,6 +139,48 @@ class _Descendants:
         self._poll()
         stop_ray(list(self._seen.values()))
 
+    def kill(self) -> None:
+        """Kill every process the engine started (a stop that cannot wait for work in flight)."""
+        import psutil
+
+        self._poll()
+        procs = [p for p in self._seen.values() if isinstance(p, psutil.Process)]
+        for p in procs:
+            with contextlib.suppress(psutil.Error):
+                p.kill()
+        psutil.wait_procs(procs, timeout=5)
+
+
+@contextlib.contextmanager
+def _keep_sigterm_handler():
+    """``ray.init`` replaces the driver's SIGTERM handler with ``sys.exit``, which aborts the process
+    (status -6) while Flower's threads run; keep fedunlearn's handler (:mod:`fedunlearn.interrupt`)
+    by making Ray's private setter a no-op while the engine runs (ray 2.x; absent: nothing to do)."""
+    try:
+        import ray._private.utils as ray_utils
+    except ImportError:  # pragma: no cover - ray is a dependency
+        yield
+        return
+    original = getattr(ray_utils, "set_sigterm_handler", None)
+    if original is None:
+        yield
+        return
+    ray_utils.set_sigterm_handler = lambda handler: None
+    try:
+        yield
+    finally:
+        ray_utils.set_sigterm_handler = original
+
+
+def _stop_watch(descendants: _Descendants, done: threading.Event, grace: float) -> None:
+    """After a requested stop, give the ServerApp ``grace`` s to end, then kill the engine's
+    workers so that a client's training in flight does not hold the stop up."""
+    while not done.wait(0.2):
+        if interrupt.requested():
+            if not done.wait(grace):
+                descendants.kill()
+            return
+
 
 def stop_ray(procs: list | None = None, grace: float = 15.0) -> None:
     """Shut Ray down and make sure none of ``procs`` (and this process' children) outlives it."""
@@ -202,10 +250,18 @@ def run_apps(settings: Settings, *, reporter: Reporter | None = None, workflow: 
     }
     for attempt in (1, 2):
         try:
-            with _Descendants():
-                run_simulation(server_app=server_app, client_app=client_app,
-                               num_supernodes=len(settings.organizations) + len(settings.canary_organizations),
-                               backend_config=backend)
+            with _Descendants() as descendants, interrupt.stop_on_signals(on_force=descendants.kill), \
+                    _keep_sigterm_handler():
+                done = threading.Event()
+                watch = threading.Thread(target=_stop_watch, args=(descendants, done, STOP_GRACE), daemon=True)
+                watch.start()
+                try:
+                    run_simulation(server_app=server_app, client_app=client_app,
+                                   num_supernodes=len(settings.organizations) + len(settings.canary_organizations),
+                                   backend_config=backend)
+                finally:
+                    done.set()
+            interrupt.check()  # the ServerApp stopped at a safe point; the caller says what was kept
             return results
         except NodesMissingError as exc:
             # Seen on a loaded 2-core machine: a Ray helper process aborts at start-up and the

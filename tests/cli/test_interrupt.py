@@ -1,0 +1,98 @@
+"""Ctrl-C stops `fedunlearn simulate` within seconds, kills the engine, and the rerun resumes."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+
+from fedunlearn.ledger import Ledger
+
+pytestmark = [pytest.mark.slow, pytest.mark.simulation]
+
+SCENARIO = """
+[run]
+name = "interrupted"
+discovery-timeout = 180.0
+[model]
+path = "{model}"
+device = "cpu"
+[data]
+records-per-org = 24
+holdout-per-org = 8
+canaries-per-org = 1
+canary-repeats = 2
+never-inserted = 5
+public-documents = 20
+max-length = 48
+[train]
+rounds = 5
+local-epochs = 2
+batch-size = 8
+lr = 0.02
+[topology]
+shards = 2
+[[organizations]]
+name = "org-0"
+[[organizations]]
+name = "org-1"
+[[organizations]]
+name = "org-2"
+"""
+
+CLI = [sys.executable, "-c", "from fedunlearn.cli import run; run()"]
+
+
+def _evaluated_rounds(run) -> int:
+    metrics = run / "metrics.jsonl"
+    if not metrics.is_file():
+        return 0
+    rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    return len({r["round"] for r in rows if r.get("kind") == "evaluate"})
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_stops_simulate_and_the_rerun_resumes(sig, tiny_model_dir, tmp_path):
+    scenario = tmp_path / "scenario.toml"
+    scenario.write_text(SCENARIO.format(model=tiny_model_dir))
+    run = tmp_path / "run"
+    args = CLI + ["simulate", "--scenario", str(scenario), "--out", str(run)]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while _evaluated_rounds(run) < 1:  # mid-training: round 1 committed and evaluated
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "round 1 never finished"
+        time.sleep(0.2)
+    started = psutil.Process(proc.pid).children(recursive=True)
+    assert started, "the simulation engine started no processes"
+    sent = time.monotonic()
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=60)
+    took = time.monotonic() - sent
+    assert proc.returncode == 130, (out, err)
+    assert took < 20, took  # measured here: 4-8 s (3 s grace for the ServerApp, then the engine is killed)
+    assert f"stopped by {sig.name}" in err and "Resume with: fedunlearn simulate --scenario" in err, err
+    assert "Traceback" not in out + err and "Exception ignored" not in err, err
+    _, alive = psutil.wait_procs(started, timeout=10)
+    assert not alive, [p.pid for p in alive]
+    with Ledger.open(run) as ledger:
+        stopped_at = min(ledger.head(s).round for s in range(2))
+    assert 1 <= stopped_at < 5
+
+    again = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr
+    with Ledger.open(run) as ledger:
+        assert all(ledger.head(s).round == 5 for s in range(2))
+        resumed = ledger.served()["served_hash"]
+    if sig != signal.SIGINT:  # one uninterrupted reference is enough
+        return
+    reference = tmp_path / "reference"  # the same scenario, never interrupted
+    ref_args = CLI + ["simulate", "--scenario", str(scenario), "--out", str(reference)]
+    assert subprocess.run(ref_args, capture_output=True, text=True, timeout=600).returncode == 0
+    with Ledger.open(reference) as ledger:
+        assert ledger.served()["served_hash"] == resumed
