@@ -26,17 +26,31 @@ def run() -> None:
 
     import click
 
-    from fedunlearn.cli._app import err_console, resume_hint
+    from fedunlearn.cli._app import DEBUG, STOP_REPORTED, err_console, resume_hint
     from fedunlearn.interrupt import EXIT_CODE, terminate_as_interrupt
 
     terminate_as_interrupt()
-    try:
-        code = app(standalone_mode=False)
-    except (click.Abort, KeyboardInterrupt):
+    def stopped() -> None:
         err_console.print(f"\n[bold yellow]stopped[/]: nothing half-written was kept. Run it again with: "
                           f"{resume_hint()}", soft_wrap=True, highlight=False)
         sys.exit(EXIT_CODE)
+
+    try:
+        code = app(standalone_mode=False)  # typer turns Ctrl-C into a silent return of 130
+    except (click.Abort, KeyboardInterrupt):
+        stopped()
     except click.ClickException as exc:  # usage errors: click's own message and status
         exc.show()
         sys.exit(exc.exit_code)
+    except Exception as exc:  # a bug, not a user error (those exit 2 with their fix): no wall of text
+        if DEBUG[0]:
+            raise
+        from rich.markup import escape
+
+        err_console.print(f"[bold red]internal error[/]: {type(exc).__name__}: {escape(str(exc))[:500]}\n"
+                          "This is a bug in fedunlearn, not in your input. Run the command again with "
+                          "`fedunlearn --debug ...` for the traceback, and report it.", soft_wrap=True, highlight=False)
+        sys.exit(1)
+    if code == EXIT_CODE and not STOP_REPORTED[0]:
+        stopped()
     sys.exit(code if isinstance(code, int) else 0)

@@ -39,6 +39,7 @@ def fail(exc: FedUnlearnError) -> None:
     from fedunlearn.interrupt import EXIT_CODE, Interrupted
 
     if isinstance(exc, Interrupted):
+        STOP_REPORTED[0] = True
         err_console.print(f"[bold yellow]{escape(str(exc))}[/]: committed rounds and journaled erasures "
                           f"are kept, the engine's processes are stopped. Resume with: {escape(resume_hint())}",
                           soft_wrap=True, highlight=False)
@@ -53,8 +54,16 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
+#: A stop was reported by :func:`fail` (the entry point then adds nothing).
+STOP_REPORTED = [False]
+#: ``--debug`` was given: unexpected errors show their traceback (see fedunlearn.cli.run).
+DEBUG = [False]
+
+
 @app.callback()
 def main(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version and exit."),
+    debug: bool = typer.Option(False, "--debug", help="Show the full traceback of an unexpected error."),
 ) -> None:
     """Federated LoRA fine-tuning with erasure on request (Flower + peft)."""
+    DEBUG[0] = debug

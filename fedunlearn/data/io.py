@@ -261,7 +261,9 @@ def _load_organization(folder: Path, name: str | None) -> OrganizationData:
         if not (folder / required).is_file():
             raise DataError(
                 f"{folder / required} is missing; expected train.jsonl and holdout.jsonl in an "
-                "organization folder; restore the file (use load_user_organization for raw data)"
+                "organization folder under data.dir; add it, or for a folder of raw records without a "
+                "holdout split name the folder in the organization's own entry (data = \"PATH\" under "
+                "[[organizations]]), which splits off a holdout itself"
             )
     canaries: tuple[Canary, ...] = ()
     if (folder / "canaries.json").is_file():

@@ -90,6 +90,8 @@ def prepare_simulation(settings: Settings, run_dir: Path, *, reporter: Reporter 
     data_dir = run_dir / "data"
     if synthetic:
         settings = settings.replace(data={"dir": str(data_dir.resolve())})
+    else:  # in this process, before any run folder or engine exists: one clear message per problem
+        check_organization_data(settings)
     RunFolder.create_or_resume(run_dir, settings, base)  # refuses a foreign folder before writing
     if synthetic and not (data_dir / "manifest.json").exists():
         consortium = synthetic_consortium(settings)
@@ -97,6 +99,30 @@ def prepare_simulation(settings: Settings, run_dir: Path, *, reporter: Reporter 
         if reporter:
             reporter.message(f"synthetic consortium of {len(consortium.organizations)} organizations saved to {data_dir}")
     return settings
+
+
+def check_organization_data(settings: Settings) -> None:
+    """Load every organization's data as its ClientApp will; raise one DataError listing each problem.
+
+    Run before Flower starts, so that a malformed file, a missing folder or an empty organization
+    is reported once, by file and line, instead of inside every simulated node's traceback.
+    """
+    from fedunlearn.errors import ConfigError, DataError
+    from fedunlearn.training.client import organization_data
+
+    problems = []
+    for org in settings.organizations:
+        try:
+            data = organization_data(settings, org.name)
+        except (DataError, ConfigError) as exc:
+            problems.append(f"{org.name}: {exc}")
+            continue
+        if not data.train:
+            problems.append(f"{org.name}: no training records; add records to its train.jsonl or leave it out "
+                            "of [[organizations]]")
+    if problems:
+        raise DataError(f"{len(problems)} organization(s) have unusable data (nothing was started or written):\n  - "
+                        + "\n  - ".join(problems))
 
 
 class _Descendants:

@@ -79,3 +79,26 @@ def test_error_text_is_printed_verbatim(tmp_path):
     bad.write_text('[[organizations]]\nname = "a"\ncolor = "[bold]red"\n')
     res = runner.invoke(app, ["simulate", "--scenario", str(bad), "--out", str(tmp_path / "r")])
     assert res.exit_code == 2 and "keys ['color', 'name']" in res.output
+
+
+def test_simulate_checks_organization_data_before_anything_starts(tiny_model_dir, tmp_path):
+    """A malformed line, a missing folder and an empty organization: one message each, exit 2, no
+    traceback, no run folder (so the rerun with fixed data is not refused as 'other settings')."""
+    data = tmp_path / "orgs"
+    for org in ("a", "b"):
+        (data / org).mkdir(parents=True)
+        (data / org / "holdout.jsonl").write_text('{"id": "h1", "text": "a held out record"}\n')
+    (data / "a" / "train.jsonl").write_text('{"id": "r1", "text": "one good record"}\n{not json\n')
+    (data / "b" / "train.jsonl").write_text("")
+    scenario = tmp_path / "s.toml"
+    scenario.write_text(f'[model]\npath = "{tiny_model_dir}"\n[data]\ndir = "{data}"\n'
+                        '[[organizations]]\nname = "a"\n[[organizations]]\nname = "b"\n[[organizations]]\nname = "c"\n')
+    out = tmp_path / "run"
+    res = runner.invoke(app, ["simulate", "--scenario", str(scenario), "--out", str(out)])
+    assert res.exit_code == 2, res.output
+    text = " ".join(res.output.split())
+    assert "3 organization(s) have unusable data" in text
+    assert "a/train.jsonl, line 2: malformed JSON" in text and "fix or remove that line" in text
+    assert "b: no training records" in text or "b/train.jsonl" in text
+    assert "c: organization 'c' has no data folder" in text
+    assert "Traceback" not in res.output and not out.exists()
