@@ -60,6 +60,9 @@ def fedavg(base, consortium, *, rounds: int, epochs: int, lr: float, targets: st
     return model
 
 
+DEMO_RECORDS = 400  # fedunlearn.data.realorgs.DEMO_SCHEDULE["records"] (not imported at module load)
+
+
 def run_size(size: str, device: str, *, rounds: int | None, records: int, log=print) -> dict:
     import torch
 
@@ -72,8 +75,9 @@ def run_size(size: str, device: str, *, rounds: int | None, records: int, log=pr
     build_seconds = time.perf_counter() - start
     info = json.loads((folder / BUILD_INFO_FILE).read_text())
     base = load_base_model(folder, device=pick_device(device))
-    consortium = real_text_consortium(records_per_org=records)
     schedule = dict(DEMO_SCHEDULE)
+    consortium = real_text_consortium(records_per_org=records, canaries_per_org=schedule["canaries"],
+                                      canary_repeats=schedule["repeats"])
     rounds = rounds or schedule["rounds"]
     log(f"{size}: {info['parameters']:,} parameters on {base.device.device} ({base.device.dtype}); "
         f"{len(consortium.organizations)} organizations x {records} records; {rounds} rounds x "
@@ -131,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sizes", default="small", help="comma-separated: small,large")
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda")
     ap.add_argument("--rounds", type=int, default=None, help="FedAvg rounds (default: the demo's)")
-    ap.add_argument("--records", type=int, default=120, help="training records per organization")
+    ap.add_argument("--records", type=int, default=DEMO_RECORDS, help="training records per organization")
     ap.add_argument("--out", type=Path, default=None, help="write JSON here (and .md beside it)")
     args = ap.parse_args(argv)
     results = [run_size(size, args.device, rounds=args.rounds, records=args.records)

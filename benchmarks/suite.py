@@ -290,11 +290,11 @@ def machine(opts: Options) -> dict[str, Any]:
 # -- what the model learns of real text ------------------------------------------------------------
 def realtext(opts: Options) -> dict[str, Any]:
     """The model's bits per byte and the demo schedule's memorization (``bench_realtext.run_size``)."""
-    from bench_realtext import run_size
+    from bench_realtext import DEMO_RECORDS, run_size
 
     if opts.model:
         raise SystemExit("the realtext section measures the embedded default (--size), not --model")
-    return run_size(opts.size, opts.device, rounds=2 if opts.quick else None, records=24 if opts.quick else 120)
+    return run_size(opts.size, opts.device, rounds=2 if opts.quick else None, records=24 if opts.quick else DEMO_RECORDS)
 
 
 def run_sections(names: list[str], opts: Options) -> dict[str, Any]:

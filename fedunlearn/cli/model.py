@@ -8,6 +8,7 @@ from typing import Optional
 
 import typer
 
+from fedunlearn.data.realorgs import DEMO_SCHEDULE
 from fedunlearn.cli._app import app, console, err_console, fail
 from fedunlearn.errors import FedUnlearnError
 
@@ -137,10 +138,10 @@ def real_text(
     out: Path = typer.Option(..., "--out", help="Folder for the organizations' data (one sub-folder each)."),
     scenario: Optional[Path] = typer.Option(None, "--scenario", help="Also write a scenario TOML here "
                                             "(default: OUT/scenario.toml)."),
-    records: int = typer.Option(120, "--records", min=1, help="Training records per organization."),
+    records: int = typer.Option(DEMO_SCHEDULE["records"], "--records", min=1, help="Training records per organization."),
     holdout: int = typer.Option(40, "--holdout", min=0, help="Holdout records per organization."),
-    canaries: int = typer.Option(3, "--canaries", min=0, help="Canaries per organization."),
-    repeats: int = typer.Option(4, "--repeats", min=1, help="Copies of each canary in training data."),
+    canaries: int = typer.Option(DEMO_SCHEDULE["canaries"], "--canaries", min=0, help="Canaries per organization."),
+    repeats: int = typer.Option(DEMO_SCHEDULE["repeats"], "--repeats", min=1, help="Copies of each canary in training data."),
     seed: int = typer.Option(0, "--seed", min=0, help="Seeds record selection and secrets."),
     size: str = typer.Option("small", "--size", help="Model size the scenario names (small or large)."),
 ) -> None:

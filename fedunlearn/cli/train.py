@@ -81,7 +81,9 @@ def demo(
             names = list(ORGANIZATION_SOURCES[:organizations])
             rounds = rounds or DEMO_SCHEDULE["rounds"]
             train = {"rounds": rounds, "local_epochs": DEMO_SCHEDULE["epochs"], "lr": DEMO_SCHEDULE["lr"]}
-            extra = {"lora": {"target_modules": DEMO_SCHEDULE["target_modules"]}, "data": {"text": "real"}}
+            extra = {"lora": {"target_modules": DEMO_SCHEDULE["target_modules"]},
+                     "data": {"text": "real", "records_per_org": DEMO_SCHEDULE["records"],
+                              "canaries_per_org": DEMO_SCHEDULE["canaries"], "canary_repeats": DEMO_SCHEDULE["repeats"]}}
         else:
             names = [f"org-{i}" for i in range(organizations)]
             rounds = rounds or 3

@@ -28,11 +28,15 @@ __all__ = ["DEMO_SCHEDULE", "MAX_RECORD_WORDS", "real_text_consortium", "sentenc
 MAX_RECORD_WORDS = 40
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"'(])")
 #: The demo's schedule on real text (``fedunlearn demo``, ``fedunlearn data real-text`` scenarios):
-#: LoRA on attention and MLP projections, 8 FedAvg rounds of 3 local epochs at lr 0.01. Fewer
-#: epochs leave canaries at the never-inserted level (3 rounds x 2 epochs on attention only: mean
-#: exposure 2.9 bits); higher learning rates diverged (0.03: training loss 5.4 -> 6.7).
+#: 400 training records per organization with one canary inserted 10 times, LoRA on attention and
+#: MLP projections, 8 FedAvg rounds of 2 local epochs at lr 0.005. Measured on 2 CPU cores with the
+#: small model, 4 organizations, seeds 0/1/2: mean canary exposure 9.7/11.1/12.3 bits (never-inserted
+#: p95 3.1-4.2), every organization's holdout loss 0.13-0.76 nats lower than the base model's.
+#: The former 120 records x 3 canaries x 4 copies, 8 rounds of 3 epochs at lr 0.01 overfitted: the
+#: holdout loss of 2-3 of 4 organizations rose and mean exposure was 5.7-6.6 bits; lr 0.02 gave
+#: 4.9 bits, 16 copies of one canary 7.5.
 DEMO_SCHEDULE: dict[str, object] = {
-    "rounds": 8, "epochs": 3, "lr": 0.01, "shards": 1,
+    "rounds": 8, "epochs": 2, "lr": 0.005, "shards": 1, "records": 400, "canaries": 1, "repeats": 10,
     "target_modules": "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
 }
 #: Files read per source at most, spread over its sorted file list (manual pages number thousands).

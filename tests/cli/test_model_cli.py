@@ -48,10 +48,14 @@ def test_demo_rejects_bad_text_and_too_many_real_organizations():
 
 @pytest.mark.slow
 def test_demo_schedule_memorizes_canaries_on_real_text(tmp_path):
-    """The real-text demo's schedule on the shipped default model (built once per cache, ~3 min on
-    2 cores), through the ClientApp over the in-process grid: canaries inserted 4 times are
-    memorized far above the never-inserted level, and the served model predicts the organizations'
-    held-out text better than a unigram model."""
+    """The real-text demo's schedule on the shipped default model (built once per cache, ~2.5 min on
+    2 cores), through the ClientApp over the in-process grid: a canary inserted 10 times is memorized
+    far above the never-inserted level, every organization's holdout loss falls below the base
+    model's, and the served model predicts held-out text better than a unigram model.
+
+    Measured on 2 cores (seeds 0/1/2): mean exposure 9.7/11.1/12.3 bits, never-inserted p95 3.1-4.2,
+    holdout drops 0.13-0.76 nats. The bounds leave room for another machine's floating point (the
+    former schedule's mean moved from 6.6 here to 5.7 on CI)."""
     from clients.app import make_app
     from fedunlearn.cli._learned import measure_learned
     from fedunlearn.config import OrganizationSettings, Settings, settings_to_flat
@@ -62,7 +66,9 @@ def test_demo_schedule_memorizes_canaries_on_real_text(tmp_path):
     from tests.localgrid import LocalGrid
 
     settings = Settings(organizations=tuple(OrganizationSettings(name=n) for n in ORGANIZATION_SOURCES)).replace(
-        run={"discovery_timeout": 60.0}, model={"device": "cpu"}, data={"text": "real"},
+        run={"discovery_timeout": 60.0}, model={"device": "cpu"},
+        data={"text": "real", "records_per_org": DEMO_SCHEDULE["records"], "canaries_per_org": DEMO_SCHEDULE["canaries"],
+              "canary_repeats": DEMO_SCHEDULE["repeats"]},
         lora={"target_modules": DEMO_SCHEDULE["target_modules"]},
         train={"rounds": DEMO_SCHEDULE["rounds"], "local_epochs": DEMO_SCHEDULE["epochs"], "lr": DEMO_SCHEDULE["lr"]})
     settings = prepare_simulation(settings, tmp_path / "run")
@@ -75,6 +81,7 @@ def test_demo_schedule_memorizes_canaries_on_real_text(tmp_path):
     mean = sum(exposures) / len(exposures)
     never_p95 = rows[0].never_p95
     print({r.org: (round(r.base_loss, 3), round(r.served_loss, 3), round(r.exposure, 1)) for r in rows}, mean)
-    assert mean >= 6.0 and mean > 1.5 * never_p95, (exposures, never_p95)
+    assert mean >= 7.0 and mean > 1.5 * never_p95, (exposures, never_p95)
     for r in rows:
         assert r.served_bpb < r.unigram_bpb < r.uniform_bpb, r
+        assert r.base_loss - r.served_loss > 0.05, r  # the organization's held-out text: learned, not overfitted
