@@ -16,7 +16,6 @@ Usage: ``.venv/bin/python benchmarks/bench_approx.py [--retrain-seeds 3]``; writ
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import shutil
@@ -36,10 +35,9 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from bench_sisa import machine  # noqa: E402  (this script's folder is on sys.path)
-from fedunlearn.evaluate.before import CAPTURE_SWITCH  # noqa: E402
 from fedunlearn.evaluate import exposure_report, mean_next_token_kl, mia_results, score_texts  # noqa: E402
 from fedunlearn.evaluate.runmodels import load_base, merged_model, retrain_reference, run_consortium  # noqa: E402
-from fedunlearn.federation.erase import erase, prepare_erasure  # noqa: E402
+from fedunlearn.unlearning.service import erase, prepare_erasure  # noqa: E402
 from fedunlearn.federation.workflow import train_workflow  # noqa: E402
 from fedunlearn.ledger import Ledger  # noqa: E402
 from fedunlearn.models import ensure_default_model  # noqa: E402
@@ -117,10 +115,9 @@ def _timed_erase(trained: Path, settings, label: str, method: str, options: dict
     run = copy_run(trained, work / label.replace(" ", "_").replace("=", ""))
     request = EraseRequest((SUBJECT,), method=method, options=options)
     grid = grid_for(settings) if prepare_erasure(run, request) else None
-    with _capture(False):  # the pre-erasure audit is the same for every method: timed once, apart
-        t = time.perf_counter()
-        result = erase(run, request, grid=grid)
-        wall = time.perf_counter() - t
+    t = time.perf_counter()  # no pre-erasure hook: that audit is the same for every method, timed once apart
+    result = erase(run, request, grid=grid)
+    wall = time.perf_counter() - t
     return run, result, wall
 
 
@@ -162,20 +159,6 @@ def erase_each(trained: Path, settings, methods, work: Path, *, warmup: bool = T
     return rows, reference
 
 
-@contextlib.contextmanager
-def _capture(on: bool):
-    """The pre-erasure audit switched on or off inside the block, as it was afterwards."""
-    old = os.environ.get(CAPTURE_SWITCH)
-    os.environ[CAPTURE_SWITCH] = "1" if on else "0"
-    try:
-        yield
-    finally:
-        if old is None:
-            del os.environ[CAPTURE_SWITCH]
-        else:
-            os.environ[CAPTURE_SWITCH] = old
-
-
 def capture_seconds(trained: Path, work: Path) -> float:
     """Wall time of the pre-erasure audit (:func:`fedunlearn.evaluate.before.capture_before`) of ``SUBJECT``.
 
@@ -187,11 +170,10 @@ def capture_seconds(trained: Path, work: Path) -> float:
 
     run = copy_run(trained, work / "capture-before")
     try:
-        with _capture(True):
-            t = time.perf_counter()
-            if capture_before(run, (SUBJECT,)) is None:
-                raise RuntimeError("the pre-erasure audit captured nothing: the bench would time an empty call")
-            return time.perf_counter() - t
+        t = time.perf_counter()
+        if capture_before(run, (SUBJECT,)) is None:
+            raise RuntimeError("the pre-erasure audit captured nothing: the bench would time an empty call")
+        return time.perf_counter() - t
     finally:
         shutil.rmtree(run)
 

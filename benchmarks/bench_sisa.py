@@ -78,7 +78,7 @@ def grid_for(settings):
 
 def bench_one(shards: int, root: Path) -> dict:
     from fedunlearn.federation.ensemble import serving_utility
-    from fedunlearn.federation.erase import erase
+    from fedunlearn.unlearning.service import erase
     from fedunlearn.federation.workflow import train_workflow
     from fedunlearn.ledger import Ledger
     from fedunlearn.runs import RunFolder

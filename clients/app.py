@@ -15,7 +15,7 @@ from flwr.clientapp import ClientApp
 from fedunlearn.config import settings_from_flat
 from fedunlearn.errors import FederationError
 from fedunlearn.federation import protocol
-from fedunlearn.federation.canaries import CANARY_DIRECTION, CANARY_NORM
+from fedunlearn.training.canaries import CANARY_DIRECTION, CANARY_NORM
 from fedunlearn.training.client import OrganizationClient, organization_name
 
 __all__ = ["app", "make_app"]

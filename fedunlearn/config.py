@@ -48,7 +48,7 @@ CANARY_PREFIX = "canary-org-"
 
 
 def canary_names(count: int) -> list[str]:
-    """The names of ``count`` canary organizations (see :mod:`fedunlearn.federation.canaries`)."""
+    """The names of ``count`` canary organizations (see :mod:`fedunlearn.training.canaries`)."""
     return [f"{CANARY_PREFIX}{j}" for j in range(int(count))]
 
 
@@ -224,7 +224,7 @@ class DpSettings:
     would exceed it. ε is computed with Opacus' PRV accountant (RDP kept as a cross-check).
 
     ``audit-canary-orgs`` (M, 0 = none) adds M canary organizations ``canary-org-<j>`` for a
-    one-run audit of client-level DP (:mod:`fedunlearn.federation.canaries`,
+    one-run audit of client-level DP (:mod:`fedunlearn.training.canaries`,
     :mod:`fedunlearn.evaluate.canary_orgs`): each joins by a keyed coin and, instead of training,
     sends an update of norm ``audit-canary-norm`` (0 = ``client-clip``) along a secret direction.
     Canaries perturb the model: a canary audit is a separate research run, not a production setting.

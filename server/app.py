@@ -21,7 +21,7 @@ def make_app(overrides: Mapping[str, object] | None = None, *, reporter: Reporte
     ``fedunlearn simulate`` passes the scenario as overrides (Flower's ``run_simulation`` has no
     run config of its own); ``flwr run .`` uses ``app`` below with ``[tool.flwr.app.config]``.
     ``workflow(grid, settings, *, reporter)`` replaces training (default ``train_workflow``), e.g.
-    ``fedunlearn.federation.erase.erasure_workflow(request)``; its return value goes to ``results``.
+    ``fedunlearn.unlearning.service.erasure_workflow(request)``; its return value goes to ``results``.
     Without ``workflow``, the run config chooses: ``run.workflow = "train"`` (default) or ``"erase"``
     (erase ``run.erase-orgs`` with ``run.erase-method`` from the run folder ``run.dir``), which is how
     ``flwr run`` against a deployment erases an organization.
@@ -42,12 +42,15 @@ def make_app(overrides: Mapping[str, object] | None = None, *, reporter: Reporte
 def _configured_workflow(settings: Settings) -> Callable[..., object]:
     """The workflow ``run.workflow`` names (train, or erase ``run.erase-orgs``)."""
     if settings.run.workflow == "erase":
-        from fedunlearn.federation.erase import certified_erasure_workflow
+        from fedunlearn.unlearning.service import certified_erasure_workflow
         from fedunlearn.unlearning import EraseRequest
 
         orgs = tuple(o.strip() for o in settings.run.erase_orgs.split(",") if o.strip())
         # authorized (coordinator-signed, logged) before, certified after, as `fedunlearn forget` does
-        return certified_erasure_workflow(EraseRequest(orgs, method=settings.run.erase_method, requested_by="flwr run"))
+        from fedunlearn.evaluate.before import capture_before  # the judge, handed to the service as a hook
+
+        return certified_erasure_workflow(EraseRequest(orgs, method=settings.run.erase_method, requested_by="flwr run"),
+                                          before=capture_before)
     return train_workflow
 
 

@@ -10,7 +10,6 @@ import pytest
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("FEDUNLEARN_CAPTURE_BEFORE", "0")  # erasures skip the pre-erasure audit (tests/evaluate turn it on)
 
 # A model far smaller than the embedded default, so that every test takes seconds. It is built by
 # the same code path as the default (tokenizer training, config, pre-training, save_pretrained), on
@@ -55,3 +54,13 @@ def _flower_task_identity():
     TaskIdentity.task_id = 1
     TaskIdentity.node_id = 1
     yield
+
+
+@pytest.fixture(autouse=True)
+def _forget_without_capture(monkeypatch, request):
+    """`fedunlearn forget` runs the pre-erasure evaluation hook by default; it costs seconds per
+    erasure, so CLI tests skip it unless marked ``capture_before`` (the Python API passes no hook)."""
+    if request.node.get_closest_marker("capture_before") is None:
+        import fedunlearn.cli.forget as forget_cli
+
+        monkeypatch.setattr(forget_cli, "_capture_hook", lambda: None)

@@ -161,12 +161,6 @@ class Authorization:
     key_id: str
     log_index: int
 
-    def to_erase_request(self) -> Any:
-        """The :class:`fedunlearn.unlearning.base.EraseRequest` to hand to an unlearner."""
-        from fedunlearn.unlearning.base import EraseRequest
-
-        return EraseRequest(subjects=self.subjects, method=self.method, records=self.records,
-                            requested_by=f"{self.signer_role} key {self.key_id}")
 
 
 def log_refusal(audit: Any, signed: SignedRequest | None, subjects: Sequence[str], reason: str) -> None:

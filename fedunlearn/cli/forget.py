@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -81,29 +80,24 @@ def forget(
     capture_before: bool = typer.Option(True, "--capture-before/--no-capture-before",
                                         help="First evaluate the served model (its aggregates may be purged by the "
                                              "erasure) so that `fedunlearn evaluate` can report 'before'; skipping it "
-                                             "makes a drop erasure instant. Same as FEDUNLEARN_CAPTURE_BEFORE=0."),
+                                             "makes a drop erasure instant."),
 ) -> None:
     """Erase organizations from the served model; exact methods retrain through Flower when needed.
 
     Running the same command again completes an erasure that was interrupted.
     """
-    if not capture_before:
-        from fedunlearn.evaluate.before import CAPTURE_SWITCH
-
-        os.environ[CAPTURE_SWITCH] = "0"  # also reaches the simulation engine's ServerApp
-    from fedunlearn.federation.erase import erase, prepare_erasure
     from fedunlearn.progress import RichReporter
+    from fedunlearn.runs import RunFolder
     from fedunlearn.unlearning import EraseRequest
+    from fedunlearn.unlearning.service import certified_erase, prepare_erasure
 
     try:
-        from fedunlearn.runs import RunFolder
-
         RunFolder.open(run)  # a clear error for a folder that is not a run, before any log is created
     except FedUnlearnError as exc:
         fail(exc)
         return
     signed = None
-    try:
+    try:  # reading the request: a malformed one is a refusal too, and logged
         ids: tuple[str, ...] = ()
         if records is not None:
             ids = _read_ids(records)
@@ -114,27 +108,23 @@ def forget(
         ids = tuple(body.get("records") or ()) or ids
         request = EraseRequest(tuple(body["subjects"]), method=str(body.get("method", method)), records=ids,
                                requested_by=requested_by, options=opts)
-        needs_flower = prepare_erasure(run, request)  # every check before anything is changed
-    except FedUnlearnError as exc:  # refused before authorization: still a refusal, and logged
+    except FedUnlearnError as exc:
         _log_refusal(run, signed, tuple(org), exc)
         fail(exc)
         return
     try:
-        authorization = _authorize(run, signed)
-        reporter = RichReporter()
-        if needs_flower:
-            from fedunlearn.federation.simulation import simulate_erasure
-
-            # a note, not the result: stderr, so that stdout stays one JSON document with --json
+        if prepare_erasure(run, request):  # a note, not the result: stderr keeps --json stdout one document
             verb = "forgetting" if request.records else "erasing"
             err_console.print(f"{verb} {_what(request)} through Flower's simulation engine …")
-            result = simulate_erasure(run, request, reporter=reporter)
-        else:
-            result = erase(run, request, reporter=reporter)
-        certificate = _certify(run, authorization, result)
+    except FedUnlearnError:
+        pass  # the service refuses it below, and logs the refusal
+    try:
+        result, certificate = certified_erase(run, request, signed=signed, reporter=RichReporter(), simulate=True,
+                                              before=_capture_hook() if capture_before else None)
     except FedUnlearnError as exc:
         fail(exc)
         return
+    certificate = Path(certificate.path) if getattr(certificate, "path", None) else Path(run) / "certificates"
     if as_json:
         sys.stdout.write(json.dumps({**result.to_dict(), "certificate": str(certificate)}, indent=2) + "\n")
         return
@@ -163,37 +153,27 @@ def _signed_request(run: Path, request_file: Path | None, orgs: tuple[str, ...],
         return signed
     if not orgs:
         raise ConfigError("no organization to erase: pass --org NAME or --request FILE")
-    from fedunlearn.federation.erase import coordinator_request
+    from fedunlearn.unlearning.service import coordinator_request
     from fedunlearn.unlearning import EraseRequest
 
     return coordinator_request(run, EraseRequest(orgs, method=method, records=records))
 
 
 def _log_refusal(run: Path, signed, orgs: tuple[str, ...], exc: Exception) -> None:
-    """Log a request refused before its signature was checked (unknown subject, malformed request...)."""
-    from fedunlearn.certify import RunAudit
-    from fedunlearn.certify.authorize import log_refusal
+    """Log a request refused while it was read (malformed request file, bad --option ...)."""
+    from fedunlearn.unlearning.service import refuse
 
     subjects = (signed.request.get("subjects") if signed is not None else None) or list(orgs)
     if not isinstance(subjects, list) or not all(isinstance(s, str) for s in subjects):
         subjects = []
     try:
-        with RunAudit.open(run) as audit:
-            log_refusal(audit, signed, subjects, str(exc))
+        refuse(run, signed, tuple(subjects), str(exc))
     except FedUnlearnError as err:  # the refusal stands; say that it could not be logged
         err_console.print(f"[yellow]warning[/]: the refusal could not be logged: {err}")
 
 
-def _authorize(run: Path, signed):
-    """Check the signature against the run's enrolled keys and log the request (or the refusal)."""
-    from fedunlearn.federation.erase import authorize_erasure
+def _capture_hook():
+    """The pre-erasure evaluation ``forget`` runs by default (the judge, passed in as a hook)."""
+    from fedunlearn.evaluate.before import capture_before
 
-    return authorize_erasure(run, signed)
-
-
-def _certify(run: Path, authorization, result) -> Path:
-    """Issue the signed certificate of the applied erasure (the path deployments use too); return its file."""
-    from fedunlearn.federation.erase import certify_applied_erasure
-
-    certificate = certify_applied_erasure(run, authorization, result)
-    return Path(certificate.path) if getattr(certificate, "path", None) else Path(run) / "certificates"
+    return capture_before

@@ -5,7 +5,9 @@
 * :mod:`~fedunlearn.data.synthetic` — a seeded consortium generator with canaries;
 * :mod:`~fedunlearn.data.public` — a seeded public corpus for tokenizers and pre-training;
 * :mod:`~fedunlearn.data.io` — the on-disk format (save/load, sha256 manifest);
-* :mod:`~fedunlearn.data.user` — one organization's own ``.txt``/``.jsonl`` files or HF dataset.
+* :mod:`~fedunlearn.data.user` — one organization's own ``.txt``/``.jsonl`` files or HF dataset;
+* :mod:`~fedunlearn.data.realtext`, :mod:`~fedunlearn.data.realorgs` — real text found on this machine;
+* :mod:`~fedunlearn.data.generated` — the consortium a scenario without a data folder generates.
 """
 
 from __future__ import annotations

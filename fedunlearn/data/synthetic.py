@@ -33,7 +33,7 @@ only ever sees the resulting records; the texts come from a stream separate from
 text reveals nothing about its coin. The audited unit is one record, so the bound audits
 record-level guarantees (DP-SGD). Organizations' own data gets no audit records: it never leaves
 its node, which holds no run secret. The organization-level audit, whose coins the run secret
-keys, is :mod:`fedunlearn.federation.canaries` (``dp.audit-canary-orgs``).
+keys, is :mod:`fedunlearn.training.canaries` (``dp.audit-canary-orgs``).
 """
 
 from __future__ import annotations

@@ -129,7 +129,7 @@ def preload() -> None:
     import torch  # noqa: F401
     import transformers  # noqa: F401
 
-    import fedunlearn.federation.erase  # noqa: F401
+    import fedunlearn.unlearning.service  # noqa: F401
     import fedunlearn.federation.workflow  # noqa: F401
     import fedunlearn.training.client  # noqa: F401
     import flwr.superlink.cli.flwr_serverapp  # noqa: F401

@@ -2,16 +2,16 @@
 
 An exact erasure purges every aggregate whose lineage holds the subject (store privacy): the model
 served before it cannot be rebuilt afterwards, so ``fedunlearn evaluate`` could not compare
-"before" with "after". The erasure engine calls :func:`capture_before` first, while that model is
-intact; it evaluates it like the other fully evaluated models of the suite (MIAs, exposure of the
+"before" with "after". The erasure service runs :func:`capture_before` first (a hook its caller
+passes), while that model is intact; it evaluates it like the other fully evaluated models of the suite (MIAs, exposure of the
 subject's canaries, memorization, utility and the ε lower bound; no never-inserted baseline
 canaries, to keep the erasure short, and no KL to retrain, since no retrain exists yet), adds what
 it had learned of every organization (bits per byte on each holdout, and the subjects' canary
 exposure from above; other organizations' canaries are not scored, to keep the erasure short: see
 :mod:`~fedunlearn.evaluate.informative`, without them nobody could tell afterwards whether the
 forgetting figures mean anything) and writes the result to
-``RUN_DIR/evaluation/before/<served hash>.json``. ``FEDUNLEARN_CAPTURE_BEFORE=0`` in the
-environment turns the capture off (the test suite does, except where it tests it).
+``RUN_DIR/evaluation/before/<served hash>.json``. Callers that pass no hook capture nothing
+(``fedunlearn forget --no-capture-before``, the Python API's default).
 
 What is stored is aggregate metrics only: AUCs, thinned ROC curves, exposures and ranks of canary
 ids, losses, bits per byte. No record text, no secret, no weight, so nothing of the subject's data
@@ -30,12 +30,10 @@ from typing import Any
 
 from fedunlearn.errors import DataError
 
-__all__ = ["CAPTURE_FORMAT", "CAPTURE_SWITCH", "capture_before", "captured_path", "load_captured",
+__all__ = ["CAPTURE_FORMAT", "capture_before", "captured_path", "load_captured",
            "load_captured_learned"]
 
 CAPTURE_FORMAT = "fedunlearn-before/1"
-#: Environment variable; "0" turns :func:`capture_before` off.
-CAPTURE_SWITCH = "FEDUNLEARN_CAPTURE_BEFORE"
 
 
 def captured_path(run_dir: str | Path, served_hash: str) -> Path:
@@ -47,7 +45,9 @@ def capture_before(run_dir: str | Path, subjects: Sequence[str], *, ledger: Any 
                    options: Any = None) -> Path | None:
     """Evaluate the model served now for each of ``subjects``; write it before an erasure purges it.
 
-    Called by the erasure engine before it changes anything. Idempotent (an existing capture of the
+    The erasure service's pre-erasure hook (``before=`` of
+    :func:`fedunlearn.unlearning.service.certified_erase`; ``fedunlearn forget`` passes it unless
+    ``--no-capture-before``), run before anything changes. Idempotent (an existing capture of the
     same served model is kept) and silent where there is nothing to capture: no served model, a
     served model already purged (a resumed erasure), or a run without a synthetic consortium
     (organizations' own data cannot be audited here).
@@ -70,14 +70,12 @@ def capture_before(run_dir: str | Path, subjects: Sequence[str], *, ledger: Any 
     from fedunlearn.evaluate.informative import fit_unigram, served_figures
     from fedunlearn.evaluate.onemodel import AuditContext, evaluate_model
     from fedunlearn.evaluate.runmodels import load_base, merged_model, run_consortium, served_history
-    from fedunlearn.evaluate.suite import EvaluationOptions
+    from fedunlearn.evaluate.options import EvaluationOptions
     from fedunlearn.evaluate.summary import model_dict, to_jsonable
     from fedunlearn.ledger import Ledger
     from fedunlearn.runs import RunFolder
     from fedunlearn.training.client import lora_spec
 
-    if os.environ.get(CAPTURE_SWITCH, "1") == "0":
-        return None
     run = RunFolder.open(Path(run_dir))
     if ledger is None:
         with Ledger.open(run.path) as opened:

@@ -3,7 +3,7 @@
 A run with ``dp.audit-canary-orgs = M`` has M canary organizations, each included by a keyed
 Bernoulli(½) coin and, when included, adding a fixed update ``n·u_c`` along its own secret unit
 direction in every round it is sampled in, through the real aggregation (clipping, noise); see
-:mod:`fedunlearn.federation.canaries`. The auditor holds what the server holds: the ledger's served
+:mod:`fedunlearn.training.canaries`. The auditor holds what the server holds: the ledger's served
 components (shard adapters) and their round-0 initialization. For a served model it
 
 1. recomputes every canary's coin and direction ``u_c`` from the run secret;
@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from fedunlearn.evaluate.privacy import GUESS_FRACTION, OneRunAudit, audit_one_run
-from fedunlearn.federation.canaries import canary_direction, canary_norm, canary_plan, direction_seed, run_canary_key
+from fedunlearn.training.canaries import canary_direction, canary_norm, canary_plan, direction_seed, run_canary_key
 
 __all__ = ["CANARY_ORGS_NOTE", "CanaryOrgAudit", "audit_canary_orgs", "canary_cosines", "served_changes"]
 

@@ -34,7 +34,7 @@ from torch import nn
 from fedunlearn.data import Consortium, OrganizationData, load_consortium
 from fedunlearn.errors import DataError, RunStateError
 from fedunlearn.config import is_canary
-from fedunlearn.federation.canaries import canary_data, canary_train_config, run_canary_key
+from fedunlearn.training.canaries import canary_data, canary_train_config, run_canary_key
 from fedunlearn.federation.topology import derive_seed
 from fedunlearn.ledger import Ledger
 from fedunlearn.models import (
@@ -48,7 +48,8 @@ from fedunlearn.models import (
     wrap_lora,
 )
 from fedunlearn.runs import RunFolder
-from fedunlearn.training.client import OrganizationClient, lora_spec, synthetic_consortium
+from fedunlearn.data.generated import synthetic_consortium
+from fedunlearn.training.client import OrganizationClient, lora_spec
 
 __all__ = [
     "ServedState",

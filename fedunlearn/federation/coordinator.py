@@ -35,7 +35,7 @@ from fedunlearn.certify.runaudit import RunAudit, dp_secret
 from fedunlearn.errors import FederationError
 from fedunlearn.config import is_canary
 from fedunlearn.federation import protocol
-from fedunlearn.federation.canaries import canary_plan, canary_train_config, run_canary_key
+from fedunlearn.training.canaries import canary_plan, canary_train_config, run_canary_key
 from fedunlearn.federation.dpfedavg import dp_fedavg, keyed_generator, poisson_sample
 from fedunlearn.federation.faults import check_quorum, collect_train_replies
 from fedunlearn.federation.nodes import discover, exchange_partial

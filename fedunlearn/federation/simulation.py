@@ -14,16 +14,12 @@ import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from fedunlearn import interrupt
 from fedunlearn.config import Settings, settings_to_flat
 from fedunlearn.errors import FederationError, NodesMissingError, RunStateError
 from fedunlearn.federation.workflow import TrainReport
 from fedunlearn.progress import Reporter
-
-if TYPE_CHECKING:
-    from fedunlearn.unlearning import EraseRequest, UnlearnResult
 
 __all__ = [
     "CLIENT_APP_FACTORY",
@@ -32,7 +28,6 @@ __all__ = [
     "quiet_flower",
     "run_apps",
     "simulate",
-    "simulate_erasure",
     "stop_ray",
 ]
 
@@ -79,7 +74,7 @@ def prepare_simulation(settings: Settings, run_dir: Path, *, reporter: Reporter 
     """
     from fedunlearn.data import save_consortium
     from fedunlearn.models import resolve_model_path
-    from fedunlearn.training.client import synthetic_consortium
+    from fedunlearn.data.generated import synthetic_consortium
 
     from fedunlearn.runs import RunFolder
 
@@ -297,29 +292,3 @@ def run_apps(settings: Settings, *, reporter: Reporter | None = None, workflow: 
             if reporter:
                 reporter.message(f"simulated organizations did not start ({exc}); restarting Ray once")
     return results
-
-
-def simulate_erasure(run_dir: Path, request: EraseRequest, *, reporter: Reporter | None = None,
-                     discovery_timeout: float = 120.0) -> UnlearnResult:
-    """Erase ``request.subjects`` from the run in ``run_dir``, retraining in Flower's simulation engine.
-
-    Every organization's node starts (simulation numbers nodes by the scenario's list), but the
-    erasure sends work only to the remaining members of the affected shards. A run stopped midway
-    is left as it was before; run the same erasure again to complete it. ``discovery_timeout``
-    (at least the run's own) covers Ray's start-up while the nodes register.
-    """
-    from fedunlearn.federation.erase import erasure_workflow, prepare_erasure
-    from fedunlearn.runs import RunFolder
-
-    prepare_erasure(run_dir, request)  # refuse bad input before Ray starts
-    settings = RunFolder.open(run_dir).settings
-    settings = settings.replace(run={"dir": str(Path(run_dir).resolve()),
-                                     "discovery_timeout": max(discovery_timeout, settings.run.discovery_timeout)})
-    results = run_apps(settings, reporter=reporter, workflow=erasure_workflow(request))
-    if not results:
-        raise RunStateError(
-            f"the erasure of {list(request.subjects)} from {str(run_dir)!r} did not finish; see the log above. "
-            "The served model and ledger are as before (or the erasure is journaled): run the same erasure "
-            "again to complete it"
-        )
-    return results[0]

@@ -432,7 +432,7 @@ class Ledger(LedgerStore):
             raise RunStateError(
                 f"organization {org!r} is {row['status']}, not erased; purging deletes the "
                 "aggregates that depend on an erased organization: erase it first "
-                "(fedunlearn.federation.erase.erase, or mark_erased after switching the heads)"
+                "(fedunlearn.unlearning.service.erase, or mark_erased after switching the heads)"
             )
         with self._transaction() as conn:
             on_chain, protected = self._protected(conn)

@@ -16,7 +16,8 @@ from pathlib import Path
 import torch
 
 from fedunlearn.config import Settings, is_canary
-from fedunlearn.data import Consortium, OrganizationData, generate_consortium, load_organization, load_user_organization
+from fedunlearn.data import OrganizationData, load_organization, load_user_organization
+from fedunlearn.data.generated import synthetic_consortium
 from fedunlearn.errors import ConfigError, DataError
 from fedunlearn.models import (
     BaseModel,
@@ -87,38 +88,6 @@ def organization_name(settings: Settings, node_config: Mapping[str, object]) -> 
     )
 
 
-@functools.lru_cache(maxsize=4)
-def _synthetic(names: tuple[str, ...], data_key: tuple, seed: int):
-    (records, holdout, canaries, repeats, digits, never, public, audit, text) = data_key
-    if text == "real":
-        from fedunlearn.data.realorgs import real_text_consortium
-
-        if audit:
-            raise ConfigError("data.audit-canaries-per-org needs data.text = \"synthetic\"; the real-text "
-                              "consortium has no audit canaries: set it to 0")
-        return real_text_consortium(
-            organizations=names, records_per_org=records, holdout_per_org=holdout, canaries_per_org=canaries,
-            canary_repeats=repeats, canary_digits=digits, never_inserted=never, public_documents=public, seed=seed,
-        )
-    return generate_consortium(
-        organizations=names, records_per_org=records, holdout_per_org=holdout, canaries_per_org=canaries,
-        canary_repeats=repeats, canary_digits=digits, never_inserted=never, public_documents=public, seed=seed,
-        audit_canaries_per_org=audit,
-    )
-
-
-def synthetic_key(settings: Settings) -> tuple:
-    d = settings.data
-    return (d.records_per_org, d.holdout_per_org, d.canaries_per_org, d.canary_repeats, d.canary_digits,
-            d.never_inserted, d.public_documents, d.audit_canaries_per_org, d.text)
-
-
-def synthetic_consortium(settings: Settings) -> Consortium:
-    """The generated consortium ``settings`` describe: synthetic records, or real text found on this
-    machine when ``data.text = "real"`` (deterministic from ``run.seed`` on one machine; cached)."""
-    return _synthetic(tuple(settings.organization_names), synthetic_key(settings), settings.run.seed)
-
-
 def organization_data(settings: Settings, name: str, node_config: Mapping[str, object] | None = None) -> OrganizationData:
     """Load (or generate) one organization's records and holdout.
 
@@ -128,7 +97,7 @@ def organization_data(settings: Settings, name: str, node_config: Mapping[str, o
     """
     node_config = node_config or {}
     if is_canary(name):  # a canary organization of the client-level audit holds no data
-        from fedunlearn.federation.canaries import canary_data
+        from fedunlearn.training.canaries import canary_data
 
         return canary_data(name)
     explicit = str(node_config.get("data", "") or settings.organization(name).data or "")
@@ -226,11 +195,11 @@ class OrganizationClient:
         ``dp_history``: this organization's earlier DP-SGD rounds (z, q, steps); with ``dp.max-epsilon``
         the round is refused (:class:`~fedunlearn.training.dp.PrivacyBudgetError`, before any step)
         when it would take their cumulative ε over the budget.
-        ``canary``: a canary organization's train instructions (:mod:`fedunlearn.federation.canaries`);
+        ``canary``: a canary organization's train instructions (:mod:`fedunlearn.training.canaries`);
         it trains nothing and returns the sent state plus its keyed update.
         """
         if is_canary(self.name):
-            from fedunlearn.federation.canaries import canary_fit
+            from fedunlearn.training.canaries import canary_fit
 
             return canary_fit(state, canary or {}, examples=self.settings.data.records_per_org)
         t = self.settings.train

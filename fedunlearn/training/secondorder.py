@@ -37,7 +37,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from fedunlearn.errors import ConfigError
 from fedunlearn.models.lora import _lora_parameters
 from fedunlearn.training.local import EncodedData, sequence_losses
-from fedunlearn.unlearning.solvers import SolveResult, solve
+from fedunlearn.training.solvers import SolveResult, solve
 
 __all__ = ["CURVATURES", "GradientResult", "LocalSolve", "hessian_vector_product", "local_solve", "loss_gradient",
            "per_example_gradients"]

@@ -77,6 +77,13 @@ class EraseRequest:
         options = self.options.items() if isinstance(self.options, Mapping) else self.options
         object.__setattr__(self, "options", tuple(sorted((str(k), v) for k, v in options)))
 
+    @classmethod
+    def from_authorization(cls, authorization: Any, *, options: Mapping[str, Any] | None = None) -> EraseRequest:
+        """The request an authorized, signed request (:class:`~fedunlearn.certify.Authorization`) asks for."""
+        return cls(subjects=tuple(authorization.subjects), method=authorization.method,
+                   records=tuple(authorization.records),
+                   requested_by=f"{authorization.signer_role} key {authorization.key_id}", options=dict(options or {}))
+
 
 @dataclass(frozen=True)
 class Cost:
@@ -184,7 +191,7 @@ class Federation:
         if self.grid is None:
             raise FederationError(
                 f"this erasure must retrain with organizations {sorted(organizations)} but runs without "
-                "a Flower grid: run it through fedunlearn.federation.simulation.simulate_erasure or "
+                "a Flower grid: run it through fedunlearn.unlearning.service.simulate_erasure or "
                 "`fedunlearn forget`, which start Flower"
             )
         coord = Coordinator(self.grid, self.run, self.ledger, reporter=self.reporter)

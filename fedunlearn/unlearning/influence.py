@@ -24,7 +24,7 @@ Solvers (``--option solver=``):
     local product; the loss is not convex and CG stops at negative curvature). Cost: one round and
     about one epoch of local work per remaining organization, instead of one round per product.
 ``cg``, ``lissa``
-    Conjugate gradients or LiSSA (:mod:`fedunlearn.unlearning.solvers`) on the exact federated
+    Conjugate gradients or LiSSA (:mod:`fedunlearn.training.solvers`) on the exact federated
     Hessian: every product is one federated round of ``query.hvp``; each remaining organization
     multiplies on its own data and the server sums ``w_i H_i v``.
 
@@ -76,7 +76,7 @@ from fedunlearn.unlearning.approx import (
     sub,
 )
 from fedunlearn.unlearning.base import EraseRequest, Federation
-from fedunlearn.unlearning.solvers import SolveResult, norm, solve
+from fedunlearn.training.solvers import SolveResult, norm, solve
 
 __all__ = ["InfluenceUnlearner", "stored_gradient"]
 

@@ -40,7 +40,7 @@ import torch
 from fedunlearn.config import is_canary
 from fedunlearn.errors import RunStateError
 from fedunlearn.federation import protocol
-from fedunlearn.federation.canaries import canary_train_config, run_canary_key
+from fedunlearn.training.canaries import canary_train_config, run_canary_key
 from fedunlearn.federation.coordinator import forgotten_records
 from fedunlearn.federation.topology import derive_seed
 from fedunlearn.ledger import Ledger

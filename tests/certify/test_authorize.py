@@ -23,7 +23,10 @@ def test_subject_signs_its_own_request(run_copy, org_key):
         assert auth.subjects == ("org-1",) and auth.signer_role == "subject"
         event = dict(audit.events("erasure-request"))[auth.log_index]
         assert event["subjects"] == [audit.subject("org-1")] and event["request"] == auth.request.digest
-        assert auth.to_erase_request().subjects == ("org-1",)
+        from fedunlearn.unlearning import EraseRequest
+
+        request = EraseRequest.from_authorization(auth)
+        assert request.subjects == ("org-1",) and request.requested_by.startswith("subject key ")
     assert verify_run(run_copy).ok
 
 

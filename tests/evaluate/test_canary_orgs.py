@@ -22,7 +22,7 @@ from clients.app import make_app
 from fedunlearn.config import ConfigError, OrganizationSettings, Settings, settings_to_flat
 from fedunlearn.evaluate.canary_orgs import CanaryOrgAudit, audit_canary_orgs
 from fedunlearn.evaluate.privacy import check_certificates
-from fedunlearn.federation.canaries import (
+from fedunlearn.training.canaries import (
     canary_direction,
     canary_fit,
     canary_included,
@@ -135,7 +135,7 @@ def test_canary_names_are_reserved_and_never_erasure_subjects(plain_run):
 
 def test_canary_nodes_come_after_the_organizations():
     """Simulated nodes: partition ids past the organizations are the canaries (one node each, included or not)."""
-    from fedunlearn.federation.canaries import canary_data
+    from fedunlearn.training.canaries import canary_data
     from fedunlearn.training.client import organization_data, organization_name
 
     s = Settings().replace(dp={"audit_canary_orgs": 3})
@@ -240,7 +240,7 @@ def test_erasing_a_real_organization_keeps_the_canaries(plain_run, tmp_path):
     import shutil
 
     from fedunlearn.evaluate.runmodels import retrain_reference, run_consortium
-    from fedunlearn.federation.erase import erase
+    from fedunlearn.unlearning.service import erase
     from fedunlearn.unlearning import EraseRequest
 
     src, _ = plain_run
@@ -289,7 +289,7 @@ def test_approximate_erasure_runs_with_canaries_and_keeps_them(plain_run, tmp_pa
     """influence leaves canaries out of its gradient queries (no data); subtract's calibration sends them their direction."""
     import shutil
 
-    from fedunlearn.federation.erase import erase
+    from fedunlearn.unlearning.service import erase
     from fedunlearn.unlearning import EraseRequest
 
     src, _ = plain_run

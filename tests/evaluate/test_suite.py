@@ -12,7 +12,7 @@ from clients.app import make_app
 from fedunlearn.config import settings_to_flat
 from fedunlearn.errors import ConfigError, RunStateError
 from fedunlearn.evaluate.suite import EvaluationOptions, evaluate_erasure
-from fedunlearn.federation.erase import erase
+from fedunlearn.unlearning.service import erase
 from fedunlearn.federation.workflow import train_workflow
 from fedunlearn.unlearning import EraseRequest
 from tests.localgrid import LocalGrid
@@ -38,9 +38,9 @@ def erased_run(tiny_model_dir, tmp_path_factory):
     )
     grid = LocalGrid(make_app(), 3, run_config=settings_to_flat(settings))
     train_workflow(grid, settings)
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("FEDUNLEARN_CAPTURE_BEFORE", "1")  # tests/conftest.py turns it off elsewhere
-        erase(run_dir, EraseRequest(("org-1",), method="sisa"), grid=grid)
+    from fedunlearn.evaluate.before import capture_before
+
+    erase(run_dir, EraseRequest(("org-1",), method="sisa"), grid=grid, before=capture_before)  # as forget does
     return run_dir
 
 

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from fedunlearn.cli import app
 from fedunlearn.errors import RunStateError
-from fedunlearn.federation.erase import erase
+from fedunlearn.unlearning.service import erase
 from fedunlearn.ledger import Ledger
 from fedunlearn.ledger.store import in_round_sample
 from fedunlearn.unlearning import EraseRequest

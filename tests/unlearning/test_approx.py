@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fedunlearn.federation.erase import erase
+from fedunlearn.unlearning.service import erase
 from fedunlearn.ledger import Ledger
 from fedunlearn.training.client import OrganizationClient, organization_data
 from fedunlearn.training.local import evaluate_local

@@ -7,7 +7,7 @@ import pytest
 import fedunlearn.unlearning.approx as approx
 from fedunlearn.federation import protocol
 from fedunlearn.federation.coordinator import Coordinator
-from fedunlearn.federation.erase import erase, prepare_erasure
+from fedunlearn.unlearning.service import erase, prepare_erasure
 from fedunlearn.ledger import Ledger
 from fedunlearn.runs import RunFolder
 from fedunlearn.training.client import organization_data

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from typer.testing import CliRunner
 
 from fedunlearn.cli import app
@@ -91,10 +93,8 @@ def test_forget_is_authorized_certified_and_verifiable(run_factory, tmp_path):
     assert out.exit_code != 0
 
 
+@pytest.mark.capture_before
 def test_forget_captures_the_served_model_first_unless_told_not_to(run_factory, tmp_path, monkeypatch):
-    from fedunlearn.evaluate.before import CAPTURE_SWITCH
-
-    monkeypatch.setenv(CAPTURE_SWITCH, "1")  # tests/conftest.py turns the capture off elsewhere
     captured = copy_run(run_factory("s-eq-n", shards=3), tmp_path / "captured")
     out = runner.invoke(app, ["forget", "--run", str(captured), "--org", "org-1", "--method", "drop"])
     assert out.exit_code == 0, out.output
@@ -132,7 +132,7 @@ def test_requests_refused_before_authorization_are_logged_too(sharded_run, tmp_p
 
 def test_record_level_forgetting_says_the_organization_stays(sharded_run, tiny_model_dir, capsys):
     from fedunlearn.cli import forget as forget_cli
-    from fedunlearn.federation.erase import erase
+    from fedunlearn.unlearning.service import erase
     from fedunlearn.training.client import organization_data
     from fedunlearn.unlearning import EraseRequest
     from tests.unlearning.conftest import SHARDED, base_settings, grid_for

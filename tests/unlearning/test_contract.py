@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from fedunlearn.federation.erase import erase
+from fedunlearn.unlearning.service import erase
 from fedunlearn.ledger import Ledger
 from fedunlearn.runs import RunFolder
 from fedunlearn.unlearning import GUARANTEES, UNLEARNERS, EraseRequest, UnlearnResult, get_unlearner

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from fedunlearn.federation.erase import erase
+from fedunlearn.unlearning.service import erase
 from fedunlearn.ledger import Ledger
 from fedunlearn.ledger.store import ROUND_SECONDS_PREFIX
 from fedunlearn.runs import RunFolder

@@ -13,7 +13,7 @@ import sqlite3
 import pytest
 import torch
 
-from fedunlearn.federation.erase import erase
+from fedunlearn.unlearning.service import erase
 from fedunlearn.federation import protocol
 from fedunlearn.ledger import Ledger, ShreddedError
 from fedunlearn.unlearning import EraseRequest
@@ -182,9 +182,8 @@ def test_a_failed_pre_erasure_capture_does_not_block_the_erasure(run_factory, tm
         def message(self, text: str) -> None:
             messages.append(text)
 
-    monkeypatch.setattr(before, "capture_before", broken)
     run = copy_run(run_factory("s-eq-n", shards=3), tmp_path / "run")
-    result = erase(run, EraseRequest(("org-1",), method="drop"), reporter=Recorder())
+    result = erase(run, EraseRequest(("org-1",), method="drop"), reporter=Recorder(), before=broken)
     assert result.subjects == ("org-1",)
     assert any("not captured" in m and "cannot be read" in m for m in messages), messages
     with Ledger.open(run) as ledger:
@@ -196,16 +195,15 @@ def test_an_invalid_request_is_refused_before_any_capture(run_factory, tmp_path,
     from fedunlearn.evaluate import before
 
     calls: list[object] = []
-    monkeypatch.setattr(before, "capture_before", lambda *a, **k: calls.append(a))
     run = copy_run(run_factory("s-eq-n", shards=3), tmp_path / "run")
     with pytest.raises(UnknownNameError):
-        erase(run, EraseRequest(("org-9",), method="drop"))
+        erase(run, EraseRequest(("org-9",), method="drop"), before=lambda *a, **k: calls.append(a))
     assert calls == []
 
 
 def test_certified_erase_is_what_forget_does_and_verifies(run_factory, tmp_path):
     from fedunlearn.certify.verify_run import verify_run
-    from fedunlearn.federation.erase import certified_erase
+    from fedunlearn.unlearning.service import certified_erase
 
     run = copy_run(run_factory("s-eq-n", shards=3), tmp_path / "run")
     bare = copy_run(run_factory("s-eq-n", shards=3), tmp_path / "bare")

@@ -9,7 +9,7 @@ import pytest
 MODULES = [
     "fedunlearn.registry", "fedunlearn.unlearning", "fedunlearn.unlearning.base", "fedunlearn.unlearning.cost",
     "fedunlearn.unlearning.drop", "fedunlearn.unlearning.replay", "fedunlearn.unlearning.retrain",
-    "fedunlearn.unlearning.sisa", "fedunlearn.federation.erase", "fedunlearn.federation.ensemble",
+    "fedunlearn.unlearning.sisa", "fedunlearn.unlearning.service", "fedunlearn.federation.ensemble",
 ]
 
 

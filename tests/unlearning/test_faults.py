@@ -8,7 +8,7 @@ import pytest
 
 from fedunlearn.errors import ConfigError, RunStateError, UnknownNameError
 from fedunlearn.federation import protocol
-from fedunlearn.federation.erase import erase, prepare_erasure
+from fedunlearn.unlearning.service import erase, prepare_erasure
 from fedunlearn.federation.workflow import train_workflow
 from fedunlearn.ledger import Ledger
 from fedunlearn.unlearning import EraseRequest

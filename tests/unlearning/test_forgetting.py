@@ -24,7 +24,7 @@ import torch
 from fedunlearn.config import OrganizationSettings, Settings
 from fedunlearn.evaluate import exposure_report
 from fedunlearn.evaluate.runmodels import load_base, merged_model, run_consortium
-from fedunlearn.federation.erase import erase, prepare_erasure
+from fedunlearn.unlearning.service import erase, prepare_erasure
 from fedunlearn.federation.workflow import train_workflow
 from fedunlearn.ledger import Ledger
 from fedunlearn.models import DefaultModelSpec, ensure_default_model

@@ -7,7 +7,7 @@ import math
 import pytest
 
 from fedunlearn.federation.ensemble import serving_utility
-from fedunlearn.federation.erase import erase
+from fedunlearn.unlearning.service import erase
 from fedunlearn.ledger import Ledger
 from fedunlearn.runs import RunFolder
 from fedunlearn.training.client import OrganizationClient, organization_data

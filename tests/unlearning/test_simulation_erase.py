@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from fedunlearn.federation.erase import erase
-from fedunlearn.federation.simulation import simulate_erasure
+from fedunlearn.unlearning.service import erase
+from fedunlearn.unlearning.service import simulate_erasure
 from fedunlearn.ledger import Ledger
 from fedunlearn.unlearning import EraseRequest
 from tests.unlearning.conftest import SHARDED, base_settings, copy_run, grid_for

@@ -9,7 +9,7 @@ import torch
 
 from fedunlearn.certify import removal_noise
 from fedunlearn.errors import ConfigError
-from fedunlearn.unlearning.solvers import conjugate_gradient, lissa, solve
+from fedunlearn.training.solvers import conjugate_gradient, lissa, solve
 
 
 def _problem(n: int = 30, seed: int = 0):

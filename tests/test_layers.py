@@ -1,0 +1,92 @@
+"""Imports point one way (DESIGN.md, "Layers"): read from the source with ``ast``, no import runs.
+
+``fedunlearn`` never imports the front ends (``clients/``, ``server/``, ``benchmarks/``); a module
+never imports a package of a higher layer; ``audit/`` uses nothing of fedunlearn but ``errors``.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+import fedunlearn
+
+ROOT = Path(fedunlearn.__file__).parent
+#: Layer of each top-level unit of the package (higher may import lower or equal, never higher).
+LAYERS = {
+    "errors": 0, "progress": 0, "registry": 0, "interrupt": 0,
+    "audit": 1, "data": 1, "ledger": 1, "config": 1, "runs": 1,
+    "certify": 2, "models": 2,
+    "training": 3,
+    "federation": 4,
+    "unlearning": 5,
+    "deploy": 6, "evaluate": 6,
+    "cli": 7,
+}
+FRONT_ENDS = ("clients", "server", "benchmarks")
+
+
+def _unit(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else ""
+
+
+def _imports():
+    """(importing module, its unit, imported module) for every absolute import in the package."""
+    for path in sorted(ROOT.rglob("*.py")):
+        rel = path.relative_to(ROOT.parent).with_suffix("")
+        module = ".".join(rel.parts).removesuffix(".__init__")
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names = [node.module]
+            else:
+                continue
+            for name in names:
+                yield module, _unit(module), name
+
+
+def test_every_unit_has_a_layer():
+    units = {p.stem if p.is_file() else p.name for p in ROOT.iterdir()  # packages, namespace ones included
+             if (p.suffix == ".py" and p.stem != "__init__") or (p.is_dir() and any(p.glob("*.py")))}
+    assert units == set(LAYERS), "place the new module in LAYERS (and DESIGN.md's layer table)"
+
+
+def test_imports_point_down_only():
+    wrong = []
+    for module, unit, name in _imports():
+        top = name.split(".")[0]
+        if top in FRONT_ENDS:
+            wrong.append(f"{module} imports the front end {name}")
+        if top != "fedunlearn" or not unit:
+            continue
+        target = _unit(name)
+        if target and LAYERS[target] > LAYERS[unit]:
+            wrong.append(f"{module} (layer {LAYERS[unit]}, {unit}) imports {name} (layer {LAYERS[target]}, {target})")
+        if unit == "audit" and target not in ("audit", "errors", ""):
+            wrong.append(f"{module}: audit/ must stay self-contained, imports {name}")
+    assert wrong == [], "\n".join(wrong)
+
+
+@pytest.mark.parametrize("source, expected", [
+    ("from fedunlearn.unlearning import EraseRequest", "imports fedunlearn.unlearning"),
+    ("import clients.app", "front end clients.app"),
+])
+def test_the_check_catches_a_violation(tmp_path, source, expected):
+    fake = tmp_path / "fedunlearn"
+    (fake / "training").mkdir(parents=True)
+    (fake / "__init__.py").write_text("")
+    (fake / "training" / "__init__.py").write_text("")
+    (fake / "training" / "bad.py").write_text(source + "\n")
+    globals_ = globals()
+    old = globals_["ROOT"]
+    globals_["ROOT"] = fake
+    try:
+        with pytest.raises(AssertionError, match=expected):
+            test_imports_point_down_only()
+    finally:
+        globals_["ROOT"] = old
