@@ -20,6 +20,8 @@ refusal             a request was refused, with the reason
 compaction          stored ledger blobs were deleted by ``fedunlearn ledger compact``: the batch's
                     ``stamp``, ``policy``, ``updates``/``aggregates`` counts and ``digest`` (SHA-256
                     of its sorted hashes); ``verify`` refuses compacted blobs no event covers
+run-settings        the run's settings were bound: ``sha256`` of ``run.json`` (canonical JSON), logged
+                    before the first round commit (see fedunlearn.certify.binding)
 budget-exhausted    an organization's DP budget is spent: it trains no round from ``from_round`` on
                     (``by``: the organization refused the round, or the coordinator predicted it;
                     ``level``, predicted ``epsilon``, ``max_epsilon``, ``delta`` as decimal strings)
@@ -49,6 +51,7 @@ EVENT_TYPES = frozenset(
         "key-rotation",
         "refusal",
         "round-commit",
+        "run-settings",
     }
 )
 """The event types an audit log accepts."""

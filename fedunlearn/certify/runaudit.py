@@ -55,7 +55,7 @@ from fedunlearn.audit import (
     verify_rotation,
 )
 from fedunlearn.audit.canonical import decimal_str
-from fedunlearn.errors import AuthorizationError, ConfigError, LedgerError, RunStateError
+from fedunlearn.errors import AuthorizationError, ConfigError, FedUnlearnError, LedgerError, RunStateError
 from fedunlearn.ledger.keys import key_folder
 
 __all__ = ["AUDIT_FILE", "PUBLIC_KEY_FILE", "RunAudit", "dp_secret", "file_sha256", "subject_hash"]
@@ -324,7 +324,7 @@ class RunAudit:
         updates = []
         for c in ledger.contributions(checkpoint.id):
             item: dict[str, Any] = {"org": self.subject(c.org), "update": c.update_hash,
-                                    "weight": decimal_str(c.weight, 12)}
+                                    "weight": decimal_str(c.weight, 12), "examples": int(c.num_examples)}
             if c.metrics.get("dp-steps"):  # record-level DP-SGD: the accountant's input
                 item["dp"] = {"z": decimal_str(float(c.metrics["dp-noise-multiplier"]), 12),
                               "q": decimal_str(float(c.metrics["dp-sample-rate"]), 12),
@@ -392,6 +392,16 @@ class RunAudit:
             for path in sorted(p for p in folder.rglob("*") if p.is_file()):
                 files[path.relative_to(self.run_dir).as_posix()] = file_sha256(path)
         return self.append({"type": "export", "served_hash": served_hash, "files": files})
+
+
+def subject_function(run_dir: str | Path, *, key_dir: str | Path | None = None):
+    """``name -> keyed hash`` of the run (its HMAC secret), or ``None`` when the secret is not here."""
+    try:
+        folder = Path(key_dir) if key_dir is not None else key_folder(run_dir) / "secrets"
+        key = _read_secret(folder / _HMAC_FILE)
+    except (OSError, FedUnlearnError):
+        return None
+    return lambda name: subject_hash(key, name)
 
 
 def dp_secret(run_dir: str | Path, *, key_dir: str | Path | None = None) -> bytes:

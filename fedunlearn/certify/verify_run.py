@@ -111,7 +111,9 @@ def verify_certificate(cert: Certificate, key: VerifierKey, log: AuditLog, histo
 
 
 def _artifacts(run_dir: Path, log: AuditLog, report: RunVerification) -> None:
+    from fedunlearn.certify.binding import binding_problems
     from fedunlearn.certify.compaction import check_compactions
+    from fedunlearn.certify.runaudit import subject_function
 
     events = [e for e in (parse_canonical_json(x) for x in log.entries()) if isinstance(e, dict)]
     exports = [e for e in events if e.get("type") == "export"]
@@ -141,6 +143,10 @@ def _artifacts(run_dir: Path, log: AuditLog, report: RunVerification) -> None:
                 )
             report.problems.extend(f"ledger blob: {p}" for p in ledger.verify_blobs())
             report.problems.extend(f"ledger compaction: {p}" for p in check_compactions(ledger, events))
+            bound, notes = binding_problems(run_dir, events, ledger, subject_function(run_dir))
+            report.problems.extend(bound)
+            report.checked.extend(f"note: {n}" for n in notes)
+            report.checked.append("ledger and run.json: lineage, statuses and settings compared with the log")
     except FedUnlearnError as exc:
         report.problems.append(f"ledger: cannot be read: {exc}")
     report.checked.append("ledger: " + ("served hash, " if latest is not None else "")

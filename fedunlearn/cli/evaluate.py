@@ -16,8 +16,10 @@ from fedunlearn.errors import FedUnlearnError
 def evaluate(
     run: Path = typer.Option(..., "--run", help="Run folder."),
     org: str = typer.Option(..., "--org", help="The erased organization to audit."),
-    out: Optional[Path] = typer.Option(None, "--json", help="Write the results as JSON to this file "
+    out: Optional[Path] = typer.Option(None, "--out", help="Write the results as JSON to this file "
                                        "(default: RUN/evaluation/<org>.json)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the results as one JSON document on stdout "
+                                 "(the tables and notes go to stderr)."),
     retrain_seeds: int = typer.Option(3, "--retrain-seeds", help="Retrains without the subject (spread)."),
     baseline_canaries: int = typer.Option(10, "--baseline-canaries", help="Never-inserted canaries per model."),
     relearn_steps: int = typer.Option(20, "--relearn-steps", help="Steps of the relearning attack."),
@@ -44,6 +46,12 @@ def evaluate(
             if certify else []
     except FedUnlearnError as exc:
         fail(exc)
+        return
+    if as_json:
+        import sys
+
+        sys.stdout.write(json.dumps({**doc, "results_file": str(path), "certificates_reissued": [
+            str(cert.path) for cert, reissued in certificates if reissued]}, indent=1, allow_nan=False) + "\n")
         return
     for c in result.captured:
         console.print(f"{c['name']:18s} loss-MIA AUC {c['mia']['loss']['auc']:.3f}  (captured at erasure time)")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from flwr.serverapp import Grid
 
+from fedunlearn.certify.binding import bind_settings, check_binding
 from fedunlearn.certify.runaudit import RunAudit
 from fedunlearn.config import Settings
 from fedunlearn.federation.coordinator import Coordinator, RoundSummary
@@ -45,6 +46,8 @@ def train_workflow(grid: Grid, settings: Settings, *, reporter: Reporter | None 
     base = resolve_model_path(settings.model.path or None, size=settings.model.size)
     run = RunFolder.create_or_resume(run_dir, settings, base)
     with open_or_create_ledger(run) as ledger, RunAudit.open(run.path) as audit:
+        check_binding(audit, ledger)  # a resumed run: the ledger and run.json must be the logged ones
+        bind_settings(audit)  # a new run: its settings enter the signed log before any round
         coord = Coordinator(grid, run, ledger, reporter=reporter, audit=audit)
         coord.enrol()
         coord.initialize()

@@ -42,6 +42,7 @@ __all__ = [
     "certified_erase",
     "certified_erasure_workflow",
     "certify_applied_erasure",
+    "check_bound",
     "coordinator_request",
     "erase",
     "erase_workflow",
@@ -155,6 +156,16 @@ def simulate_erasure(run_dir: Path, request: EraseRequest, *, reporter: Reporter
     return results[0]
 
 
+def check_bound(run_dir: Path) -> None:
+    """IntegrityError when the run's ledger or run.json disagree with its signed audit log
+    (:mod:`fedunlearn.certify.binding`)."""
+    from fedunlearn.certify import RunAudit
+    from fedunlearn.certify.binding import check_binding
+
+    with RunAudit.open(run_dir) as audit, Ledger.open(run_dir) as ledger:
+        check_binding(audit, ledger)
+
+
 def refuse(run_dir: Path, signed: SignedRequest | None, subjects: tuple[str, ...], reason: str) -> None:
     """Log a request refused before its signature was checked (unknown subject, malformed request...)."""
     from fedunlearn.certify import RunAudit
@@ -199,6 +210,7 @@ def certified_erase(run_dir: Path, request: EraseRequest, *, grid: Grid | None =
     run_dir = Path(run_dir)
     try:
         needs_flower = prepare_erasure(run_dir, request)  # every check before anything changes
+        check_bound(run_dir)  # never erase (or certify "exact") from lineage or settings the log contradicts
     except FedUnlearnError as exc:
         refuse(run_dir, signed, request.subjects, str(exc))
         raise

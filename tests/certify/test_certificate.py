@@ -148,9 +148,37 @@ TAMPERS = {
 
 def _ledger_sql(run_dir, sql):
     conn = sqlite3.connect(run_dir / "ledger.sqlite")
+    for trigger in [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")]:
+        conn.execute(f"DROP TRIGGER {trigger}")  # anyone with file access can
     conn.execute(sql)
     conn.commit()
     conn.close()
+
+
+def _run_json(run_dir, key, value):
+    path = run_dir / "run.json"
+    doc = json.loads(path.read_text())
+    doc["settings"][key] = value
+    path.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+
+
+# the ledger and the settings decide what an erasure does: each is bound to the signed log
+LINEAGE_TAMPERS = {
+    "ledger-status": (lambda d: _ledger_sql(d, "UPDATE organizations SET status = 'active', erased = NULL "
+                                               "WHERE name = 'org-1'"), "'org-1' is 'active' but the log records"),
+    "ledger-weight": (lambda d: _ledger_sql(d, "UPDATE contributions SET weight = weight * 2 WHERE checkpoint_id = "
+                                               "(SELECT min(checkpoint_id) FROM contributions)"), "contributions"),
+    "ledger-org": (lambda d: _ledger_sql(d, "UPDATE contributions SET org = 'org-2' WHERE org = 'org-0'"),
+                   "contributions"),
+    "ledger-examples": (lambda d: _ledger_sql(d, "UPDATE contributions SET num_examples = num_examples + 1"),
+                        "contributions"),
+    "ledger-parent": (lambda d: _ledger_sql(d, "UPDATE checkpoints SET parent_id = (SELECT min(id) FROM checkpoints "
+                                               "WHERE round = 0) WHERE id = (SELECT max(id) FROM checkpoints WHERE "
+                                               "round = 2 AND shard = 0)"), "parent differ"),
+    "run-json-lr": (lambda d: _run_json(d, "train.lr", 0.5), "run.json: its settings differ"),
+    "run-json-base": (lambda d: _run_json(d, "model.path", "/elsewhere"), "run.json: its settings differ"),
+}
+TAMPERS.update(LINEAGE_TAMPERS)
 
 
 @pytest.mark.parametrize("kind", sorted(TAMPERS))

@@ -85,3 +85,5 @@ def test_demo_schedule_memorizes_canaries_on_real_text(tmp_path):
     for r in rows:
         assert r.served_bpb < r.unigram_bpb < r.uniform_bpb, r
         assert r.base_loss - r.served_loss > 0.05, r  # the organization's held-out text: learned, not overfitted
+    info = runner.invoke(app, ["model", "info", "--json"])  # the model is built now: one JSON document on stdout
+    assert info.exit_code == 0 and json.loads(info.stdout)["parameters"] == 1_573_504, info.stderr

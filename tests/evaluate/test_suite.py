@@ -182,10 +182,16 @@ def test_cli_evaluate_then_report(erased_run, tmp_path):
     from fedunlearn.cli import app
 
     out = tmp_path / "eval.json"
-    res = CliRunner().invoke(app, ["evaluate", "--run", str(erased_run), "--org", "org-1", "--json", str(out),
+    res = CliRunner().invoke(app, ["evaluate", "--run", str(erased_run), "--org", "org-1", "--out", str(out),
                                    "--retrain-seeds", "2", "--baseline-canaries", "1", "--relearn-steps", "1"])
     assert res.exit_code == 0, res.output
     doc = json.loads(out.read_text())
+    as_json = CliRunner().invoke(app, ["evaluate", "--run", str(erased_run), "--org", "org-1", "--json",
+                                       "--out", str(tmp_path / "again.json"), "--retrain-seeds", "2",
+                                       "--baseline-canaries", "1", "--relearn-steps", "1", "--no-certify"])
+    assert as_json.exit_code == 0, as_json.stderr
+    printed = json.loads(as_json.stdout)  # --json: one JSON document on stdout, nothing else
+    assert printed["subject"] == "org-1" and printed["results_file"] == str(tmp_path / "again.json")
     assert doc["subject"] == "org-1"
     verdict = doc["forgetting_verdict"]
     assert verdict["reason"] in res.output.replace("\n", "")  # the warning (yellow) or the all-clear line
