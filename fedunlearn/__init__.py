@@ -13,8 +13,9 @@ describes it):
 2      ``certify``, ``models``          accounting, authorization, certificates; base LM, LoRA
 1      ``audit``, ``data``, ``ledger``,  Merkle log and keys (self-contained); corpora and
        ``config``, ``runs``             organizations' data; lineage; settings; run folders
-0      ``errors``, ``progress``,        exceptions, reporters, registries, Ctrl-C handling
-       ``registry``, ``interrupt``
+0      ``errors``, ``progress``,        exceptions, reporters, registries, Ctrl-C handling,
+       ``registry``, ``interrupt``,     named crash points (fault injection)
+       ``crashpoints``
 =====  ===============================  =====================================================
 """
 

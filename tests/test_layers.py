@@ -16,7 +16,7 @@ import fedunlearn
 ROOT = Path(fedunlearn.__file__).parent
 #: Layer of each top-level unit of the package (higher may import lower or equal, never higher).
 LAYERS = {
-    "errors": 0, "progress": 0, "registry": 0, "interrupt": 0,
+    "errors": 0, "progress": 0, "registry": 0, "interrupt": 0, "crashpoints": 0,
     "audit": 1, "data": 1, "ledger": 1, "config": 1, "runs": 1,
     "certify": 2, "models": 2,
     "training": 3,

@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 
 import base64
+import os
 import hashlib
 import platform
 from collections.abc import Mapping
@@ -37,6 +38,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from fedunlearn import crashpoints
 from fedunlearn import __version__
 from fedunlearn.audit import canonical_json, decimal_str, parse_canonical_json
 from fedunlearn.certify.budget import client_history
@@ -293,6 +295,7 @@ def _certify(run: Any, authorization: Any, result: Any, ledger: Any, audit: Any,
         "purged": sorted({c.hash for s in subjects if ledger.organization(s).status == "erased"
                           for c in ledger.purged(s)}),
     })
+    crashpoints.reached("certify.applied")
     body = {
         "format": CERTIFICATE_FORMAT, "run": audit.origin,
         "issued": parse_canonical_json(audit.log.entries(applied, applied + 1)[0])["time"],
@@ -325,7 +328,9 @@ def _certify(run: Any, authorization: Any, result: Any, ledger: Any, audit: Any,
     folder = run.path / "certificates"
     folder.mkdir(exist_ok=True)
     path = folder / f"{index:06d}-{digest[:16]}.json"
-    path.write_bytes(cert.to_bytes() + b"\n")
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_bytes(cert.to_bytes() + b"\n")
+    os.replace(tmp, path)  # a reader (or a crash) never sees half a certificate
     return Certificate(body, signature, receipt, path)
 
 

@@ -39,6 +39,7 @@ from fedunlearn.errors import ConfigError, RunStateError
 from fedunlearn.federation import protocol
 from fedunlearn.federation.nodes import exchange
 from fedunlearn.federation.serving import export_served
+from fedunlearn import crashpoints
 from fedunlearn.ledger import Contribution, Ledger
 from fedunlearn.runs import RunFolder, utc_now
 from fedunlearn.unlearning.base import Cost, EraseRequest, Federation, Unlearner, UnlearnResult, check_request
@@ -255,6 +256,7 @@ class ApproximateUnlearner(Unlearner):
         if pending is None:
             pending = self._compute(request, federation, start)
             ledger.set_meta(JOURNAL_KEY, json.dumps(pending, sort_keys=True))  # one transaction
+            crashpoints.reached("erasure.journaled")
         else:
             federation.reporter.message(f"completing the interrupted {self.name} erasure from its journal")
             if self.level == "organization":
@@ -276,10 +278,12 @@ class ApproximateUnlearner(Unlearner):
                 )
             recomputed[shard] = (doc["round"],)
         served = export_served(run, ledger)
+        crashpoints.reached("erasure.switched")
         self.applied(request, ledger)
         if self.level == "organization":
             for subject in request.subjects:
                 ledger.mark_erased(subject)
+            crashpoints.reached("erasure.marked")
             # Only abandoned checkpoints are purged: this method's head chain keeps the subjects'
             # contributions by construction (see Ledger.purge_dependents), hence "empirical".
             ledger.purge_erased()

@@ -28,6 +28,7 @@ from typing import Any
 
 from fedunlearn.errors import RunStateError
 from fedunlearn.federation.serving import export_served
+from fedunlearn import crashpoints
 from fedunlearn.ledger import Checkpoint, Contribution, Ledger
 from fedunlearn.ledger.store import ROUND_SECONDS_PREFIX
 from fedunlearn.runs import RunFolder, utc_now
@@ -161,14 +162,17 @@ class ReplayUnlearner(Unlearner):
         if pending is None:
             pending = self._compute(request, federation, start)
             ledger.set_meta(JOURNAL_KEY, json.dumps(pending, sort_keys=True))  # phase 2: one transaction
+            crashpoints.reached("erasure.journaled")
         else:
             reporter.message(f"completing the interrupted erasure of {', '.join(request.subjects)} from its journal")
         chains = {int(s): _decode_chain(doc) for s, doc in pending["chains"].items()}
         for shard, (base_id, rounds) in sorted(chains.items()):  # phase 3
             switch_chain(ledger, shard, base_id, rounds)
         served = export_served(run, ledger)
+        crashpoints.reached("erasure.switched")
         for subject in request.subjects:
             ledger.mark_erased(subject)
+        crashpoints.reached("erasure.marked")
         ledger.purge_erased()  # abandoned aggregates that depend on a subject; idempotent
         purged = sorted({c.id for subject in request.subjects for c in ledger.purged(subject)})
         ledger.set_meta(JOURNAL_KEY, "")

@@ -1,0 +1,52 @@
+"""Killed at every boundary of a certified erasure, the same command completes it: the erasure
+applied, exactly one certificate, and a run that verifies (fedunlearn.crashpoints)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from fedunlearn.certify import verify_run
+from fedunlearn.cli import app
+from fedunlearn.crashpoints import POINTS
+from fedunlearn.ledger import Ledger
+from fedunlearn.unlearning import EraseRequest
+from fedunlearn.unlearning.service import certified_erase
+from tests.unlearning.conftest import copy_run
+
+pytestmark = pytest.mark.slow  # one process start per kill point
+
+DRIVER = """
+import os, sys
+from fedunlearn import crashpoints
+point = sys.argv[1]
+crashpoints.install(lambda name: os._exit(137) if name == point else None)  # a kill -9 at that point
+from fedunlearn.cli import run
+sys.argv = ["fedunlearn"] + sys.argv[2:]
+run()
+"""
+
+
+@pytest.mark.parametrize("point", POINTS)
+def test_a_kill_at_each_point_is_completed_by_the_rerun(point, run_factory, tmp_path):
+    src = run_factory("s-eq-n", shards=3)
+    reference = copy_run(src, tmp_path / "reference")
+    expected, _ = certified_erase(reference, EraseRequest(("org-1",), method="drop"))
+    run = copy_run(src, tmp_path / "run")
+    args = ["forget", "--run", str(run), "--org", "org-1", "--method", "drop", "--no-capture-before"]
+    killed = subprocess.run([sys.executable, "-c", DRIVER, point, *args], capture_output=True, text=True, timeout=300)
+    assert killed.returncode == 137, (point, killed.stdout, killed.stderr)  # the point was reached
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 0, (point, again.output)
+    with Ledger.open(run) as ledger:
+        assert ledger.organization("org-1").status == "erased"
+        assert ledger.served()["served_hash"] == expected.served_hash
+        assert ledger.meta.get("certification.pending", "") == ""
+    assert len(list((run / "certificates").glob("*.json"))) == 1
+    report = verify_run(run)
+    assert report.ok, (point, report.problems)
+    done = CliRunner().invoke(app, args)  # and now there is nothing left to do
+    assert done.exit_code == 2 and "already erased" in done.output
