@@ -92,7 +92,8 @@ def prepare_simulation(settings: Settings, run_dir: Path, *, reporter: Reporter 
         consortium = synthetic_consortium(settings)
         save_consortium(consortium, data_dir)
         if reporter:
-            reporter.message(f"synthetic consortium of {len(consortium.organizations)} organizations saved to {data_dir}")
+            kind = "real-text" if settings.data.text == "real" else "synthetic"
+            reporter.message(f"{kind} consortium of {len(consortium.organizations)} organizations saved to {data_dir}")
     return settings
 
 
