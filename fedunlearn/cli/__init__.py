@@ -30,6 +30,10 @@ def run() -> None:
     from fedunlearn.interrupt import EXIT_CODE, terminate_as_interrupt
 
     terminate_as_interrupt()
+    import warnings  # peft 0.21 calls transformers 5's renamed is_gradient_checkpointing: not the user's concern
+
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+
     def stopped() -> None:
         err_console.print(f"\n[bold yellow]stopped[/]: nothing half-written was kept. Run it again with: "
                           f"{resume_hint()}", soft_wrap=True, highlight=False)
