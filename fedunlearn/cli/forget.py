@@ -115,7 +115,8 @@ def forget(
     try:
         if prepare_erasure(run, request):  # a note, not the result: stderr keeps --json stdout one document
             verb = "forgetting" if request.records else "erasing"
-            err_console.print(f"{verb} {_what(request)} through Flower's simulation engine …")
+            err_console.print(f"{verb} {_what(request)}: Flower Messages to the organizations' ClientApps, "
+                              "in this process …")
     except FedUnlearnError:
         pass  # the service refuses it below, and logs the refusal
     try:

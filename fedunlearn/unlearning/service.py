@@ -134,21 +134,35 @@ def erase(run_dir: Path, request: EraseRequest, *, grid: Grid | None = None,
     return erase_workflow(grid, RunFolder.open(run_dir), request, reporter, before=before)
 
 
+#: How :func:`simulate_erasure` reaches a simulated consortium's organizations.
+ENGINES = ("inprocess", "simulation")
+
+
 def simulate_erasure(run_dir: Path, request: EraseRequest, *, reporter: Reporter | None = None,
-                     discovery_timeout: float = 120.0, before: BeforeHook | None = None) -> UnlearnResult:
-    """:func:`erase`, retraining in Flower's simulation engine on this machine.
+                     discovery_timeout: float = 120.0, before: BeforeHook | None = None,
+                     engine: str = "inprocess") -> UnlearnResult:
+    """:func:`erase` for a simulated consortium, whose organizations all live on this machine.
 
-    Every organization's node starts (simulation numbers nodes by the scenario's list), but the
-    erasure sends work only to the remaining members of the affected shards. A run stopped midway
-    is left as it was before; run the same erasure again to complete it. ``discovery_timeout``
-    (at least the run's own) covers Ray's start-up while the nodes register.
+    ``engine="inprocess"`` (default) sends the erasure's Flower Messages to the ClientApp in this
+    process (:class:`~fedunlearn.federation.inprocess.InProcessGrid`): no Ray start-up, no node
+    discovery wait, the same results bit for bit (tested). ``engine="simulation"`` runs Flower's
+    simulation engine (Ray) as ``fedunlearn simulate`` does; ``discovery_timeout`` (at least the
+    run's own) then covers Ray's start-up while the nodes register. Either way only the remaining
+    members of the affected shards get work; a run stopped midway is left as it was before, and the
+    same erasure again completes it.
     """
-    from fedunlearn.federation.simulation import run_apps
-
-    prepare_erasure(run_dir, request)  # refuse bad input before Ray starts
+    if engine not in ENGINES:
+        raise UnknownNameError("erasure engine", engine, ENGINES)
+    prepare_erasure(run_dir, request)  # refuse bad input before anything starts
     settings = RunFolder.open(run_dir).settings
     settings = settings.replace(run={"dir": str(Path(run_dir).resolve()),
                                      "discovery_timeout": max(discovery_timeout, settings.run.discovery_timeout)})
+    if engine == "inprocess":
+        from fedunlearn.federation.inprocess import inprocess_grid
+
+        return erasure_workflow(request, before=before)(inprocess_grid(settings), settings, reporter=reporter)
+    from fedunlearn.federation.simulation import run_apps
+
     results = run_apps(settings, reporter=reporter, workflow=erasure_workflow(request, before=before))
     if not results:
         raise RunStateError(

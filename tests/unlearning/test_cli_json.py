@@ -30,14 +30,12 @@ def test_each_json_command_prints_one_document(command, run_factory, tmp_path):
     assert isinstance(doc, dict) and doc
 
 
-@pytest.mark.slow
-@pytest.mark.simulation
 def test_a_flower_backed_erasure_with_json_prints_one_document(run_factory, tmp_path):
-    """The retraining goes through Flower's simulation engine; its notes and progress go to stderr."""
+    """The retraining sends Flower Messages to the ClientApps; its notes and progress go to stderr."""
     from tests.unlearning.conftest import SHARDED
 
     run = copy_run(run_factory("sharded", **SHARDED), tmp_path / "run")
     res = runner.invoke(app, ["forget", "--run", str(run), "--org", "org-2", "--method", "sisa", "--json"])
     doc = _one_document(res)
     assert doc["subjects"] == ["org-2"] and doc["cost"]["client_steps"] > 0
-    assert "through Flower's simulation engine" in res.stderr
+    assert "Flower Messages to the organizations' ClientApps" in res.stderr
