@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import json
 import os
 import threading
 from collections.abc import Callable
@@ -29,6 +30,7 @@ __all__ = [
     "run_apps",
     "simulate",
     "stop_ray",
+    "stop_strays",
 ]
 
 #: Seconds the ServerApp gets to reach a safe point after Ctrl-C before the engine's workers are killed.
@@ -130,15 +132,15 @@ class _Descendants:
     also guard against PID reuse).
     """
 
-    def __init__(self, interval: float = 0.5) -> None:
-        import threading
-
+    def __init__(self, interval: float = 0.5, record: Path | None = None) -> None:
         import psutil
 
         self._me = psutil.Process()
         self._seen: dict[int, object] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, args=(interval,), daemon=True)
+        self._record = record  # the PIDs (and start times), so that a rerun after a kill -9 stops them
+        self._recorded = 0
 
     def _poll(self) -> None:
         import psutil
@@ -146,6 +148,16 @@ class _Descendants:
         with contextlib.suppress(psutil.Error):  # this process is exiting: nothing more to find
             for p in self._me.children(recursive=True):
                 self._seen.setdefault(p.pid, p)
+        if self._record is not None and len(self._seen) != self._recorded:
+            rows = []
+            for p in list(self._seen.values()):
+                with contextlib.suppress(psutil.Error):
+                    rows.append({"pid": p.pid, "started": p.create_time()})
+            with contextlib.suppress(OSError):
+                tmp = self._record.with_suffix(".tmp")
+                tmp.write_text(json.dumps(rows), encoding="utf-8")
+                os.replace(tmp, self._record)
+            self._recorded = len(self._seen)
 
     def _run(self, interval: float) -> None:
         while not self._stop.wait(interval):
@@ -160,6 +172,9 @@ class _Descendants:
         self._thread.join()
         self._poll()
         stop_ray(list(self._seen.values()))
+        if self._record is not None:
+            with contextlib.suppress(OSError):
+                self._record.unlink()
 
     def kill(self) -> None:
         """Kill every process the engine started (a stop that cannot wait for work in flight)."""
@@ -171,6 +186,43 @@ class _Descendants:
             with contextlib.suppress(psutil.Error):
                 p.kill()
         psutil.wait_procs(procs, timeout=5)
+
+
+#: Where a run's engine processes are recorded while Flower's simulation engine runs.
+ENGINE_PIDS = "engine-processes.json"
+
+
+def stop_strays(run_dir: Path, reporter: Reporter | None = None) -> int:
+    """Kill the engine processes a killed earlier process left running for ``run_dir``; return how many.
+
+    Only processes recorded in ``RUN_DIR/engine-processes.json`` whose PID *and* start time still
+    match are touched (a reused PID belongs to someone else).
+    """
+    import psutil
+
+    path = Path(run_dir) / ENGINE_PIDS
+    if not path.is_file():
+        return 0
+    try:
+        rows = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        rows = []
+    strays = []
+    for row in rows if isinstance(rows, list) else []:
+        with contextlib.suppress(psutil.Error, KeyError, TypeError):
+            proc = psutil.Process(int(row["pid"]))
+            if abs(proc.create_time() - float(row["started"])) < 0.01 and proc.pid != os.getpid():
+                strays.append(proc)
+    for proc in strays:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+    psutil.wait_procs(strays, timeout=5)
+    with contextlib.suppress(OSError):
+        path.unlink()
+    if strays and reporter is not None:
+        reporter.message(f"stopped {len(strays)} engine processes left running by an earlier, killed run")
+    return len(strays)
+
 
 
 @contextlib.contextmanager
@@ -270,9 +322,13 @@ def run_apps(settings: Settings, *, reporter: Reporter | None = None, workflow: 
         "init_args": {"num_cpus": cpus, "num_gpus": gpus, "include_dashboard": False,
                       "logging_level": "ERROR", "log_to_driver": True},
     }
+    run_dir = Path(settings.run.dir) if settings.run.dir else None
+    if run_dir is not None:
+        stop_strays(run_dir, reporter)
     for attempt in (1, 2):
         try:
-            with _Descendants() as descendants, interrupt.stop_on_signals(on_force=descendants.kill), \
+            record = run_dir / ENGINE_PIDS if run_dir is not None and run_dir.is_dir() else None
+            with _Descendants(record=record) as descendants, interrupt.stop_on_signals(on_force=descendants.kill), \
                     _keep_sigterm_handler():
                 done = threading.Event()
                 watch = threading.Thread(target=_stop_watch, args=(descendants, done, STOP_GRACE), daemon=True)

@@ -96,3 +96,33 @@ def test_a_signal_stops_simulate_and_the_rerun_resumes(sig, tiny_model_dir, tmp_
     assert subprocess.run(ref_args, capture_output=True, text=True, timeout=600).returncode == 0
     with Ledger.open(reference) as ledger:
         assert ledger.served()["served_hash"] == resumed
+
+
+def test_a_rerun_after_kill_9_stops_the_engine_processes_the_killed_run_left(tiny_model_dir, tmp_path):
+    from fedunlearn.federation.simulation import ENGINE_PIDS, stop_strays
+
+    scenario = tmp_path / "scenario.toml"
+    scenario.write_text(SCENARIO.format(model=tiny_model_dir))
+    run = tmp_path / "run"
+    proc = subprocess.Popen(CLI + ["simulate", "--scenario", str(scenario), "--out", str(run)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while _evaluated_rounds(run) < 1:
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.2)
+    recorded = json.loads((run / ENGINE_PIDS).read_text())
+    assert recorded, "the engine's processes were not recorded"
+    proc.kill()  # kill -9: no cleanup runs
+    proc.wait(timeout=30)
+    procs = []
+    for row in recorded:
+        try:
+            p = psutil.Process(row["pid"])
+            if abs(p.create_time() - row["started"]) < 0.01:
+                procs.append(p)
+        except psutil.NoSuchProcess:
+            pass
+    print(f"{len(procs)} of {len(recorded)} recorded engine processes outlived the kill")
+    assert stop_strays(run) == len(procs)
+    _, alive = psutil.wait_procs(procs, timeout=10)
+    assert not alive and not (run / ENGINE_PIDS).exists()
