@@ -119,10 +119,26 @@ class RunFolder:
         return cls(path=path, settings=settings, base_model=Path(meta["base_model"]))
 
     def append_metrics(self, row: dict) -> None:
-        with open(self.metrics_file, "a", encoding="utf-8") as fh:
+        with open(self.metrics_file, "a+", encoding="utf-8") as fh:
+            if fh.tell() and not self._ends_with_newline():  # a line torn by a crash: start a fresh one
+                fh.write("\n")
             fh.write(json.dumps(row, sort_keys=True) + "\n")
 
+    def _ends_with_newline(self) -> bool:
+        with open(self.metrics_file, "rb") as fh:
+            fh.seek(-1, 2)
+            return fh.read(1) == b"\n"
+
     def read_metrics(self) -> list[dict]:
+        """Every metrics row; a line cut short by a kill mid-write is skipped, not fatal."""
         if not self.metrics_file.exists():
             return []
-        return [json.loads(line) for line in self.metrics_file.read_text(encoding="utf-8").splitlines() if line]
+        rows = []
+        for line in self.metrics_file.read_text(encoding="utf-8").splitlines():
+            try:
+                row = json.loads(line) if line.strip() else None
+            except json.JSONDecodeError:  # torn by a crash while it was written
+                continue
+            if isinstance(row, dict):
+                rows.append(row)
+        return rows

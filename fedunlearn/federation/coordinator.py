@@ -311,6 +311,7 @@ class Coordinator:
     def train(self, *, until: int | None = None) -> list[RoundSummary]:
         """Train every shard up to round ``until`` (default: train.rounds), resuming from the heads."""
         until = until or self.settings.train.rounds
+        self._evaluate_last_if_missing()
         todo = [(s, r) for r in range(1, until + 1) for s in range(self.topology.shards)
                 if self.ledger.head(s).round < r]
         if not todo:
@@ -338,6 +339,21 @@ class Coordinator:
                     summary.eval_loss = {o: losses[o] for o in summary.members if o in losses}
                 interrupt.check(f"after round {r} (committed)")
         return self.summaries
+
+    def _evaluate_last_if_missing(self) -> None:
+        """A process killed after a round's commit but before its evaluation: evaluate it now.
+
+        Only the last committed round can be: its adapters are still the heads (an earlier round's
+        are not, and a kill leaves at most one round unevaluated).
+        """
+        last = min(self.ledger.head(s).round for s in range(self.topology.shards))
+        if last < 1 or max(self.ledger.head(s).round for s in range(self.topology.shards)) != last:
+            return  # no round yet, or a round interrupted between shards: it is retrained and evaluated
+        evaluated = {row.get("round") for row in self.run.read_metrics() if row.get("kind") in ("evaluate",
+                                                                                               "evaluate-missing")}
+        if last not in evaluated:
+            self.reporter.message(f"round {last} was committed but not evaluated (the process stopped): evaluating it")
+            self.evaluate(last)
 
     def export(self):
         """Combine the shard heads into the served model and export it (see serving.export_served)."""
