@@ -37,7 +37,9 @@ def evaluate(
     try:
         options = EvaluationOptions(retrain_seeds=retrain_seeds, baseline_canaries=baseline_canaries,
                                     relearn_steps=relearn_steps)
-        result = evaluate_erasure(run, org, options)
+        from fedunlearn.progress import RichReporter
+
+        result = evaluate_erasure(run, org, options, reporter=RichReporter())  # progress on stderr
         doc = result.to_dict()
         path = out or run / "evaluation" / f"{org}.json"
         path.parent.mkdir(parents=True, exist_ok=True)

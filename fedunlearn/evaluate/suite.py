@@ -45,6 +45,7 @@ from fedunlearn.evaluate.privacy import check_certificates
 from fedunlearn.evaluate.scores import SequenceScores
 from fedunlearn.evaluate.summary import ModelEvaluation, SuiteResult, learned_summary, model_summary
 from fedunlearn.ledger import Ledger
+from fedunlearn.progress import LogReporter, Reporter
 from fedunlearn.runs import RunFolder
 from fedunlearn.training.client import lora_spec
 
@@ -70,7 +71,8 @@ def applied_erasures(run: RunFolder, org: str) -> list[dict[str, Any]]:
     return rows
 
 
-def evaluate_erasure(run_dir: str | Path, org: str, options: EvaluationOptions | None = None) -> SuiteResult:
+def evaluate_erasure(run_dir: str | Path, org: str, options: EvaluationOptions | None = None,
+                     reporter: Reporter | None = None) -> SuiteResult:
     """Evaluate the erasure of ``org`` from the run in ``run_dir``.
 
     The retrain references are trained in a second process (when the machine has 2 cores or more and
@@ -100,6 +102,8 @@ def evaluate_erasure(run_dir: str | Path, org: str, options: EvaluationOptions |
         history = served_history(ledger)
     subjects = tuple(erasures[0]["subjects"])
     seeds = [run.settings.run.seed + k for k in range(opts.retrain_seeds)]
+    say = (reporter or LogReporter()).message  # a line per step: the whole evaluation takes tens of seconds
+    say(f"evaluating the erasure of {org}: {len(seeds)} retrain reference(s) without it start in the background")
     worker = start_retrains(run, subjects, seeds)
     consortium = run_consortium(run)
     base = load_base(run)
@@ -134,6 +138,8 @@ def evaluate_erasure(run_dir: str | Path, org: str, options: EvaluationOptions |
 
     def evaluate(name: str, kind: str, model: Any, *, served: str | None, full: bool,
                  audit: tuple[str, ...] | None = None, reference: Any = None, baseline: bool = True) -> None:
+        say(f"  {name}: membership inference, canary exposure, memorization, utility"
+            + (", fidelity" if full else ""))
         evaluation, raw = evaluate_model(ctx, name, kind, model, served=served, full=full, audit=audit,
                                          reference=reference, delta=delta, baseline=baseline)
         scores[name], done[name] = raw, evaluation
@@ -187,6 +193,7 @@ def evaluate_erasure(run_dir: str | Path, org: str, options: EvaluationOptions |
     spec = lora_spec(run.settings)
 
     def attack(name: str, m: Any) -> None:
+        say(f"  {name}: relearning attack ({opts.relearn_steps} steps on {len(split.attack)} of the subject's records)")
         hit = relearn(m, base, split.attack, steps=opts.relearn_steps, lr=opts.relearn_lr,
                       batch_size=opts.relearn_batch_size, spec=spec, max_length=max_len, seed=run.settings.run.seed)
         evaluate(name, "relearn", hit, served=None, full=False, audit=split.audit)
@@ -200,6 +207,7 @@ def evaluate_erasure(run_dir: str | Path, org: str, options: EvaluationOptions |
             evaluate(f"quant{bits}:{n}", "quantized", fake_quantize(m, bits), served=None, full=False)
     timings["quantize"] = time.perf_counter() - clock
     clock = time.perf_counter()
+    say("  waiting for the retrain references")
     retrains = finish_retrains(worker, run, subjects, seeds, consortium, base)
     timings["retrain_references_wait"] = time.perf_counter() - clock
     clock = time.perf_counter()
