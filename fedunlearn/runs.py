@@ -34,6 +34,10 @@ def utc_now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+#: Mode of a run folder (and of a consortium's data folder): the owner only, whatever the umask.
+PRIVATE_DIR_MODE = 0o700
+
+
 @dataclass(frozen=True)
 class RunFolder:
     """An existing or new run folder and the settings it is bound to."""
@@ -79,6 +83,9 @@ class RunFolder:
                 f"{str(path)!r} exists, is not empty and is not a fedunlearn run folder: choose another --out folder"
             )
         path.mkdir(parents=True, exist_ok=True)
+        # private whatever the umask: organizations' data, blobs, keys and logs live below, so only the
+        # owner may list or open anything in the run (files inside keep their own modes)
+        os.chmod(path, PRIVATE_DIR_MODE)
         meta = {
             "format": RUN_FORMAT,
             "fedunlearn": __version__,

@@ -19,6 +19,7 @@ Loading an organization is cached in memory by its files (:mod:`fedunlearn.data.
 from __future__ import annotations
 
 import hashlib
+import os
 import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -91,6 +92,7 @@ def save_consortium(c: Consortium, folder: Path) -> None:
             )
     try:
         folder.mkdir(parents=True, exist_ok=True)
+        os.chmod(folder, 0o700)  # organizations' records: the owner only, whatever the umask
         files: list[Path] = []
         for org in c.organizations:
             org_folder = folder / org.name

@@ -33,3 +33,21 @@ def test_the_rerun_evaluates_a_committed_round_whose_evaluation_was_lost(small_s
     again = train_workflow(LocalGrid(make_app(), 3, run_config=settings_to_flat(small_settings)), small_settings)
     assert again.rounds == []  # nothing was retrained
     assert _evaluated(run) == complete  # round 2 evaluated again, by every organization; the torn line skipped
+
+
+def test_a_run_folder_is_private_whatever_the_umask(small_settings, tmp_path):
+    """With umask 000 every file would be world-readable and -writable: the run folder (and the
+    organizations' data folder) admit only their owner."""
+    import os
+    import stat
+
+    from fedunlearn.federation.simulation import prepare_simulation
+
+    old = os.umask(0)
+    try:
+        settings = prepare_simulation(small_settings, tmp_path / "run")
+    finally:
+        os.umask(old)
+    for folder in (tmp_path / "run", tmp_path / "run" / "data"):
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700, folder
+    assert settings.data.dir == str((tmp_path / "run" / "data").resolve())
