@@ -94,6 +94,9 @@ def prepare_erasure(run_dir: Path, request: EraseRequest) -> bool:
         else:
             check_request(request, ledger, resuming=same)
         unlearner.check(run)
+        validate = getattr(unlearner, "validate", None)  # a method's own refusals (approximate methods)
+        if validate is not None and not same:
+            validate(request, ledger)
         return unlearner.needs_grid(request, ledger, run)
 
 

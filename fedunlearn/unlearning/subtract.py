@@ -138,6 +138,21 @@ class SubtractUnlearner(ApproximateUnlearner):
     def needs_flower(self, request: EraseRequest, ledger: Ledger, run: RunFolder) -> bool:
         return ApproxOptions.from_request(request).calibration_count(1) > 0  # any calibration at all
 
+    def validate(self, request: EraseRequest, ledger: Ledger) -> None:
+        """Also refuse a shard whose history holds an organization erased before: subtraction replays
+        every stored update of the shard, and that organization's were shredded with its key."""
+        super().validate(request, ledger)
+        for subject in request.subjects:
+            shard = ledger.organization(subject).shard
+            shredded = sorted({c.org for ck in ledger.chain(shard)[1:] for c in ledger.contributions(ck.id)
+                               if c.org not in request.subjects and ledger.organization(c.org).status == "erased"})
+            if shredded:
+                raise RunStateError(
+                    f"{self.name} replays shard {shard}'s stored updates, but those of {shredded} (erased earlier, "
+                    f"approximately) were shredded with their keys; erase {subject!r} with sisa or retrain (exact, "
+                    "and they also remove what the earlier erasure left), or with influence or negate"
+                )
+
     def compute(self, request: EraseRequest, federation: Federation, options: ApproxOptions) -> ApproxOutcome:
         ledger, run = federation.ledger, federation.run
         subjects = set(request.subjects)
