@@ -185,6 +185,7 @@ class Federation:
     ledger: Ledger
     grid: Grid | None = None
     reporter: Reporter = field(default_factory=LogReporter)
+    audit: Any = None  # the run's open RunAudit: replayed rounds get DP histories and log budget refusals
 
     def coordinator(self, organizations: Sequence[str]) -> Coordinator:
         """A coordinator connected to exactly ``organizations`` (nobody else is sent work)."""
@@ -194,7 +195,7 @@ class Federation:
                 "a Flower grid: run it through fedunlearn.unlearning.service.simulate_erasure or "
                 "`fedunlearn forget`, which start Flower"
             )
-        coord = Coordinator(self.grid, self.run, self.ledger, reporter=self.reporter)
+        coord = Coordinator(self.grid, self.run, self.ledger, reporter=self.reporter, audit=self.audit)
         coord.connect(sorted(organizations))  # also checks they present the data they trained on
         return coord
 

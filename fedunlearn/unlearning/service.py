@@ -20,6 +20,7 @@ certificate), for tests and benchmarks.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Callable
 from pathlib import Path
@@ -105,11 +106,26 @@ def erase_workflow(grid: Grid | None, run: RunFolder, request: EraseRequest, rep
     """Erase ``request.subjects`` from ``run`` with the requested method, retraining over ``grid``."""
     unlearner = _unlearner_for(request)
     reporter = reporter or LogReporter()
-    with Ledger.open(run.path) as ledger:
+    with Ledger.open(run.path) as ledger, _audit_of(run) as audit:
         if before is not None and unlearner.level != "record":  # the served model may be purged below
             _run_before(before, run, request, ledger, reporter)
-        federation = Federation(run=run, ledger=ledger, grid=grid, reporter=reporter)
+        # replayed rounds go through the audited path of training rounds: DP histories are sent and
+        # budget refusals logged (their round commits reach the log when the erasure is certified)
+        federation = Federation(run=run, ledger=ledger, grid=grid, reporter=reporter, audit=audit)
         return unlearner.unlearn(request, federation)
+
+
+@contextlib.contextmanager
+def _audit_of(run: RunFolder):
+    """The run's audit log, open, when it has one (every run trained by fedunlearn does); else None."""
+    from fedunlearn.certify import RunAudit
+    from fedunlearn.certify.runaudit import PUBLIC_KEY_FILE
+
+    if not (run.path / PUBLIC_KEY_FILE).is_file():
+        yield None
+        return
+    with RunAudit.open(run.path) as audit:
+        yield audit
 
 
 def _run_before(before: BeforeHook, run: RunFolder, request: EraseRequest, ledger: Ledger, reporter: Reporter) -> None:

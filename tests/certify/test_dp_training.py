@@ -96,3 +96,25 @@ def test_dp_run_tracks_epsilon_stops_at_the_budget_and_certifies(tiny_model_dir,
     assert guarantee["kind"] == "certified" and float(guarantee["epsilon"]) == pytest.approx(one, rel=1e-3)
     assert guarantee["delta"] == "0.00001" and guarantee["assumptions"]
     assert verify_run(report.run_dir).ok
+
+
+def test_an_erasure_replays_rounds_with_the_dp_history_of_the_log(tiny_model_dir, tmp_path):
+    """Retraining without a subject uses the retained organizations' records again: each replayed
+    round's instructions carry the organization's DP-SGD history from the signed log (so it can
+    refuse a round over its budget), as training rounds do."""
+    from fedunlearn.federation import protocol
+    from fedunlearn.federation.workflow import train_workflow
+    from fedunlearn.unlearning import EraseRequest
+    from fedunlearn.unlearning.service import certified_erase
+
+    settings = small(tiny_model_dir, tmp_path / "run", train={"rounds": 2, "local_epochs": 1, "batch_size": 8, "lr": 2e-2},
+                     dp={"record_level": True, "noise_multiplier": 3.0, "max_grad_norm": 1.0, "max_epsilon": 1e6})
+    settings = settings.replace(topology={"shards": 1})
+    report = train_workflow(grid_for(settings), settings)
+    grid = grid_for(settings)
+    result, _ = certified_erase(report.run_dir, EraseRequest(("org-2",), method="retrain"), grid=grid)
+    trains = [m for m in grid.sent if m.metadata.message_type == protocol.TRAIN]
+    assert trains and result.cost.client_steps > 0
+    histories = [protocol.dp_history_of(protocol.config_of(m)) for m in trains]
+    assert all(len(h) >= 2 for h in histories), histories  # both original rounds, for every replayed round
+    assert verify_run(report.run_dir).ok
