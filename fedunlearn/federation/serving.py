@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 from fedunlearn.errors import RunStateError
 from fedunlearn.ledger import Ledger
 from fedunlearn.models import ADAPTER_WEIGHTS_FILE, combine_exact, export_adapter, export_combined, state_sha256
-from fedunlearn.runs import RunFolder, utc_now
+from fedunlearn.runs import RunFolder
 from fedunlearn.training.client import lora_spec
 
 __all__ = ["ServedModel", "export_served", "shard_weights"]
@@ -73,14 +73,13 @@ def export_served(run: RunFolder, ledger: Ledger) -> ServedModel:
     digest = state_sha256(combined)
     path = export_combined(run.served_dir, [states[s] for s in order], [weights[s] for s in order],
                            base_model_path=run.base_model, spec=spec)
-    manifest = {
-        "created": utc_now(),
+    manifest = {  # no timestamp: the same served model gives the same bytes (the ledger and log keep the time)
         "served_hash": digest,
         "combine": run.settings.topology.combine,
         "components": [{"shard": s, "checkpoint": heads[s].id, "round": heads[s].round,
                         "hash": heads[s].hash, "weight": str(weights[s])} for s in order],
     }
-    (path / "fedunlearn.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    (path / "fedunlearn.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     ledger.record_served(served_hash=digest, components=[heads[s].id for s in order],
                          weights=[weights[s] for s in order], path=str(path))
     return ServedModel(path=path, hash=digest, components={s: heads[s].id for s in order}, weights=weights,
