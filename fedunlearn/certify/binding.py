@@ -27,7 +27,8 @@ from typing import Any
 from fedunlearn.audit.canonical import decimal_str
 from fedunlearn.errors import IntegrityError, LedgerError
 
-__all__ = ["UNBOUND_SETTINGS", "bind_settings", "binding_problems", "check_binding", "settings_digest"]
+__all__ = ["UNBOUND_SETTINGS", "bind_settings", "binding_problems", "check_binding", "settings_digest",
+           "stored_file_problems"]
 
 #: The note for a run whose log has no ``run-settings`` event (made before settings were bound).
 UNBOUND_SETTINGS = "run.json: not bound to the log (the run predates settings binding); its settings are not checked"
@@ -121,6 +122,55 @@ def binding_problems(run_dir: str | Path, events: list[Mapping[str, Any]], ledge
                 notes.append(f"ledger: organization {name!r} is marked erased but no certified erasure of it is "
                              "logged (erased with the bare engine?)")
     return problems, notes
+
+
+def stored_file_problems(run_dir: str | Path, events: list[Mapping[str, Any]], ledger: Any) -> list[str]:
+    """What the log says exists but the run folder lacks, or holds beside it.
+
+    Every logged certificate has its file; every stored update of an organization still in the
+    run (``ledger.store-updates``) is in the blob store unless a logged compaction deleted it; the
+    served folder holds exactly the files its last logged export lists.
+    """
+    from fedunlearn.certify.certificate import Certificate
+    from fedunlearn.ledger.compact import compacted
+
+    run_dir = Path(run_dir)
+    problems: list[str] = []
+    have = set()
+    for path in sorted((run_dir / "certificates").glob("*.json")):
+        try:
+            have.add(Certificate.read(path).digest)
+        except Exception:  # noqa: BLE001 - an unreadable file is reported by the certificate checks
+            continue
+    for event in events:
+        if event.get("type") == "certificate" and event.get("certificate") not in have:
+            problems.append(f"certificate {str(event.get('certificate'))[:16]}...: logged but its file is missing "
+                            "from certificates/")
+    settings = json.loads((run_dir / "run.json").read_text(encoding="utf-8")).get("settings", {}) \
+        if (run_dir / "run.json").is_file() else {}
+    if settings.get("ledger.store-updates", True):
+        gone = compacted(ledger)["update"]
+        active = {o.name for o in ledger.organizations() if o.status == "active"}
+        for ckpt_id in sorted({c for e in events if e.get("type") == "round-commit" for c in [e.get("checkpoint")]
+                               if isinstance(c, int)}):
+            try:
+                contributions = ledger.contributions(ckpt_id)
+            except LedgerError:
+                continue  # reported by the lineage check
+            for c in contributions:
+                if c.org in active and c.update_hash not in gone and not ledger.has_state(c.update_hash, org=c.org):
+                    problems.append(f"stored update {c.update_hash[:16]}... of {c.org!r} (checkpoint {ckpt_id}) is "
+                                    "missing, and no logged compaction deleted it")
+    exports = [e for e in events if e.get("type") == "export"]
+    if exports:
+        listed = set(exports[-1].get("files", {}))
+        for folder in ("export/served",):
+            base = run_dir / folder
+            for path in sorted(base.rglob("*")) if base.is_dir() else []:
+                rel = path.relative_to(run_dir).as_posix()
+                if path.is_file() and rel not in listed:
+                    problems.append(f"artifact {rel}: in the served folder but not in the logged export")
+    return problems
 
 
 def _logged_update(update: Mapping[str, Any], with_org: bool, with_examples: bool) -> tuple:

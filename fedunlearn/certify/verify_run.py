@@ -111,7 +111,7 @@ def verify_certificate(cert: Certificate, key: VerifierKey, log: AuditLog, histo
 
 
 def _artifacts(run_dir: Path, log: AuditLog, report: RunVerification) -> None:
-    from fedunlearn.certify.binding import binding_problems
+    from fedunlearn.certify.binding import binding_problems, stored_file_problems
     from fedunlearn.certify.compaction import check_compactions
     from fedunlearn.certify.runaudit import subject_function
 
@@ -145,6 +145,7 @@ def _artifacts(run_dir: Path, log: AuditLog, report: RunVerification) -> None:
             report.problems.extend(f"ledger compaction: {p}" for p in check_compactions(ledger, events))
             bound, notes = binding_problems(run_dir, events, ledger, subject_function(run_dir))
             report.problems.extend(bound)
+            report.problems.extend(stored_file_problems(run_dir, events, ledger))
             report.checked.extend(f"note: {n}" for n in notes)
             report.checked.append("ledger and run.json: lineage, statuses and settings compared with the log")
     except FedUnlearnError as exc:
@@ -192,6 +193,12 @@ def verify_run(
     except FedUnlearnError as exc:
         report.problems.append(f"audit log: cannot be opened with the coordinator key: {exc}")
         return report
+    if public_key is not None and (run_dir / PUBLIC_KEY_FILE).exists():  # the run's copy must be the pinned key
+        try:
+            if load_public_key(run_dir / PUBLIC_KEY_FILE).raw != key.raw:
+                report.problems.append(f"{PUBLIC_KEY_FILE}: differs from the pinned coordinator key")
+        except FedUnlearnError as exc:
+            report.problems.append(f"{PUBLIC_KEY_FILE}: unreadable ({exc})")
     with log:
         paths = certificates if certificates is not None else sorted((run_dir / "certificates").glob("*.json"))
         certs = []

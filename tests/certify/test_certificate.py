@@ -181,6 +181,27 @@ LINEAGE_TAMPERS = {
 TAMPERS.update(LINEAGE_TAMPERS)
 
 
+def _delete_an_update_blob(run_dir):
+    conn = sqlite3.connect(run_dir / "ledger.sqlite")
+    digest = conn.execute("SELECT update_hash FROM contributions WHERE org = 'org-0' LIMIT 1").fetchone()[0]
+    conn.close()
+    paths = [p for p in (run_dir / "blobs").rglob("*") if p.is_file() and digest in p.name]
+    assert paths
+    for path in paths:
+        path.unlink()
+
+
+# files the log vouches for: gone, or joined by a stranger
+TAMPERS.update({
+    "certificate-deleted": (lambda d: next((d / "certificates").glob("*.json")).unlink(),
+                            "logged but its file is missing"),
+    "update-blob-deleted": (_delete_an_update_blob, "of 'org-0'"),
+    "served-extra-file": (lambda d: (d / "export" / "served" / "extra.bin").write_bytes(b"x"),
+                          "export/served/extra.bin: in the served folder but not in the logged export"),
+    "audit-pub": (lambda d: _flip(d / "audit.pub", 20), "audit.pub"),
+})
+
+
 @pytest.mark.parametrize("kind", sorted(TAMPERS))
 def test_tampering_is_detected_and_named(erased, tmp_path, kind):
     run_dir, _ = erased
