@@ -154,6 +154,38 @@ def _artifacts(run_dir: Path, log: AuditLog, report: RunVerification) -> None:
                           + "blobs re-hashed, compactions matched to signed events")
 
 
+def verify_export_copy(run_dir: str | Path, folder: str | Path, report: RunVerification) -> None:
+    """Add to ``report`` whether ``folder`` holds exactly the served files of the run's last logged export.
+
+    The log records the sha256 of every exported file; a copy of ``export/served`` (``fedunlearn
+    export --out``, or one moved to a serving machine) is checked against those hashes, so anyone
+    holding the copy and the signed log can tell it is the certified model.
+    """
+    run_dir, folder = Path(run_dir), Path(folder)
+    if not folder.is_dir():
+        report.problems.append(f"export copy {str(folder)!r}: not a folder")
+        return
+    with AuditLog.open(run_dir / AUDIT_FILE, origin=load_public_key(run_dir / PUBLIC_KEY_FILE).name,
+                       create=False) as log:
+        exports = [e for e in (parse_canonical_json(x) for x in log.entries())
+                   if isinstance(e, dict) and e.get("type") == "export"]
+    if not exports:
+        report.problems.append("export copy: the log records no export to compare it with")
+        return
+    served = {rel.removeprefix("export/served/"): want for rel, want in exports[-1].get("files", {}).items()
+              if rel.startswith("export/served/")}
+    have = {p.relative_to(folder).as_posix(): p for p in folder.rglob("*") if p.is_file()}
+    for name, want in sorted(served.items()):
+        if name not in have:
+            report.problems.append(f"export copy: {name} missing (the log records sha256 {want[:16]}...)")
+        elif file_sha256(have[name]) != want:
+            report.problems.append(f"export copy: {name} differs from the logged export (sha256 "
+                                   f"{file_sha256(have[name])[:16]}... against {want[:16]}...)")
+    for name in sorted(set(have) - set(served)):
+        report.problems.append(f"export copy: {name} is not part of the logged export")
+    report.checked.append(f"export copy {str(folder)!r}: {len(served)} files compared with the last logged export")
+
+
 def verify_run(
     run_dir: str | Path, *, public_key: VerifierKey | str | Path | None = None,
     certificates: list[Path] | None = None,

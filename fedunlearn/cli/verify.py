@@ -24,13 +24,18 @@ def verify(
     public_key: Optional[Path] = typer.Option(None, "--public-key", help="The coordinator's pinned (first) verifier "
                                               "key; attested rotations in the log are followed (default: "
                                               "RUN/audit.pub, which only shows self-consistency)."),
+    export: Optional[Path] = typer.Option(None, "--export", help="Also check a copy of the served adapter "
+                                          "(e.g. `fedunlearn export --out DIR`, or one copied to another "
+                                          "machine): every file must hash to the last logged export."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Check the audit log, its signed checkpoints, certificates and exported artifacts; exit 1 on any failure."""
-    from fedunlearn.certify.verify_run import verify_run
+    from fedunlearn.certify.verify_run import verify_export_copy, verify_run
 
     try:
         report = verify_run(run, public_key=public_key, certificates=list(certificate) if certificate else None)
+        if export is not None:
+            verify_export_copy(run, export, report)
     except FedUnlearnError as exc:
         fail(exc)
         return

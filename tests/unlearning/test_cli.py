@@ -151,3 +151,17 @@ def test_verify_on_a_folder_that_is_not_a_run(tmp_path):
     (tmp_path / "notes.txt").write_text("hello")
     out = runner.invoke(app, ["verify", "--run", str(tmp_path)])
     assert out.exit_code == 2 and "is not a fedunlearn run folder" in out.output and "public key" not in out.output
+
+
+def test_verify_checks_a_copy_of_the_served_adapter(run_factory, tmp_path):
+    run = copy_run(run_factory("s-eq-n", shards=3), tmp_path / "run")
+    out = runner.invoke(app, ["forget", "--run", str(run), "--org", "org-1", "--method", "drop"])
+    assert out.exit_code == 0, out.output
+    copy = tmp_path / "served-copy"
+    assert runner.invoke(app, ["export", "--run", str(run), "--out", str(copy)]).exit_code == 0
+    ok = runner.invoke(app, ["verify", "--run", str(run), "--export", str(copy)])
+    assert ok.exit_code == 0 and "files compared with the last logged export" in ok.output, ok.output
+    weights = copy / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1] + b"\x00")
+    bad = runner.invoke(app, ["verify", "--run", str(run), "--export", str(copy)])
+    assert bad.exit_code == 1 and "adapter_model.safetensors differs from the logged export" in bad.output
