@@ -51,7 +51,19 @@ def _configured_workflow(settings: Settings) -> Callable[..., object]:
 
         return certified_erasure_workflow(EraseRequest(orgs, method=settings.run.erase_method, requested_by="flwr run"),
                                           before=capture_before)
-    return train_workflow
+    return live_train_workflow
+
+
+def live_train_workflow(grid: Grid, settings: Settings, *, reporter: Reporter | None = None) -> object:
+    """Training that honors erasure requests waiting in the run's inbox before every round
+    (``fedunlearn requests --run RUN --submit FILE``; see fedunlearn.unlearning.live)."""
+    from fedunlearn.evaluate.before import capture_before
+    from fedunlearn.unlearning.live import apply_pending
+
+    def between_rounds(grid: Grid, run_dir, rnd: int) -> None:
+        apply_pending(run_dir, grid, reporter=reporter, before=capture_before)
+
+    return train_workflow(grid, settings, reporter=reporter, between_rounds=between_rounds)
 
 
 app = make_app()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fedunlearn.cli import train  # noqa: F401  (demo, simulate, export, info)
 from fedunlearn.cli import forget  # noqa: F401  (forget)
+from fedunlearn.cli import requests  # noqa: F401  (requests)
 from fedunlearn.cli import verify  # noqa: F401  (verify, keys)
 from fedunlearn.cli import deploy  # noqa: F401  (deploy up, run, down)
 from fedunlearn.cli import evaluate  # noqa: F401  (evaluate, report)

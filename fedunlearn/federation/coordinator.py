@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -308,10 +308,18 @@ class Coordinator:
                                      **{k: v for k, v in r.metrics.items()}})
         return losses
 
-    def train(self, *, until: int | None = None) -> list[RoundSummary]:
-        """Train every shard up to round ``until`` (default: train.rounds), resuming from the heads."""
+    def train(self, *, until: int | None = None,
+              between_rounds: Callable[[int], None] | None = None) -> list[RoundSummary]:
+        """Train every shard up to round ``until`` (default: train.rounds), resuming from the heads.
+
+        ``between_rounds(r)`` runs before round ``r`` (and once at the start, before anything is
+        trained): where live erasure requests are applied (:mod:`fedunlearn.unlearning.live`).
+        """
         until = until or self.settings.train.rounds
         self._evaluate_last_if_missing()
+        first = min(self.ledger.head(s).round for s in range(self.topology.shards)) + 1
+        if between_rounds is not None:  # a restart completes what is pending before training goes on
+            between_rounds(first)
         todo = [(s, r) for r in range(1, until + 1) for s in range(self.topology.shards)
                 if self.ledger.head(s).round < r]
         if not todo:
@@ -321,6 +329,8 @@ class Coordinator:
         with self.reporter.task("federated training", total=len(todo) + done_before) as advance:
             advance(done_before)
             for r in sorted({r for _, r in todo}):
+                if between_rounds is not None and r != first:
+                    between_rounds(r)
                 self._stop_over_budget(r)
                 if not self._anyone_can_train(r):
                     self._report_budget_stop(r)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,8 +41,13 @@ def open_or_create_ledger(run: RunFolder) -> Ledger:
     return Ledger.create(run.path, meta={"created": utc_now()})
 
 
-def train_workflow(grid: Grid, settings: Settings, *, reporter: Reporter | None = None) -> TrainReport:
-    """Train (or resume) the run described by ``settings`` on ``grid`` and export the served model."""
+def train_workflow(grid: Grid, settings: Settings, *, reporter: Reporter | None = None,
+                   between_rounds: Callable[[Grid, Path, int], object] | None = None) -> TrainReport:
+    """Train (or resume) the run described by ``settings`` on ``grid`` and export the served model.
+
+    ``between_rounds(grid, run_dir, r)`` runs before each round (and once at the start): the
+    ServerApp applies live erasure requests there (:mod:`fedunlearn.unlearning.live`).
+    """
     run_dir = Path(settings.run.dir) if settings.run.dir else default_run_dir(settings)
     base = resolve_model_path(settings.model.path or None, size=settings.model.size)
     run = RunFolder.create_or_resume(run_dir, settings, base)
@@ -52,6 +58,7 @@ def train_workflow(grid: Grid, settings: Settings, *, reporter: Reporter | None 
         coord.enrol()
         coord.initialize()
         coord.connect()
-        rounds = coord.train()
+        hook = None if between_rounds is None else (lambda r: between_rounds(grid, run.path, r))
+        rounds = coord.train(between_rounds=hook)
         served = coord.export() if coord.trained() else None  # nothing trained: nothing to serve (it says why)
     return TrainReport(run_dir=run.path, rounds=rounds, served=served)

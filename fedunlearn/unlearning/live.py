@@ -1,0 +1,155 @@
+"""Erasure requests honored inside a running federation, at round boundaries.
+
+A signed request (:func:`~fedunlearn.certify.sign_request`, the subject's key or the
+coordinator's) is put in the run's inbox, ``RUN/requests/inbox/`` (:func:`submit`; ``fedunlearn
+requests --run RUN --submit FILE``). The training workflow calls :func:`apply_pending` before
+every round and once when it starts or resumes: each waiting request goes through the erasure
+service (:func:`~fedunlearn.unlearning.service.certified_erase`: checked, authorized and logged
+with its deadline, erased with the request's method or the run's ``run.erase-method``, certified)
+over the training's own grid; the affected shard is rolled back and retrained, and training goes on
+with the remaining organizations. A refused request (unknown or already erased organization, bad
+signature, replay, expired) is logged by the service and set aside; training goes on.
+
+A process killed during a live erasure leaves the request in the inbox and the previous served
+model in service (the erasure is journaled, its certification marked pending); the restarted
+training completes it before its next round.
+
+:func:`status` lists requests with their state (``received``, ``refused``, ``applied``), age and
+deadline (one month after receipt, GDPR Art. 12(3)), and flags those close to it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+from flwr.serverapp import Grid
+
+from fedunlearn.certify.authorize import SignedRequest
+from fedunlearn.errors import ConfigError, FedUnlearnError
+from fedunlearn.progress import LogReporter, Reporter
+from fedunlearn.runs import RunFolder
+
+__all__ = ["DEADLINE", "apply_pending", "status", "submit"]
+
+#: How long an organization may wait for its erasure (GDPR Art. 12(3): one month from receipt).
+DEADLINE = timedelta(days=30)
+#: A request waiting longer than this share of the deadline is reported loudly.
+WARN_AT = 0.8
+_STATES = ("inbox", "applied", "refused")
+
+
+def _folder(run_dir: Path, state: str) -> Path:
+    return Path(run_dir) / "requests" / state
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _stamp(when: datetime) -> str:
+    return when.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def submit(run_dir: str | Path, signed: SignedRequest | bytes | str) -> Path:
+    """Queue a signed request for the running federation; return its inbox file.
+
+    Raises ConfigError for an unreadable request (nothing is queued); whether it is authorized is
+    decided, and logged, when the training applies it.
+    """
+    run = RunFolder.open(Path(run_dir))
+    request = SignedRequest.parse(signed)
+    digest = hashlib.sha256(request.to_json()).hexdigest()
+    for state in _STATES:
+        if (_folder(run.path, state) / f"{digest}.json").exists():
+            raise ConfigError(f"this request was already submitted to {str(run.path)!r} ({state}); sign a new one")
+    inbox = _folder(run.path, "inbox")
+    inbox.mkdir(parents=True, exist_ok=True)
+    doc = {"received": _stamp(_now()), "signed": request.to_dict()}
+    tmp = inbox / f".{digest}.tmp"
+    tmp.write_text(json.dumps(doc, sort_keys=True), encoding="utf-8")
+    os.replace(tmp, inbox / f"{digest}.json")  # a reader never sees half a request
+    return inbox / f"{digest}.json"
+
+
+def _erase_request(run: RunFolder, signed: SignedRequest):
+    from fedunlearn.unlearning import EraseRequest
+
+    body = signed.request
+    subjects = body.get("subjects")
+    if not isinstance(subjects, list) or not subjects:
+        raise ConfigError("the request names no subjects")
+    records = tuple(body.get("records") or ())
+    method = str(body.get("method") or run.settings.run.erase_method)
+    if records and method == "sisa":
+        method = "sisa-records"
+    return EraseRequest(tuple(subjects), method=method, records=records, requested_by="live request")
+
+
+def apply_pending(run_dir: str | Path, grid: Grid, *, reporter: Reporter | None = None,
+                  before: Any = None) -> list[dict[str, Any]]:
+    """Apply every request in the inbox (oldest first) through the erasure service over ``grid``.
+
+    Returns one outcome per request (``state`` applied or refused, ``reason`` or ``certificate``).
+    Never raises for a refused request: the refusal is logged and training goes on.
+    """
+    from fedunlearn.unlearning.service import certified_erase, refuse
+
+    run = RunFolder.open(Path(run_dir))
+    reporter = reporter or LogReporter()
+    inbox = _folder(run.path, "inbox")
+    outcomes = []
+    for path in sorted(inbox.glob("*.json"), key=lambda p: (p.stat().st_mtime, p.name)) if inbox.is_dir() else []:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        signed = SignedRequest.parse(doc["signed"])
+        outcome: dict[str, Any] = {"request": path.stem, "received": doc["received"]}
+        try:
+            try:
+                request = _erase_request(run, signed)
+            except FedUnlearnError as exc:  # never reached the service: log the refusal here
+                refuse(run.path, signed, (), str(exc))
+                raise
+            reporter.message(f"erasure request for {', '.join(request.subjects)} ({request.method}): applying it "
+                             "before the next round")
+            result, certificate = certified_erase(run.path, request, grid=grid, signed=signed, reporter=reporter,
+                                                  before=before)
+            outcome.update(state="applied", applied=_stamp(_now()), certificate=str(certificate.path),
+                           method=request.method, served=result.served_hash)
+            reporter.message(f"erased {', '.join(request.subjects)}: certificate {certificate.path}")
+        except FedUnlearnError as exc:  # the service logged the refusal (or the lines above did)
+            outcome.update(state="refused", reason=str(exc))
+            reporter.message(f"erasure request {path.stem[:12]} refused: {exc}; training goes on")
+        target = _folder(run.path, outcome["state"])
+        target.mkdir(parents=True, exist_ok=True)
+        tmp = target / f".{path.name}.tmp"
+        tmp.write_text(json.dumps({**doc, **outcome}, sort_keys=True), encoding="utf-8")
+        os.replace(tmp, target / path.name)
+        path.unlink()
+        outcomes.append(outcome)
+    return outcomes
+
+
+def status(run_dir: str | Path, *, now: datetime | None = None) -> list[dict[str, Any]]:
+    """Every request of the run: state, subjects, age, deadline, and ``late`` when past ``WARN_AT``."""
+    run = RunFolder.open(Path(run_dir))
+    now = now or _now()
+    rows = []
+    for state in _STATES:
+        folder = _folder(run.path, state)
+        for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+            received = datetime.strptime(doc["received"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
+            body = doc["signed"]["request"]
+            age = now - received
+            row = {"request": path.stem, "state": "received" if state == "inbox" else state,
+                   "subjects": body.get("subjects"), "method": body.get("method"),
+                   "records": len(body.get("records") or []), "received": doc["received"],
+                   "deadline": _stamp(received + DEADLINE), "age_days": round(age.total_seconds() / 86400, 3)}
+            row.update({k: doc[k] for k in ("applied", "certificate", "reason") if k in doc})
+            row["late"] = state == "inbox" and age >= WARN_AT * DEADLINE
+            rows.append(row)
+    return rows
