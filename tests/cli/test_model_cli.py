@@ -53,8 +53,8 @@ def test_demo_schedule_memorizes_canaries_on_real_text(tmp_path):
     far above the never-inserted level, every organization's holdout loss falls below the base
     model's, and the served model predicts held-out text better than a unigram model.
 
-    Measured on 2 cores (seeds 0/1/2): mean exposure 9.7/11.1/12.3 bits, never-inserted p95 3.1-4.2,
-    holdout drops 0.13-0.76 nats. The bounds leave room for another machine's floating point (the
+    Measured on 2 cores with all four organizations (seeds 0/1/2): mean exposure 9.7/11.1/12.3 bits,
+    never-inserted p95 3.1-4.2, holdout drops 0.13-0.76 nats; these three reached 11.0 bits (seed 0). The bounds leave room for another machine's floating point (the
     former schedule's mean moved from 6.6 here to 5.7 on CI)."""
     from clients.app import make_app
     from fedunlearn.cli._learned import measure_learned
@@ -65,7 +65,8 @@ def test_demo_schedule_memorizes_canaries_on_real_text(tmp_path):
     from fedunlearn.federation.workflow import train_workflow
     from tests.localgrid import LocalGrid
 
-    settings = Settings(organizations=tuple(OrganizationSettings(name=n) for n in ORGANIZATION_SOURCES)).replace(
+    # three of the demo's four organizations (licenses, manuals, packages) keep CI within its time
+    settings = Settings(organizations=tuple(OrganizationSettings(name=n) for n in ORGANIZATION_SOURCES[:3])).replace(
         run={"discovery_timeout": 60.0}, model={"device": "cpu"},
         data={"text": "real", "records_per_org": DEMO_SCHEDULE["records"], "canaries_per_org": DEMO_SCHEDULE["canaries"],
               "canary_repeats": DEMO_SCHEDULE["repeats"]},
