@@ -15,6 +15,7 @@ from flwr.clientapp import ClientApp
 from fedunlearn.config import settings_from_flat
 from fedunlearn.errors import FederationError
 from fedunlearn.federation import protocol
+from fedunlearn.federation.inbox import attach_outgoing, outbox
 from fedunlearn.training.canaries import CANARY_DIRECTION, CANARY_NORM
 from fedunlearn.training.client import OrganizationClient, organization_name
 
@@ -86,7 +87,9 @@ def make_app(overrides: Mapping[str, object] | None = None) -> ClientApp:
         result = org.evaluate(protocol.state_of(msg))
         metrics = {"num-examples": result.num_examples, "eval-loss": result.loss,
                    "eval-perplexity": result.perplexity, "tokens": result.tokens}
-        return Message(protocol.reply_content(metrics=metrics), reply_to=msg)
+        # a signed erasure request the organization left in its outbox rides on this reply
+        box = outbox(context.node_config, org.settings.run.dir, org.name)
+        return Message(protocol.reply_content(metrics=metrics, config=attach_outgoing(box)), reply_to=msg)
 
     @client.query("grad")
     def grad(msg: Message, context: Context) -> Message:

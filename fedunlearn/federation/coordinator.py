@@ -32,7 +32,8 @@ from flwr.serverapp import Grid
 from fedunlearn import interrupt
 from fedunlearn.certify.budget import over_budget, record_history
 from fedunlearn.certify.runaudit import RunAudit, dp_secret
-from fedunlearn.errors import FederationError
+from fedunlearn.errors import FederationError, FedUnlearnError
+from fedunlearn.federation.inbox import REPLY_KEY, queue
 from fedunlearn.config import is_canary
 from fedunlearn.federation import protocol
 from fedunlearn.training.canaries import canary_plan, canary_train_config, run_canary_key
@@ -302,6 +303,13 @@ class Coordinator:
             self.reporter.message(f"round {rnd}: no evaluation from {org}: {why}")
             self.run.append_metrics({"time": utc_now(), "round": rnd, "org": org, "kind": "evaluate-missing",
                                      "reason": why})
+        for org, r in replies.items():  # an organization's own erasure request, carried by its reply
+            if r.config.get(REPLY_KEY):
+                try:
+                    queue(self.run.path, str(r.config[REPLY_KEY]), via=f"node of {org}")
+                    self.reporter.message(f"round {rnd}: {org}'s node handed over an erasure request (queued)")
+                except FedUnlearnError as exc:  # unreadable or a duplicate: said, and the round goes on
+                    self.reporter.message(f"round {rnd}: the erasure request from {org}'s node was not queued: {exc}")
         losses = {org: r.metrics["eval-loss"] for org, r in replies.items()}
         for org, r in replies.items():
             self.run.append_metrics({"time": utc_now(), "round": rnd, "org": org, "kind": "evaluate",

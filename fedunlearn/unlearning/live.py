@@ -1,8 +1,9 @@
 """Erasure requests honored inside a running federation, at round boundaries.
 
 A signed request (:func:`~fedunlearn.certify.sign_request`, the subject's key or the
-coordinator's) is put in the run's inbox, ``RUN/requests/inbox/`` (:func:`submit`; ``fedunlearn
-requests --run RUN --submit FILE``). The training workflow calls :func:`apply_pending` before
+coordinator's) reaches the run's inbox, ``RUN/requests/inbox/``, from the organization's own node
+(its outbox, carried by its next evaluation reply: :mod:`fedunlearn.federation.inbox`) or out of
+band (:func:`submit`; ``fedunlearn requests --run RUN --submit FILE``). The training workflow calls :func:`apply_pending` before
 every round and once when it starts or resumes: each waiting request goes through the erasure
 service (:func:`~fedunlearn.unlearning.service.certified_erase`: checked, authorized and logged
 with its deadline, erased with the request's method or the run's ``run.erase-method``, certified)
@@ -20,7 +21,6 @@ deadline (one month after receipt, GDPR Art. 12(3)), and flags those close to it
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from datetime import datetime, timedelta, timezone
@@ -31,6 +31,7 @@ from flwr.serverapp import Grid
 
 from fedunlearn.certify.authorize import SignedRequest
 from fedunlearn.errors import ConfigError, FedUnlearnError
+from fedunlearn.federation.inbox import STATES, folder, queue
 from fedunlearn.progress import LogReporter, Reporter
 from fedunlearn.runs import RunFolder
 
@@ -40,11 +41,11 @@ __all__ = ["DEADLINE", "apply_pending", "status", "submit"]
 DEADLINE = timedelta(days=30)
 #: A request waiting longer than this share of the deadline is reported loudly.
 WARN_AT = 0.8
-_STATES = ("inbox", "applied", "refused")
+_STATES = STATES
 
 
 def _folder(run_dir: Path, state: str) -> Path:
-    return Path(run_dir) / "requests" / state
+    return folder(run_dir, state)
 
 
 def _now() -> datetime:
@@ -56,24 +57,13 @@ def _stamp(when: datetime) -> str:
 
 
 def submit(run_dir: str | Path, signed: SignedRequest | bytes | str) -> Path:
-    """Queue a signed request for the running federation; return its inbox file.
+    """Queue a signed request for the running federation (out of band); return its inbox file.
 
     Raises ConfigError for an unreadable request (nothing is queued); whether it is authorized is
     decided, and logged, when the training applies it.
     """
     run = RunFolder.open(Path(run_dir))
-    request = SignedRequest.parse(signed)
-    digest = hashlib.sha256(request.to_json()).hexdigest()
-    for state in _STATES:
-        if (_folder(run.path, state) / f"{digest}.json").exists():
-            raise ConfigError(f"this request was already submitted to {str(run.path)!r} ({state}); sign a new one")
-    inbox = _folder(run.path, "inbox")
-    inbox.mkdir(parents=True, exist_ok=True)
-    doc = {"received": _stamp(_now()), "signed": request.to_dict()}
-    tmp = inbox / f".{digest}.tmp"
-    tmp.write_text(json.dumps(doc, sort_keys=True), encoding="utf-8")
-    os.replace(tmp, inbox / f"{digest}.json")  # a reader never sees half a request
-    return inbox / f"{digest}.json"
+    return queue(run.path, signed)
 
 
 def _erase_request(run: RunFolder, signed: SignedRequest):
@@ -148,7 +138,8 @@ def status(run_dir: str | Path, *, now: datetime | None = None) -> list[dict[str
             row = {"request": path.stem, "state": "received" if state == "inbox" else state,
                    "subjects": body.get("subjects"), "method": body.get("method"),
                    "records": len(body.get("records") or []), "received": doc["received"],
-                   "deadline": _stamp(received + DEADLINE), "age_days": round(age.total_seconds() / 86400, 3)}
+                   "deadline": _stamp(received + DEADLINE), "age_days": round(age.total_seconds() / 86400, 3),
+                   "via": doc.get("via", "out of band")}
             row.update({k: doc[k] for k in ("applied", "certificate", "reason") if k in doc})
             row["late"] = state == "inbox" and age >= WARN_AT * DEADLINE
             rows.append(row)

@@ -65,3 +65,35 @@ def test_a_request_queued_while_stopped_is_applied_when_training_resumes(tiny_mo
     with Ledger.open(run) as ledger:
         assert ledger.organization("org-1").status == "erased"
     assert [r["state"] for r in status(run)] == ["applied"] and verify_run(run).ok
+
+
+def test_an_organization_hands_its_request_to_its_own_node(tiny_model_dir, tmp_path):
+    """The request rides on the organization's evaluation reply (Flower Messages), is queued by the
+    coordinator and applied before the next round; signed with the organization's enrolled key."""
+    from fedunlearn.audit import generate_signing_key, save_public_key
+
+    settings = base_settings(tiny_model_dir, shards=3, rounds=3).replace(run={"dir": str(tmp_path / "run")})
+    run = tmp_path / "run"
+    key = generate_signing_key("org-1.example/erasure")
+
+    def org_side(grid, run_dir, rnd):
+        if rnd == 1:  # enrol org-1's request key, then org-1 drops its own signed request in its outbox
+            pub = save_public_key(key, tmp_path / "org-1.pub")
+            assert CliRunner().invoke(app, ["keys", "enrol", "--run", str(run_dir), "--org", "org-1",
+                                            "--public-key", str(pub)]).exit_code == 0
+            with RunAudit.open(run_dir) as audit:
+                signed = sign_request(key, run=audit.origin, subjects=["org-1"], method="drop")
+            box = run_dir / "requests" / "outbox" / "org-1"
+            box.mkdir(parents=True)
+            signed.write(box / "request.json")
+        apply_pending(run_dir, grid)
+
+    train_workflow(grid_for(settings), settings, between_rounds=org_side)
+    [row] = status(run)
+    assert row["state"] == "applied" and row["via"] == "node of org-1" and row["subjects"] == ["org-1"]
+    assert (run / "requests" / "outbox" / "org-1" / "sent" / "request.json").is_file()
+    with Ledger.open(run) as ledger:
+        assert ledger.organization("org-1").status == "erased" and ledger.head(1).round == 3
+    with RunAudit.open(run) as audit:
+        assert [e["signer"] for _, e in audit.events("erasure-request")] == ["subject"]
+    assert verify_run(run).ok
