@@ -54,7 +54,8 @@ def test_demo_schedule_memorizes_canaries_on_real_text(tmp_path):
     model's, and the served model predicts held-out text better than a unigram model.
 
     Measured on 2 cores with all four organizations (seeds 0/1/2): mean exposure 9.7/11.1/12.3 bits,
-    never-inserted p95 3.1-4.2, holdout drops 0.13-0.76 nats; these three alone: 12.2 bits, drops 0.15-0.71. The bounds leave room for another machine's floating point (the
+    never-inserted p95 3.1-4.2, holdout drops 0.13-0.76 nats; these three alone: 12.2 bits, drops
+    0.15-0.71. The bounds leave room for another machine's floating point (the
     former schedule's mean moved from 6.6 here to 5.7 on CI)."""
     from clients.app import make_app
     from fedunlearn.cli._learned import measure_learned
