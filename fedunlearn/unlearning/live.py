@@ -105,8 +105,11 @@ def apply_pending(run_dir: str | Path, grid: Grid, *, reporter: Reporter | None 
                 raise
             reporter.message(f"erasure request for {', '.join(request.subjects)} ({request.method}): applying it "
                              "before the next round")
+            received = datetime.strptime(doc["received"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
+            timing = (f"live request: received {doc['received']} ({doc.get('via', 'out of band')}), applied "
+                      f"{_stamp(_now())}, deadline {_stamp(received + DEADLINE)}")
             result, certificate = certified_erase(run.path, request, grid=grid, signed=signed, reporter=reporter,
-                                                  before=before)
+                                                  before=before, notes=(timing,))
             outcome.update(state="applied", applied=_stamp(_now()), certificate=str(certificate.path),
                            method=request.method, served=result.served_hash)
             reporter.message(f"erased {', '.join(request.subjects)}: certificate {certificate.path}")

@@ -213,7 +213,7 @@ def refuse(run_dir: Path, signed: SignedRequest | None, subjects: tuple[str, ...
 def certified_erase(run_dir: Path, request: EraseRequest, *, grid: Grid | None = None,
                     signed: SignedRequest | None = None, reporter: Reporter | None = None,
                     before: BeforeHook | None = None, simulate: bool = False,
-                    run: RunFolder | None = None) -> tuple[UnlearnResult, Certificate]:
+                    run: RunFolder | None = None, notes: tuple[str, ...] = ()) -> tuple[UnlearnResult, Certificate]:
     """The erasure service (see the module doc): check, authorize and log, erase, certify.
 
     Parameters
@@ -232,6 +232,9 @@ def certified_erase(run_dir: Path, request: EraseRequest, *, grid: Grid | None =
         Without ``grid``, run an erasure that trains in Flower's simulation engine.
     run : RunFolder, optional
         ``run_dir`` already opened with operational overrides (the ServerApp's time-outs).
+    notes : tuple of str
+        Lines added to the result's notes, hence to the signed certificate (e.g. when a live
+        request was received and its deadline).
 
     Returns
     -------
@@ -266,6 +269,8 @@ def certified_erase(run_dir: Path, request: EraseRequest, *, grid: Grid | None =
     else:
         result = erase_workflow(grid, run or RunFolder.open(run_dir), request, reporter, before=before)
     crashpoints.reached("erasure.unlearned")
+    if notes:
+        result = dataclasses.replace(result, notes=tuple(result.notes) + tuple(notes))
     certificate = certify_applied_erasure(run_dir, authorization, result)
     crashpoints.reached("certify.written")
     clear_pending(run_dir)

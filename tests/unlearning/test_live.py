@@ -37,6 +37,10 @@ def test_requests_arriving_mid_training_are_applied_and_training_goes_on(tiny_mo
         assert ledger.served()["served_hash"] == served  # the live erasure equals never having had org-2
     rows = {tuple(r["subjects"]): r for r in status(run)}
     assert rows[("org-2",)]["state"] == "applied" and rows[("org-2",)]["certificate"].endswith(".json")
+    from fedunlearn.certify.certificate import Certificate
+
+    notes = Certificate.read(rows[("org-2",)]["certificate"]).body["notes"]  # signed: when it came and went
+    assert any(n.startswith("live request: received ") and "applied" in n and "deadline" in n for n in notes), notes
     assert rows[("org-9",)]["state"] == "refused" and "unknown organization" in rows[("org-9",)]["reason"]
     assert len(list((run / "certificates").glob("*.json"))) == 1
     with RunAudit.open(run) as audit:
