@@ -284,4 +284,11 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from fedunlearn.interrupt import terminate_as_interrupt
+
+    terminate_as_interrupt()  # SIGTERM unwinds like Ctrl-C: engines and workers are stopped, nothing half-written
+    try:
+        main()
+    except KeyboardInterrupt:
+        print("benchmark stopped; the results file is unchanged (it is written at the end)", file=sys.stderr, flush=True)
+        raise SystemExit(130) from None

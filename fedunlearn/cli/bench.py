@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -41,4 +42,15 @@ def bench(
     cmd += ["--quick"] if quick else []
     cmd += ["--out", str(out)] if out else []
     cmd += list(ctx.args)
-    raise typer.Exit(code=subprocess.call(cmd))
+    proc = subprocess.Popen(cmd)
+    try:
+        code = proc.wait()
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM here: the suite stops too, cleaning up, then is killed
+        proc.send_signal(signal.SIGTERM)  # the suite turns it into KeyboardInterrupt (SIGINT may be ignored)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        raise
+    raise typer.Exit(code=code)

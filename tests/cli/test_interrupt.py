@@ -130,3 +130,23 @@ def test_a_rerun_after_kill_9_stops_the_engine_processes_the_killed_run_left(tin
     assert stop_strays(run) == len(procs)
     _, alive = psutil.wait_procs(procs, timeout=10)
     assert not alive and not (run / ENGINE_PIDS).exists()
+
+
+def test_sigterm_stops_bench_and_its_suite_without_writing_results(tmp_path):
+    out = tmp_path / "R.md"
+    proc = subprocess.Popen(CLI + ["bench", "--only", "erasure", "--quick", "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    children: list[psutil.Process] = []
+    while not children:
+        assert proc.poll() is None and time.monotonic() < deadline
+        children = psutil.Process(proc.pid).children(recursive=True)
+        time.sleep(0.1)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    stdout, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, (stdout, err)
+    assert "benchmark stopped" in stdout + err and "Run it again with: fedunlearn bench" in err
+    assert not out.exists() and "Traceback" not in err
+    _, alive = psutil.wait_procs(children, timeout=10)
+    assert not alive
