@@ -20,7 +20,9 @@ def _summary(report) -> None:
 
     run = RunFolder.open(report.run_dir)
     table = Table(title="organizations", show_lines=False)
-    for col in ("organization", "shard", "joined", "rounds", "train loss first→last", "holdout loss first→last"):
+    # holdout: after its first evaluated round, then after the last (against the base model: the table below)
+    for col in ("organization", "shard", "joined", "rounds", "train loss first→last",
+                "holdout loss first→last evaluation"):
         table.add_column(col)
     evals: dict[str, list[float]] = {}
     for row in run.read_metrics():
