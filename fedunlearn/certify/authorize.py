@@ -49,6 +49,8 @@ _DOMAIN = b"fedunlearn erasure request v1\n"
 ISSUED_SKEW = timedelta(minutes=5)
 #: Oldest request accepted (GDPR Art. 12(3): a request is answered within one month).
 REQUEST_MAX_AGE = timedelta(days=31)
+#: When an authorized request must be answered, counted from its receipt (logged as its deadline).
+ANSWER_WITHIN = timedelta(days=30)
 _ISSUED_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 
 
@@ -283,8 +285,11 @@ def authorize_request(audit: Any, request: SignedRequest | Mapping[str, Any] | s
     if any(e.get("content") == content or e.get("request") == signed.digest
            for _, e in audit.events("erasure-request")):
         raise _refuse(audit, signed, subjects, f"request {content[:16]} was already used (replay); sign a new one")
+    received = datetime.now(timezone.utc)
     index = audit.append({
         "type": "erasure-request", "request": signed.digest, "content": content,
+        # the answer is due within one month of receipt (GDPR Art. 12(3))
+        "deadline": (received + ANSWER_WITHIN).strftime(_ISSUED_FORMAT),
         "subjects": sorted(audit.subject(s) for s in subjects),
         "method": str(body.get("method", "")), "records": len(body.get("records") or []), "signer": role,
         "key_id": signer.key_id.hex(),

@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import json
 import os
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from flwr.serverapp import Grid
 
-from fedunlearn.certify.authorize import SignedRequest
+from fedunlearn.certify.authorize import ANSWER_WITHIN, SignedRequest
 from fedunlearn.errors import ConfigError, FedUnlearnError
 from fedunlearn.federation.inbox import STATES, folder, queue
 from fedunlearn.progress import LogReporter, Reporter
@@ -38,7 +38,7 @@ from fedunlearn.runs import RunFolder
 __all__ = ["DEADLINE", "apply_pending", "status", "submit"]
 
 #: How long an organization may wait for its erasure (GDPR Art. 12(3): one month from receipt).
-DEADLINE = timedelta(days=30)
+DEADLINE = ANSWER_WITHIN
 #: A request waiting longer than this share of the deadline is reported loudly.
 WARN_AT = 0.8
 _STATES = STATES

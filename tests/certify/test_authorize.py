@@ -23,6 +23,8 @@ def test_subject_signs_its_own_request(run_copy, org_key):
         assert auth.subjects == ("org-1",) and auth.signer_role == "subject"
         event = dict(audit.events("erasure-request"))[auth.log_index]
         assert event["subjects"] == [audit.subject("org-1")] and event["request"] == auth.request.digest
+        logged, deadline = (datetime.fromisoformat(event[k].replace("Z", "+00:00")) for k in ("time", "deadline"))
+        assert timedelta(days=29, hours=23) < deadline - logged <= timedelta(days=30)  # one month from receipt
         from fedunlearn.unlearning import EraseRequest
 
         request = EraseRequest.from_authorization(auth)
