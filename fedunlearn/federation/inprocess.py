@@ -57,6 +57,7 @@ class InProcessGrid(Grid):
                                              state=RecordDict(), run_config=dict(run_config or {}))
         self.sent: list[Message] = []
         self.before_send: Callable[[Message], None] | None = None
+        self._replies: dict[str, Message] = {}
 
     # -- Grid API -------------------------------------------------------------------------------
     def set_run(self, run) -> None:  # pragma: no cover - not used
@@ -72,14 +73,9 @@ class InProcessGrid(Grid):
     def get_node_ids(self) -> Iterable[int]:
         return list(self.contexts)
 
-    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:  # pragma: no cover
-        raise NotImplementedError("InProcessGrid answers in send_and_receive")
-
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:  # pragma: no cover
-        raise NotImplementedError("InProcessGrid answers in send_and_receive")
-
-    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
-        replies = []
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        """Deliver each message to its node's ClientApp now; its reply waits for :meth:`pull_messages`."""
+        ids = []
         for msg in messages:
             msg.metadata.__dict__["_message_id"] = str(uuid4())
             self.sent.append(msg)
@@ -87,10 +83,19 @@ class InProcessGrid(Grid):
                 self.before_send(msg)
             ctx = self.contexts[msg.metadata.dst_node_id]
             try:
-                replies.append(self.app(msg, ctx))
+                reply = self.app(msg, ctx)
             except Exception as exc:  # Flower turns ClientApp exceptions into error replies too
-                replies.append(Message(Error(code=1, reason=f"{type(exc).__name__}: {exc}"), reply_to=msg))
-        return replies
+                reply = Message(Error(code=1, reason=f"{type(exc).__name__}: {exc}"), reply_to=msg)
+            self._replies[msg.metadata.message_id] = reply
+            ids.append(msg.metadata.message_id)
+        return ids
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        """The waiting replies to ``message_ids`` (each handed out once)."""
+        return [self._replies.pop(i) for i in list(message_ids) if i in self._replies]
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        return self.pull_messages(self.push_messages(messages))
 
 
 def inprocess_grid(settings: Settings) -> InProcessGrid:
