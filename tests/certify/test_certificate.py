@@ -15,6 +15,7 @@ from fedunlearn.errors import RunStateError
 from fedunlearn.federation.serving import export_served
 from fedunlearn.ledger import Ledger
 from fedunlearn.runs import RunFolder
+from tests.tamper import tamper_sql
 
 
 def _erase_org1(run_dir, org_key):
@@ -105,12 +106,7 @@ def test_every_byte_of_a_certificate_matters(erased):
 
 
 def _tamper_sql(run_dir, sql, *args):
-    conn = sqlite3.connect(run_dir / "audit.sqlite")
-    for trigger in [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")]:
-        conn.execute(f"DROP TRIGGER {trigger}")
-    conn.execute(sql, args)
-    conn.commit()
-    conn.close()
+    tamper_sql(run_dir / "audit.sqlite", sql, *args)
 
 
 def _tamper_note(run_dir, seq):
@@ -147,12 +143,7 @@ TAMPERS = {
 
 
 def _ledger_sql(run_dir, sql):
-    conn = sqlite3.connect(run_dir / "ledger.sqlite")
-    for trigger in [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")]:
-        conn.execute(f"DROP TRIGGER {trigger}")  # anyone with file access can
-    conn.execute(sql)
-    conn.commit()
-    conn.close()
+    tamper_sql(run_dir / "ledger.sqlite", sql)
 
 
 def _run_json(run_dir, key, value):

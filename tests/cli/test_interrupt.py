@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import subprocess
@@ -120,12 +121,10 @@ def test_a_rerun_after_kill_9_stops_the_engine_processes_the_killed_run_left(tin
     proc.wait(timeout=30)
     procs = []
     for row in recorded:
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess):  # already gone with the killed driver
             p = psutil.Process(row["pid"])
             if abs(p.create_time() - row["started"]) < 0.01:
                 procs.append(p)
-        except psutil.NoSuchProcess:
-            pass
     print(f"{len(procs)} of {len(recorded)} recorded engine processes outlived the kill")
     assert stop_strays(run) == len(procs)
     _, alive = psutil.wait_procs(procs, timeout=10)
