@@ -89,7 +89,7 @@ def forget(
     from fedunlearn.progress import RichReporter
     from fedunlearn.runs import RunFolder
     from fedunlearn.unlearning import EraseRequest
-    from fedunlearn.unlearning.service import certified_erase, prepare_erasure
+    from fedunlearn.unlearning.service import certified_erase
 
     try:
         RunFolder.open(run)  # a clear error for a folder that is not a run, before any log is created
@@ -112,14 +112,7 @@ def forget(
         _log_refusal(run, signed, tuple(org), exc)
         fail(exc)
         return
-    try:
-        if prepare_erasure(run, request):  # a note, not the result: stderr keeps --json stdout one document
-            verb = "forgetting" if request.records else "erasing"
-            err_console.print(f"{verb} {_what(request)}: Flower Messages to the organizations' ClientApps, "
-                              "in this process …")
-    except FedUnlearnError:
-        pass  # the service refuses it below, and logs the refusal
-    try:
+    try:  # progress and notes go to stderr (RichReporter): with --json, stdout stays one document
         result, certificate = certified_erase(run, request, signed=signed, reporter=RichReporter(), simulate=True,
                                               before=_capture_hook() if capture_before else None)
     except FedUnlearnError as exc:

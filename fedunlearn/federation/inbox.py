@@ -16,11 +16,11 @@ import hashlib
 import json
 import os
 from collections.abc import Mapping
-from datetime import datetime, timezone
 from pathlib import Path
 
 from fedunlearn.certify.authorize import SignedRequest
 from fedunlearn.errors import ConfigError
+from fedunlearn.runs import utc_now
 
 __all__ = ["REPLY_KEY", "STATES", "attach_outgoing", "folder", "outbox", "queue"]
 
@@ -43,7 +43,7 @@ def queue(run_dir: str | Path, signed: SignedRequest | bytes | str | Mapping, *,
             raise ConfigError(f"this request was already submitted to {str(run_dir)!r} ({state}); sign a new one")
     inbox = folder(run_dir, "inbox")
     inbox.mkdir(parents=True, exist_ok=True)
-    doc = {"received": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), "via": via,
+    doc = {"received": utc_now(), "via": via,
            "signed": request.to_dict()}
     tmp = inbox / f".{digest}.tmp"
     tmp.write_text(json.dumps(doc, sort_keys=True), encoding="utf-8")

@@ -41,11 +41,6 @@ __all__ = ["DEADLINE", "apply_pending", "status", "submit"]
 DEADLINE = ANSWER_WITHIN
 #: A request waiting longer than this share of the deadline is reported loudly.
 WARN_AT = 0.8
-_STATES = STATES
-
-
-def _folder(run_dir: Path, state: str) -> Path:
-    return folder(run_dir, state)
 
 
 def _now() -> datetime:
@@ -91,7 +86,7 @@ def apply_pending(run_dir: str | Path, grid: Grid, *, reporter: Reporter | None 
 
     run = RunFolder.open(Path(run_dir))
     reporter = reporter or LogReporter()
-    inbox = _folder(run.path, "inbox")
+    inbox = folder(run.path, "inbox")
     outcomes = []
     for path in sorted(inbox.glob("*.json"), key=lambda p: (p.stat().st_mtime, p.name)) if inbox.is_dir() else []:
         doc = json.loads(path.read_text(encoding="utf-8"))
@@ -116,7 +111,7 @@ def apply_pending(run_dir: str | Path, grid: Grid, *, reporter: Reporter | None 
         except FedUnlearnError as exc:  # the service logged the refusal (or the lines above did)
             outcome.update(state="refused", reason=str(exc))
             reporter.message(f"erasure request {path.stem[:12]} refused: {exc}; training goes on")
-        target = _folder(run.path, outcome["state"])
+        target = folder(run.path, outcome["state"])
         target.mkdir(parents=True, exist_ok=True)
         tmp = target / f".{path.name}.tmp"
         tmp.write_text(json.dumps({**doc, **outcome}, sort_keys=True), encoding="utf-8")
@@ -131,9 +126,9 @@ def status(run_dir: str | Path, *, now: datetime | None = None) -> list[dict[str
     run = RunFolder.open(Path(run_dir))
     now = now or _now()
     rows = []
-    for state in _STATES:
-        folder = _folder(run.path, state)
-        for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+    for state in STATES:
+        box = folder(run.path, state)
+        for path in sorted(box.glob("*.json")) if box.is_dir() else []:
             doc = json.loads(path.read_text(encoding="utf-8"))
             received = datetime.strptime(doc["received"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
             body = doc["signed"]["request"]

@@ -176,12 +176,18 @@ def simulate_erasure(run_dir: Path, request: EraseRequest, *, reporter: Reporter
     settings = RunFolder.open(run_dir).settings
     settings = settings.replace(run={"dir": str(Path(run_dir).resolve()),
                                      "discovery_timeout": max(discovery_timeout, settings.run.discovery_timeout)})
+    what = (f"forgetting {len(request.records)} record(s) of {request.subjects[0]} ({request.subjects[0]} stays "
+            "in the federation)" if request.records else f"erasing {', '.join(request.subjects)}")
     if engine == "inprocess":
         from fedunlearn.federation.inprocess import inprocess_grid
+
+        (reporter or LogReporter()).message(f"{what}: Flower Messages to the organizations' ClientApps, in this "
+                                            "process …")
 
         return erasure_workflow(request, before=before)(inprocess_grid(settings), settings, reporter=reporter)
     from fedunlearn.federation.simulation import run_apps
 
+    (reporter or LogReporter()).message(f"{what}: Flower's simulation engine …")
     results = run_apps(settings, reporter=reporter, workflow=erasure_workflow(request, before=before))
     if not results:
         raise RunStateError(
