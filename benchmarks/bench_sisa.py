@@ -69,11 +69,11 @@ def settings_for(shards: int, run_dir: Path):
 
 
 def grid_for(settings):
-    from clients.app import make_app
-    from fedunlearn.config import settings_to_flat
-    from tests.localgrid import LocalGrid
+    """The in-process grid with the real ClientApp, as ``fedunlearn forget`` builds it (the
+    library loads the ClientApp by name, so the benchmark does not import the front end)."""
+    from fedunlearn.federation.inprocess import inprocess_grid
 
-    return LocalGrid(make_app(), len(settings.organizations), run_config=settings_to_flat(settings))
+    return inprocess_grid(settings)
 
 
 def bench_one(shards: int, root: Path) -> dict:

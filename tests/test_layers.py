@@ -90,3 +90,28 @@ def test_the_check_catches_a_violation(tmp_path, source, expected):
             test_imports_point_down_only()
     finally:
         globals_["ROOT"] = old
+
+
+def _front_end_imports(folder: Path):
+    """(file, imported module) for every import of a front end (``clients``/``server``) in `folder`."""
+    for path in sorted(folder.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names = [node.module]
+            else:
+                continue
+            yield from ((path.name, n) for n in names if n.split(".")[0] in ("clients", "server"))
+
+
+def test_benchmarks_use_the_library_not_the_flower_apps():
+    """Benchmarks measure what the library does; they reach the ClientApp the way ``forget`` does
+    (``fedunlearn.federation.inprocess.inprocess_grid``), never by importing ``clients/``."""
+    wrong = [f"benchmarks/{f} imports {n}" for f, n in _front_end_imports(ROOT.parent / "benchmarks")]
+    assert wrong == [], "\n".join(wrong)
+
+
+def test_the_benchmark_check_catches_a_violation(tmp_path):
+    (tmp_path / "bench_x.py").write_text("def f():\n    from clients.app import make_app\n")
+    assert list(_front_end_imports(tmp_path)) == [("bench_x.py", "clients.app")]
