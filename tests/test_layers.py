@@ -115,3 +115,17 @@ def test_benchmarks_use_the_library_not_the_flower_apps():
 def test_the_benchmark_check_catches_a_violation(tmp_path):
     (tmp_path / "bench_x.py").write_text("def f():\n    from clients.app import make_app\n")
     assert list(_front_end_imports(tmp_path)) == [("bench_x.py", "clients.app")]
+
+
+@pytest.mark.parametrize("module", ["fedunlearn.federation.inbox", "fedunlearn.certify.authorize", "fedunlearn.cli"])
+def test_quick_commands_do_not_load_the_heavy_libraries(module):
+    """``fedunlearn requests``, ``keys`` and ``--help`` answer in a fraction of a second: importing
+    what they need loads neither torch nor Opacus, transformers, peft or Flower (the packages'
+    ``__init__`` import their modules lazily; see ``fedunlearn/certify/__init__.py``)."""
+    import subprocess
+    import sys
+
+    code = (f"import sys, {module}; "
+            "print(sorted(m for m in ('torch', 'opacus', 'transformers', 'peft', 'flwr') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

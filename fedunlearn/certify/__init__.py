@@ -13,13 +13,45 @@ verify_run   ``verify_run``: what ``fedunlearn verify`` checks
 
 from __future__ import annotations
 
-from fedunlearn.certify.accounting import AccountantReport, account, client_level_epsilon, epsilon
-from fedunlearn.certify.authorize import Authorization, SignedRequest, authorize_request, sign_request
-from fedunlearn.certify.budget import BudgetCheck, check_budget, privacy_accounts
-from fedunlearn.certify.certificate import Certificate, certify_erasure, served_lineage_orgs
-from fedunlearn.certify.removal import RemovalNoise, removal_noise
-from fedunlearn.certify.runaudit import RunAudit, subject_hash
-from fedunlearn.certify.verify_run import RunVerification, verify_certificate, verify_run
+import importlib
+from typing import TYPE_CHECKING
+
+#: Where each public name lives. The package imports its modules on first use (PEP 562), so that
+#: ``import fedunlearn.certify.authorize`` (a request, its signature) does not load Opacus and
+#: transformers: quick commands (``fedunlearn requests``, ``keys``) stay quick.
+_WHERE = {
+    "accounting": ("AccountantReport", "account", "client_level_epsilon", "epsilon"),
+    "authorize": ("Authorization", "SignedRequest", "authorize_request", "sign_request"),
+    "budget": ("BudgetCheck", "check_budget", "privacy_accounts"),
+    "certificate": ("Certificate", "certify_erasure", "served_lineage_orgs"),
+    "removal": ("RemovalNoise", "removal_noise"),
+    "runaudit": ("RunAudit", "subject_hash"),
+    "verify_run": ("RunVerification", "verify_certificate", "verify_run"),
+}
+_MODULE_OF = {name: module for module, names in _WHERE.items() for name in names}
+
+if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
+    from fedunlearn.certify.accounting import AccountantReport, account, client_level_epsilon, epsilon
+    from fedunlearn.certify.authorize import Authorization, SignedRequest, authorize_request, sign_request
+    from fedunlearn.certify.budget import BudgetCheck, check_budget, privacy_accounts
+    from fedunlearn.certify.certificate import Certificate, certify_erasure, served_lineage_orgs
+    from fedunlearn.certify.removal import RemovalNoise, removal_noise
+    from fedunlearn.certify.runaudit import RunAudit, subject_hash
+    from fedunlearn.certify.verify_run import RunVerification, verify_certificate, verify_run
+
+
+def __getattr__(name: str):
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
 
 __all__ = [
     "AccountantReport",

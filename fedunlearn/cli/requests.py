@@ -23,8 +23,8 @@ def requests(
 ) -> None:
     """List erasure requests (received, refused, applied with certificate), their age and deadline; queue one."""
     from fedunlearn.certify import SignedRequest
-    from fedunlearn.unlearning.live import DEADLINE, status
-    from fedunlearn.unlearning.live import submit as queue
+    from fedunlearn.federation.inbox import DEADLINE, status
+    from fedunlearn.federation.inbox import submit as queue
 
     try:
         if submit is not None:

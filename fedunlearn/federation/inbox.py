@@ -16,18 +16,24 @@ import hashlib
 import json
 import os
 from collections.abc import Mapping
+from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
-from fedunlearn.certify.authorize import SignedRequest
+from fedunlearn.certify.authorize import ANSWER_WITHIN, SignedRequest
 from fedunlearn.errors import ConfigError
-from fedunlearn.runs import utc_now
+from fedunlearn.runs import RunFolder, utc_now
 
-__all__ = ["REPLY_KEY", "STATES", "attach_outgoing", "folder", "outbox", "queue"]
+__all__ = ["DEADLINE", "REPLY_KEY", "STATES", "WARN_AT", "attach_outgoing", "folder", "outbox", "queue", "status", "submit"]
 
 #: Config key of a reply that carries a signed erasure request (its canonical JSON text).
 REPLY_KEY = "erasure-request"
 #: Folders of ``RUN/requests``: waiting, applied (with certificate), refused (with reason).
 STATES = ("inbox", "applied", "refused")
+#: How long an organization may wait for its erasure (GDPR Art. 12(3): one month from receipt).
+DEADLINE = ANSWER_WITHIN
+#: A request waiting longer than this share of the deadline is reported loudly.
+WARN_AT = 0.8
 
 
 def folder(run_dir: str | Path, state: str) -> Path:
@@ -72,3 +78,36 @@ def attach_outgoing(box: Path | None) -> dict[str, str]:
     sent.mkdir(exist_ok=True)
     os.replace(path, sent / path.name)  # handed over once; the coordinator queues it
     return {REPLY_KEY: text}
+
+
+def submit(run_dir: str | Path, signed: SignedRequest | bytes | str) -> Path:
+    """Queue a signed request for the running federation (out of band); return its inbox file.
+
+    Raises ConfigError for an unreadable request (nothing is queued); whether it is authorized is
+    decided, and logged, when the training applies it.
+    """
+    run = RunFolder.open(Path(run_dir))
+    return queue(run.path, signed)
+
+
+def status(run_dir: str | Path, *, now: datetime | None = None) -> list[dict[str, Any]]:
+    """Every request of the run: state, subjects, age, deadline, and ``late`` when past ``WARN_AT``."""
+    run = RunFolder.open(Path(run_dir))
+    now = now or datetime.now(timezone.utc)
+    rows = []
+    for state in STATES:
+        box = folder(run.path, state)
+        for path in sorted(box.glob("*.json")) if box.is_dir() else []:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+            received = datetime.strptime(doc["received"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
+            body = doc["signed"]["request"]
+            age = now - received
+            row = {"request": path.stem, "state": "received" if state == "inbox" else state,
+                   "subjects": body.get("subjects"), "method": body.get("method"),
+                   "records": len(body.get("records") or []), "received": doc["received"],
+                   "deadline": (received + DEADLINE).strftime("%Y-%m-%dT%H:%M:%SZ"), "age_days": round(age.total_seconds() / 86400, 3),
+                   "via": doc.get("via", "out of band")}
+            row.update({k: doc[k] for k in ("applied", "certificate", "reason") if k in doc})
+            row["late"] = state == "inbox" and age >= WARN_AT * DEADLINE
+            rows.append(row)
+    return rows

@@ -15,7 +15,7 @@ A process killed during a live erasure leaves the request in the inbox and the p
 model in service (the erasure is journaled, its certification marked pending); the restarted
 training completes it before its next round.
 
-:func:`status` lists requests with their state (``received``, ``refused``, ``applied``), age and
+:func:`status` (:mod:`fedunlearn.federation.inbox`, light enough for a quick ``fedunlearn requests``) lists requests with their state (``received``, ``refused``, ``applied``), age and
 deadline (one month after receipt, GDPR Art. 12(3)), and flags those close to it.
 """
 
@@ -29,18 +29,14 @@ from typing import Any
 
 from flwr.serverapp import Grid
 
-from fedunlearn.certify.authorize import ANSWER_WITHIN, SignedRequest
+from fedunlearn.certify.authorize import SignedRequest
 from fedunlearn.errors import ConfigError, FedUnlearnError
-from fedunlearn.federation.inbox import STATES, folder, queue
+from fedunlearn.federation.inbox import DEADLINE, WARN_AT, folder, status, submit
 from fedunlearn.progress import LogReporter, Reporter
 from fedunlearn.runs import RunFolder
 
-__all__ = ["DEADLINE", "apply_pending", "status", "submit"]
+__all__ = ["DEADLINE", "WARN_AT", "apply_pending", "status", "submit"]  # status, submit: from the inbox
 
-#: How long an organization may wait for its erasure (GDPR Art. 12(3): one month from receipt).
-DEADLINE = ANSWER_WITHIN
-#: A request waiting longer than this share of the deadline is reported loudly.
-WARN_AT = 0.8
 
 
 def _now() -> datetime:
@@ -49,16 +45,6 @@ def _now() -> datetime:
 
 def _stamp(when: datetime) -> str:
     return when.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def submit(run_dir: str | Path, signed: SignedRequest | bytes | str) -> Path:
-    """Queue a signed request for the running federation (out of band); return its inbox file.
-
-    Raises ConfigError for an unreadable request (nothing is queued); whether it is authorized is
-    decided, and logged, when the training applies it.
-    """
-    run = RunFolder.open(Path(run_dir))
-    return queue(run.path, signed)
 
 
 def _erase_request(run: RunFolder, signed: SignedRequest):
@@ -119,26 +105,3 @@ def apply_pending(run_dir: str | Path, grid: Grid, *, reporter: Reporter | None 
         path.unlink()
         outcomes.append(outcome)
     return outcomes
-
-
-def status(run_dir: str | Path, *, now: datetime | None = None) -> list[dict[str, Any]]:
-    """Every request of the run: state, subjects, age, deadline, and ``late`` when past ``WARN_AT``."""
-    run = RunFolder.open(Path(run_dir))
-    now = now or _now()
-    rows = []
-    for state in STATES:
-        box = folder(run.path, state)
-        for path in sorted(box.glob("*.json")) if box.is_dir() else []:
-            doc = json.loads(path.read_text(encoding="utf-8"))
-            received = datetime.strptime(doc["received"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
-            body = doc["signed"]["request"]
-            age = now - received
-            row = {"request": path.stem, "state": "received" if state == "inbox" else state,
-                   "subjects": body.get("subjects"), "method": body.get("method"),
-                   "records": len(body.get("records") or []), "received": doc["received"],
-                   "deadline": _stamp(received + DEADLINE), "age_days": round(age.total_seconds() / 86400, 3),
-                   "via": doc.get("via", "out of band")}
-            row.update({k: doc[k] for k in ("applied", "certificate", "reason") if k in doc})
-            row["late"] = state == "inbox" and age >= WARN_AT * DEADLINE
-            rows.append(row)
-    return rows
