@@ -41,6 +41,7 @@ NOT_RUN = {
     "deploy ": "starts a SuperLink and SuperNodes; tests/deployment/test_deployment.py runs deploy up (TLS, node "
                "auth), run, erase, forget, verify and down",
     "generate_consortium(organizations=['org-0','org-1','org-2'])": "the deployment's data (see deploy)",
+    "--run runs/dep": "the deployment's run (see deploy)",
 }
 
 #: Pages run in one folder, in this order (later pages use runs the earlier ones created).
@@ -143,7 +144,7 @@ def test_documented_commands_run_in_order(group, tiny_model_dir, tmp_path):
             start = time.perf_counter()
             done = subprocess.run(["bash", "-euo", "pipefail", "-c", smaller(line)], cwd=work, env=env,
                                   capture_output=True, text=True, timeout=600)
-            print(f"{time.perf_counter() - start:6.1f} s  {name}: {line[:100]}")
+            print(f"{time.perf_counter() - start:6.1f} s  {name}: {line[:100]}")  # shown with pytest -s
             assert done.returncode == 0, (name, line, done.stdout[-2000:], done.stderr[-3000:])
             ran += 1
     if group == "consortium":  # the quickstart's products
