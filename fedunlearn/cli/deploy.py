@@ -76,7 +76,12 @@ def run(
     app_dir: Path = typer.Option(_ROOT, "--app", help="Flower app folder (with pyproject.toml)."),
     timeout: float = typer.Option(3600.0, "--timeout", help="Seconds before `flwr run` is stopped."),
 ) -> None:
-    """``flwr run`` of the app (staged in WORK/app) against the deployment in WORK; exits with its status."""
+    """``flwr run`` of the app (staged in WORK/app) against the deployment in WORK; exits with its status.
+
+    Ctrl-C or SIGTERM stops the Flower run on the SuperLink (``flwr stop RUN_ID``), so its ServerApp
+    ends and no SuperNode waits on it; committed rounds and journaled erasures are kept and the
+    same command resumes. The deployment itself keeps running (``deploy down`` stops it).
+    """
     import subprocess
 
     from fedunlearn.deploy import LocalDeployment
@@ -87,14 +92,81 @@ def run(
     except FedUnlearnError as exc:
         fail(exc)
         return
-    with subprocess.Popen([dep.tool("flwr"), *dep.run_args(" ".join(config))], env=dep.env(), cwd=dep.work) as proc:
-        try:
-            code = proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            fail(ConfigError(f"flwr run did not finish within --timeout {timeout:g} s: raise --timeout"))
-            return
+    # its own session: a terminal's Ctrl-C reaches this process only, which stops the run first
+    proc = subprocess.Popen([dep.tool("flwr"), *dep.run_args(" ".join(config))], env=dep.env(), cwd=dep.work,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    streamed = _Stream(proc)
+    try:
+        code = proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _stop_run(dep, proc, streamed)
+        fail(ConfigError(f"flwr run did not finish within --timeout {timeout:g} s: the Flower run was stopped; "
+                         "raise --timeout and run the same command to resume"))
+        return
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (the CLI turns it into one)
+        _stop_run(dep, proc, streamed)
+        from fedunlearn.interrupt import Interrupted
+
+        run_id = streamed.run_id
+        fail(Interrupted(f"stopped: Flower run {run_id} was stopped on the SuperLink (flwr stop)" if run_id else
+                         "stopped before the SuperLink started the run"))
+        return
+    streamed.join()
     raise typer.Exit(code=code)
+
+
+class _Stream:
+    """Copy ``flwr run``'s output to ours, line by line, and note the run id it prints."""
+
+    def __init__(self, proc) -> None:
+        import threading
+
+        self.run_id: str | None = None
+        self._thread = threading.Thread(target=self._pump, args=(proc,), daemon=True)
+        self._thread.start()
+
+    def _pump(self, proc) -> None:
+        import re
+        import sys
+
+        for line in proc.stdout:
+            sys.stdout.write(line)
+            sys.stdout.flush()
+            found = re.search(r"started run (\d+)", line)
+            if found and self.run_id is None:
+                self.run_id = found.group(1)
+
+    def join(self, timeout: float = 10.0) -> None:
+        self._thread.join(timeout)
+
+
+def _stop_run(dep, proc, streamed: _Stream, *, grace: float = 20.0) -> None:
+    """``flwr stop`` the run (its ServerApp ends; SuperNodes stop waiting on it), then end ``flwr run``."""
+    import os
+    import signal
+    import subprocess
+
+    from fedunlearn.deploy import CONNECTION
+
+    streamed.join(timeout=0.5)
+    if streamed.run_id is not None:
+        console.print(f"stopping Flower run {streamed.run_id} on the SuperLink ...")
+        try:
+            done = dep.flwr("stop", streamed.run_id, CONNECTION, timeout=60)
+            if done.returncode != 0:
+                console.print(f"flwr stop {streamed.run_id} failed: {(done.stdout + done.stderr).strip()[-500:]}")
+        except subprocess.TimeoutExpired:
+            console.print(f"flwr stop {streamed.run_id} did not answer within 60 s")
+    try:
+        proc.wait(timeout=grace)  # streaming ends with the run
+    except subprocess.TimeoutExpired:
+        pass
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout=10)
 
 
 @deploy_app.command("down")

@@ -6,8 +6,9 @@ their registered keys, warm ServerApp/ClientApp processes) serves the whole modu
 1. a SuperNode whose key was never registered tries to join the whole time and is refused;
 2. training (``fedunlearn deploy run``) is killed (its ServerApp process, by PID) after round 1:
    the ledger is consistent at round 1; running the same command again resumes to round 2;
-3. an erasure of org-2 through the same ServerApp (``run.workflow = "erase"``) is killed once the
-   retraining has started: the served model, heads and keys are untouched; run again, it completes;
+3. an erasure of org-2 through the same ServerApp (``run.workflow = "erase"``) is stopped by Ctrl-C
+   on ``deploy run`` once the retraining has started (``flwr stop``: the ServerApp ends): the served
+   model, heads and keys are untouched; run again, it completes;
 4. ``fedunlearn forget`` erases org-1 (alone in its shard: no training) with a signed certificate;
 5. ``fedunlearn verify`` passes on the run; ``fedunlearn deploy down`` stops every process by PID.
 """
@@ -91,12 +92,27 @@ def _kill_serverapp(work: Path, run: subprocess.Popen, log: Path) -> None:
     assert stopped.returncode == 0, stopped.stdout[-2000:] + stopped.stderr[-2000:]
 
 
+def _interrupt(work: Path, run: subprocess.Popen, log: Path) -> None:
+    """Ctrl-C (SIGINT) to `deploy run`, as in a terminal: it stops the Flower run on the SuperLink
+    (``flwr stop``), so the ServerApp ends, and exits 130 with the command that resumes."""
+    from fedunlearn.deploy.local import serverapp_pids
+
+    wait_for("a ServerApp process", lambda: serverapp_pids(work), timeout=30)
+    os.kill(run.pid, signal.SIGINT)
+    code = run.wait(timeout=90)
+    out = log.read_text(errors="replace")
+    assert code == 130, out[-3000:]
+    assert re.search(r"stopped: Flower run \d+ was stopped on the SuperLink", out), out[-3000:]
+    assert "Resume with: fedunlearn deploy run --work" in out, out[-3000:]
+    wait_for("the stopped run's ServerApp to end", lambda: not serverapp_pids(work), timeout=60)
+
+
 def _received(work: Path, org: str, kind: str) -> int:
     log = work / "logs" / f"supernode-{org}.log"
     return log.read_text(errors="replace").count(f"Receiving: {kind} message") if log.exists() else 0
 
 
-def test_operator_cli_on_a_secure_deployment_survives_kills(deployed, processes, tiny_model_dir, tmp_path):
+def test_operator_cli_on_a_secure_deployment_survives_kills_and_ctrl_c(deployed, processes, tiny_model_dir, tmp_path):
     from fedunlearn.deploy import LocalDeployment, make_node_keys
 
     work, run_dir = deployed, tmp_path / "run"
@@ -143,7 +159,7 @@ def test_operator_cli_on_a_secure_deployment_survives_kills(deployed, processes,
         assert all(len(ledger.contributions(c.id)) == 2 for c in ledger.chain(0)[1:])
     lap("train-resumed")
 
-    # 3. an erasure of org-2 killed once retraining has started leaves the run as it was; re-run completes
+    # 3. an erasure of org-2 stopped by Ctrl-C once retraining has started leaves the run as it was; re-run completes
     before = _snapshot(run_dir)
     erase_config = _config(run_dir, tiny_model_dir, **{"run.workflow": "erase", "run.erase-orgs": "org-2"})
     trained = _received(work, "org-0", "train")
@@ -152,9 +168,9 @@ def test_operator_cli_on_a_secure_deployment_survives_kills(deployed, processes,
                               log)
     wait_for("the erasure's retraining to reach org-0", lambda: _received(work, "org-0", "train") > trained,
              timeout=180)
-    _kill_serverapp(work, erasing, log)
+    _interrupt(work, erasing, log)  # Ctrl-C mid-erasure: a graceful stop (step 2 was a hard kill)
     assert _snapshot(run_dir) == before
-    lap("erase-killed")
+    lap("erase-interrupted")
     erased = _run(work, erase_config)
     assert erased.returncode == 0, erased.stdout[-3000:]
     with Ledger.open(run_dir) as ledger:
