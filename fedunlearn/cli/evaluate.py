@@ -111,9 +111,10 @@ def report(
 ) -> None:
     """Write a self-contained HTML report (ROC curves, exposure, cost, utility, certificates)."""
     from fedunlearn.evaluate.report import write_report
+    from fedunlearn.progress import RichReporter
 
     try:
-        path = write_report(run, out or run / "report.html")
+        path = write_report(run, out or run / "report.html", reporter=RichReporter())
     except FedUnlearnError as exc:
         fail(exc)
         return

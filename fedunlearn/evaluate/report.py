@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import html
 import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from fedunlearn.errors import RunStateError
+from fedunlearn.progress import Reporter
 
 __all__ = ["bar_chart", "line_chart", "render_report", "write_report"]
 
@@ -199,8 +201,11 @@ def _certificate_section(run_dir: Path) -> str:
             "<th>evaluation</th><th>supersedes</th></tr>" + "".join(rows) + "</table>")
 
 
-def render_report(run_dir: str | Path) -> str:
+def render_report(run_dir: str | Path, *, reporter: Reporter | None = None) -> str:
     """The report of ``run_dir`` as one HTML string.
+
+    ``reporter`` shows progress: one step per evaluation file, one for the certificates (each is
+    verified).
 
     Raises
     ------
@@ -208,12 +213,20 @@ def render_report(run_dir: str | Path) -> str:
         If the run has no ``evaluation/*.json``.
     """
     run_dir = Path(run_dir)
+    reporter = reporter or Reporter()
     docs = [json.loads(p.read_text(encoding="utf-8")) for p in sorted((run_dir / "evaluation").glob("*.json"))]
     docs = [d for d in docs if isinstance(d, dict) and d.get("format") == "fedunlearn-evaluation/1"]
     if not docs:
         raise RunStateError(f"run {str(run_dir)!r} has no evaluation results in evaluation/*.json; run "
                             f"`fedunlearn evaluate --run {run_dir} --org NAME` first")
-    body = "".join(_evaluation_section(d) for d in docs) + _certificate_section(run_dir)
+    sections = []
+    with reporter.task("report", total=len(docs) + 1) as advance:
+        for doc in docs:
+            sections.append(_evaluation_section(doc))
+            advance(1, note=f"erasure of {doc.get('subject', '?')}")
+        sections.append(_certificate_section(run_dir))
+        advance(1, note="certificates verified")
+    body = "".join(sections)
     style = ("body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin:1em 0}"
              "td,th{border:1px solid #ccc;padding:3px 8px}tr.refuted td{background:#fdd;font-weight:bold}.plots svg{margin:6px;border:1px solid #eee}"
              ".verdict{padding:8px 12px;margin:1em 0;border:2px solid}.verdict.uninformative,.verdict.unknown"
@@ -224,11 +237,14 @@ def render_report(run_dir: str | Path) -> str:
             f"<p>Run: {html.escape(str(run_dir))}</p>{body}</body></html>")
 
 
-def write_report(run_dir: str | Path, out: str | Path) -> Path:
-    """Write :func:`render_report` to ``out``; return its path."""
+def write_report(run_dir: str | Path, out: str | Path, *, reporter: Reporter | None = None) -> Path:
+    """Write :func:`render_report` to ``out`` (atomically: a stopped report leaves no half page); return its path."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render_report(run_dir), encoding="utf-8")
+    page = render_report(run_dir, reporter=reporter)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(page, encoding="utf-8")
+    os.replace(tmp, out)
     return out
 
 

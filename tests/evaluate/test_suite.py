@@ -201,6 +201,7 @@ def test_cli_evaluate_then_report(erased_run, tmp_path):
     page = tmp_path / "report.html"
     res = CliRunner().invoke(app, ["report", "--run", str(erased_run), "--out", str(page)])
     assert res.exit_code == 0, res.output
+    assert "report" in res.stderr and "2/2" in res.stderr and "certificates verified" in res.stderr  # progress
     text = page.read_text()
     assert "one-run ε ≥" in text and "of 16)" in text
     assert text.count("<svg") >= 4 and "http" not in text.replace('xmlns="http://www.w3.org/2000/svg"', "")
