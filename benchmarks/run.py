@@ -23,7 +23,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from suite import ROOT, SECTIONS, Options, run_sections  # noqa: E402
+from suite import ROOT, SECTIONS, Options, run_sections, split_key  # noqa: E402
 
 
 def bar_chart(*args, **kwargs) -> str:
@@ -197,6 +197,24 @@ RENDER = {"realtext": render_realtext, "training": render_training, "erasure": r
           "scale": render_scale}
 
 
+def _order(item: tuple[str, dict]) -> tuple[int, int, str]:
+    """Sections in SECTIONS order; a section's variants (model size, text) next to each other,
+    small before large, synthetic before real."""
+    name, variant = split_key(item[0])
+    size, _, text = variant.partition("/")
+    sizes = ("", "small", "large", "model")
+    return SECTIONS.index(name), sizes.index(size) if size in sizes else len(sizes), text
+
+
+def _titled(markdown: str, variant: str) -> str:
+    """The section's heading with its variant (``large model, real text``) when not the reference one."""
+    if not variant:
+        return markdown
+    size, _, text = variant.partition("/")
+    first, _, rest = markdown.partition("\n")
+    return f"{first} ({size} model, {text} text)\n{rest}"
+
+
 def render(doc: dict, plots: dict[str, str]) -> str:
     m = doc["machine"]
     quick = [name for name, sec in doc["sections"].items() if sec.get("quick")]
@@ -209,9 +227,10 @@ def render(doc: dict, plots: dict[str, str]) -> str:
         "wall times are upper bounds; each section states its own load average)." + (f" **Quick mode** (smoke-test sizes, not the real suite) in: {', '.join(quick)}."
                                    if quick else ""),
         "", "Reproduce: `fedunlearn bench` (or `.venv/bin/python benchmarks/run.py`); sections with `--only`.", ""]
-    body = [RENDER[name](sec, plots) + f"\n\n_Section time: {sec['section_seconds']:.0f} s, finished {sec.get('when', '?')}, "
+    body = [_titled(RENDER[split_key(key)[0]](sec, plots), split_key(key)[1])
+            + f"\n\n_Section time: {sec['section_seconds']:.0f} s, finished {sec.get('when', '?')}, "
             f"load average {sec.get('load_average_start')} → {sec.get('load_average_end')}._\n"
-            for name, sec in sorted(doc["sections"].items(), key=lambda kv: SECTIONS.index(kv[0]))]
+            for key, sec in sorted(doc["sections"].items(), key=_order)]
     return "\n".join(head + body)
 
 

@@ -297,6 +297,22 @@ def realtext(opts: Options) -> dict[str, Any]:
     return run_size(opts.size, opts.device, rounds=2 if opts.quick else None, records=24 if opts.quick else DEMO_RECORDS)
 
 
+def section_key(name: str, opts: Options) -> str:
+    """Key of a section's results: its name for the reference setting (small model, synthetic
+    text), else ``"name@size/text"``, so that one results file holds a section at every model size
+    and text side by side (``--merge`` keeps the others). ``realtext`` always runs on real text."""
+    size = opts.size if not opts.model else "model"
+    text = "real" if name == "realtext" else opts.text
+    reference = size in ("small", "model") and (text == "synthetic" or name == "realtext")
+    return name if reference else f"{name}@{size}/{text}"
+
+
+def split_key(key: str) -> tuple[str, str]:
+    """``"erasure@large/real"`` -> ``("erasure", "large/real")``; ``"erasure"`` -> ``("erasure", "")``."""
+    name, _, variant = key.partition("@")
+    return name, variant
+
+
 def run_sections(names: list[str], opts: Options) -> dict[str, Any]:
     """Run ``names`` (from :data:`SECTIONS`) and return ``{"machine": ..., name: result, ...}``."""
     unknown = [n for n in names if n not in SECTIONS]
@@ -308,8 +324,8 @@ def run_sections(names: list[str], opts: Options) -> dict[str, Any]:
     for name in names:
         t, load = time.perf_counter(), [round(x, 2) for x in os.getloadavg()]
         print(f"== {name}", flush=True)
-        doc["sections"][name] = funcs[name](opts) | {
-            "quick": opts.quick, "section_seconds": time.perf_counter() - t, "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        doc["sections"][section_key(name, opts)] = funcs[name](opts) | {
+            "size": opts.size if not opts.model else opts.model, "text": opts.text, "quick": opts.quick, "section_seconds": time.perf_counter() - t, "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "load_average_start": load, "load_average_end": [round(x, 2) for x in os.getloadavg()]}
     doc["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     return doc

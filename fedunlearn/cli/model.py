@@ -18,7 +18,7 @@ app.add_typer(model_app, name="model")
 data_app = typer.Typer(help="Organization data written from text on this machine.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
-_SIZE_HELP = "Model size: small (~1.6M parameters, ~3 min on 2 cores) or large (~21M, tens of minutes)."
+_SIZE_HELP = "Model size: small (~1.6M parameters, ~3 min on 2 cores) or large (~21M, about 50 min on 2 cores)."
 
 
 def _bpb_table(info: dict) -> None:

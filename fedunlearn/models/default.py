@@ -15,7 +15,7 @@ identity of the corpus on this machine, so a changed spec or corpus never reuses
 token counts, training steps and losses, and the bits-per-byte table.
 
 Two sizes are named in :data:`SIZES`: ``small`` (the default, ~1.6M parameters, built in about
-3 minutes on 2 CPU cores) and ``large`` (~21M parameters, tens of minutes on 2 cores; build it
+3 minutes on 2 CPU cores) and ``large`` (~21M parameters, about 50 minutes on 2 cores, 1.0 s per step; build it
 once with ``fedunlearn model build --size large``). ``DefaultModelSpec(corpus="synthetic")`` keeps
 the former synthetic-corpus recipe (tests use it for tiny, fast models).
 
@@ -210,7 +210,7 @@ def spec_for_size(size: str) -> DefaultModelSpec:
 
 def build_device(spec: DefaultModelSpec) -> str:
     """Where `spec` is pre-trained: ``"cuda-bf16"`` for a real-text build when CUDA is present
-    (tens of seconds instead of tens of minutes for the large size), else ``"cpu"`` (float32,
+    (about a minute instead of about 50 minutes for the large size), else ``"cpu"`` (float32,
     deterministic). Synthetic-corpus (test) models are always built on the CPU."""
     if spec.corpus == "real" and torch.cuda.is_available():
         return "cuda-bf16"

@@ -106,3 +106,23 @@ def test_quick_realtext_section_measures_the_default_model(tmp_path: Path) -> No
     rows = section["organizations"]
     assert len(rows) >= 2 and all(r["served_bpb"] > 0 and r["never_p95"] >= 0 for r in rows)
     assert "## What the default model learns of real text" in out.read_text(encoding="utf-8")
+
+
+def test_sections_of_every_size_and_text_sit_side_by_side() -> None:
+    """One results file holds a section at each model size and text: keys ``name@size/text`` (the
+    reference, small model on synthetic text, keeps the plain name), ordered section by section,
+    small before large, each variant's heading naming it."""
+    runner = _runner()
+    from suite import Options, section_key
+
+    assert section_key("erasure", Options()) == "erasure"
+    assert section_key("erasure", Options(text="real")) == "erasure@small/real"
+    assert section_key("erasure", Options(size="large", text="real")) == "erasure@large/real"
+    assert section_key("realtext", Options(size="large")) == "realtext@large/real"
+    assert section_key("realtext", Options()) == "realtext"
+    keys = ["dp@large/real", "erasure@large/real", "erasure", "realtext@large/real", "erasure@small/real", "realtext"]
+    ordered = [k for k, _ in sorted(((k, {}) for k in keys), key=runner._order)]
+    assert ordered == ["realtext", "realtext@large/real", "erasure", "erasure@small/real", "erasure@large/real",
+                       "dp@large/real"]
+    assert runner._titled("## DP overhead\n\nbody", "large/real") == "## DP overhead (large model, real text)\n\nbody"
+    assert runner._titled("## DP overhead\n\nbody", "") == "## DP overhead\n\nbody"

@@ -35,7 +35,7 @@ NOT_RUN = {
     "bench --quick": "writes benchmarks/RESULTS.md of this checkout; tests/benchmarks/test_bench_suite.py runs "
                      "every section in quick mode",
     "bench --only": "full benchmark sections take many minutes; their results are committed in benchmarks/",
-    "model build --size large": "tens of minutes on 2 cores (docs/real-text.md)",
+    "model build --size large": "about 50 minutes on 2 cores (docs/real-text.md)",
     "simulations/real-text.toml": "trains the small default on real text for minutes; tests/cli/test_model_cli.py "
                                   "trains the same schedule",
     "deploy ": "starts a SuperLink and SuperNodes; tests/deployment/test_deployment.py runs deploy up (TLS, node "
