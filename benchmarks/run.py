@@ -206,6 +206,18 @@ def _order(item: tuple[str, dict]) -> tuple[int, int, str]:
     return SECTIONS.index(name), sizes.index(size) if size in sizes else len(sizes), text
 
 
+def _render_variant(key: str, sec: dict, plots: dict[str, str]) -> str:
+    """A section's markdown; a variant's plots get their own files (``erasure_cost-large-real.svg``)."""
+    name, variant = split_key(key)
+    own: dict[str, str] = {}
+    markdown = RENDER[name](sec, own)
+    suffix = "-" + variant.replace("/", "-") if variant else ""
+    for plot, svg in own.items():
+        plots[plot + suffix] = svg
+        markdown = markdown.replace(f"![{plot}](plots/{plot}.svg)", f"![{plot}{suffix}](plots/{plot}{suffix}.svg)")
+    return markdown
+
+
 def _titled(markdown: str, variant: str) -> str:
     """The section's heading with its variant (``large model, real text``) when not the reference one."""
     if not variant:
@@ -227,7 +239,7 @@ def render(doc: dict, plots: dict[str, str]) -> str:
         "wall times are upper bounds; each section states its own load average)." + (f" **Quick mode** (smoke-test sizes, not the real suite) in: {', '.join(quick)}."
                                    if quick else ""),
         "", "Reproduce: `fedunlearn bench` (or `.venv/bin/python benchmarks/run.py`); sections with `--only`.", ""]
-    body = [_titled(RENDER[split_key(key)[0]](sec, plots), split_key(key)[1])
+    body = [_titled(_render_variant(key, sec, plots), split_key(key)[1])
             + f"\n\n_Section time: {sec['section_seconds']:.0f} s, finished {sec.get('when', '?')}, "
             f"load average {sec.get('load_average_start')} → {sec.get('load_average_end')}._\n"
             for key, sec in sorted(doc["sections"].items(), key=_order)]
@@ -277,28 +289,41 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--merge", action="store_true",
                     help="keep the other sections of an existing OUT (its .json) and its hand-written "
                          "'## Reading' section; replace only the sections run now")
+    ap.add_argument("--render", action="store_true",
+                    help="measure nothing: rewrite OUT and its plots from OUT's .json (keeps '## Reading')")
     args = ap.parse_args(argv)
+    previous = args.out.with_suffix(".json")
+    if args.render:
+        if not previous.is_file():
+            raise SystemExit(f"--render: {previous} does not exist; run the benchmark first")
+        doc = json.loads(previous.read_text(encoding="utf-8"))
+        args.merge = False
+        reading = kept_reading(args.out)
+        return _write(args.out, doc, reading)
     names = [n.strip() for n in args.only.split(",") if n.strip()]
     with tempfile.TemporaryDirectory(prefix="fedunlearn-bench-") as tmp:
         opts = Options(quick=args.quick, model=args.model, device=args.device, grid=args.grid, work=Path(tmp),
                        scale_points=parse_points(args.scale_points), size=args.size, text=args.text)
         doc = run_sections(names, opts)
-    previous = args.out.with_suffix(".json")
     if args.merge and previous.is_file():
         old = json.loads(previous.read_text(encoding="utf-8"))
         doc["sections"] = {**old["sections"], **doc["sections"]}
+    return _write(args.out, doc, kept_reading(args.out) if args.merge else "")
+
+
+def _write(out: Path, doc: dict, reading: str) -> dict:
+    """Write ``out`` (markdown, with ``reading`` appended), its plots and its ``.json``."""
     plots: dict[str, str] = {}
     text = render(doc, plots)
-    reading = kept_reading(args.out) if args.merge else ""
     if reading:
         text = text.rstrip("\n") + "\n\n" + reading
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    (args.out.parent / "plots").mkdir(exist_ok=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    (out.parent / "plots").mkdir(exist_ok=True)
     for name, svg in plots.items():
-        (args.out.parent / "plots" / f"{name}.svg").write_text(svg, encoding="utf-8")
-    args.out.write_text(text, encoding="utf-8")
-    args.out.with_suffix(".json").write_text(json.dumps(doc, indent=1, default=str), encoding="utf-8")
-    print(f"wrote {args.out}", flush=True)
+        (out.parent / "plots" / f"{name}.svg").write_text(svg, encoding="utf-8")
+    out.write_text(text, encoding="utf-8")
+    out.with_suffix(".json").write_text(json.dumps(doc, indent=1, default=str), encoding="utf-8")
+    print(f"wrote {out}", flush=True)
     return doc
 
 

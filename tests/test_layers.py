@@ -129,3 +129,14 @@ def test_quick_commands_do_not_load_the_heavy_libraries(module):
             "print(sorted(m for m in ('torch', 'opacus', 'transformers', 'peft', 'flwr') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_a_public_function_named_like_its_module_stays_the_function():
+    """``fedunlearn.certify`` loads its modules lazily; the module ``verify_run`` loaded first must
+    not shadow the function ``verify_run`` (the import system sets submodules on their package)."""
+    import subprocess
+    import sys
+
+    code = ("import fedunlearn.certify.verify_run, inspect; from fedunlearn.certify import verify_run; "
+            "print(inspect.isfunction(verify_run))")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "True"

@@ -13,6 +13,8 @@ erasure-request     an organization asked to be erased
 erasure-applied     an unlearner produced new adapter(s) without the subject (``purged``: hashes of
                     the abandoned aggregates deleted because they depend on it)
 export              the served model was exported (served hash, sha256 of every exported file)
+export-copy         a copy of the served adapter was written outside the run (``fedunlearn export
+                    --out``): ``destination``, the ``served_hash`` it copies, each file's sha256
 certificate         a signed erasure certificate was issued (its hash)
 key-rotation        a signing key changed: ``role`` coordinator (log/certificate key) or organization
                     (``org``: keyed hash), ``old``/``new`` raw keys, ``attestation`` by the old key
@@ -48,6 +50,7 @@ EVENT_TYPES = frozenset(
         "erasure-applied",
         "erasure-request",
         "export",
+        "export-copy",
         "key-rotation",
         "refusal",
         "round-commit",

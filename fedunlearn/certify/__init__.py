@@ -14,6 +14,8 @@ verify_run   ``verify_run``: what ``fedunlearn verify`` checks
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 from typing import TYPE_CHECKING
 
 #: Where each public name lives. The package imports its modules on first use (PEP 562), so that
@@ -51,6 +53,21 @@ def __getattr__(name: str):
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
+
+
+class _Package(types.ModuleType):
+    """The import system sets each loaded submodule as an attribute of its package; where a public
+    function has the name of its module (``verify_run``), the function must win, as it did when
+    this package imported everything eagerly: ``from fedunlearn.certify import verify_run`` is the
+    function whatever was imported before."""
+
+    def __setattr__(self, name: str, value: object) -> None:
+        if isinstance(value, types.ModuleType) and _MODULE_OF.get(name) == name and hasattr(value, name):
+            value = getattr(value, name)
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
 
 
 __all__ = [

@@ -393,6 +393,15 @@ class RunAudit:
                 files[path.relative_to(self.run_dir).as_posix()] = file_sha256(path)
         return self.append({"type": "export", "served_hash": served_hash, "files": files})
 
+    def log_export_copy(self, served_hash: str, folder: Path) -> int:
+        """Log a copy of the served adapter written outside the run (``fedunlearn export --out``):
+        where it went, the served hash it copies and the SHA-256 of each of its files, so that
+        ``verify --export`` can say which copy a folder is, and that a stale one was replaced."""
+        folder = Path(folder)
+        files = {p.relative_to(folder).as_posix(): file_sha256(p) for p in sorted(folder.rglob("*")) if p.is_file()}
+        return self.append({"type": "export-copy", "served_hash": served_hash, "destination": str(folder.resolve()),
+                            "files": files})
+
 
 def subject_function(run_dir: str | Path, *, key_dir: str | Path | None = None):
     """``name -> keyed hash`` of the run (its HMAC secret), or ``None`` when the secret is not here."""

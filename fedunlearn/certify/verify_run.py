@@ -129,6 +129,7 @@ def _artifacts(run_dir: Path, log: AuditLog, report: RunVerification) -> None:
                 report.problems.append(
                     f"artifact {rel}: sha256 {file_sha256(path)[:16]}... differs from the logged {want[:16]}...")
         report.checked.append(f"artifacts: {len(latest.get('files', {}))} exported files re-hashed")
+    report.problems.extend(_copy_problems(events))
     if not (run_dir / "ledger.sqlite").exists():
         return
     from fedunlearn.ledger import Ledger
@@ -154,6 +155,21 @@ def _artifacts(run_dir: Path, log: AuditLog, report: RunVerification) -> None:
                           + "blobs re-hashed, compactions matched to signed events")
 
 
+def _copy_problems(events: list[dict]) -> list[str]:
+    """Every logged copy (``export-copy``) must copy what the log had exported just before it."""
+    problems, served = [], None
+    for index, event in enumerate(events):
+        if event.get("type") == "export":
+            served = event
+        elif event.get("type") == "export-copy":
+            want = {rel.removeprefix("export/served/"): h for rel, h in (served or {}).get("files", {}).items()
+                    if rel.startswith("export/served/")}
+            if served is None or event.get("served_hash") != served.get("served_hash") or event.get("files") != want:
+                problems.append(f"export copy logged at entry {index} ({event.get('destination')}) does not copy the "
+                                "export logged before it")
+    return problems
+
+
 def verify_export_copy(run_dir: str | Path, folder: str | Path, report: RunVerification) -> None:
     """Add to ``report`` whether ``folder`` holds exactly the served files of the run's last logged export.
 
@@ -169,12 +185,23 @@ def verify_export_copy(run_dir: str | Path, folder: str | Path, report: RunVerif
                        create=False) as log:
         exports = [e for e in (parse_canonical_json(x) for x in log.entries())
                    if isinstance(e, dict) and e.get("type") == "export"]
+        copies = [e for e in (parse_canonical_json(x) for x in log.entries())
+                  if isinstance(e, dict) and e.get("type") == "export-copy"]
     if not exports:
         report.problems.append("export copy: the log records no export to compare it with")
         return
     served = {rel.removeprefix("export/served/"): want for rel, want in exports[-1].get("files", {}).items()
               if rel.startswith("export/served/")}
     have = {p.relative_to(folder).as_posix(): p for p in folder.rglob("*") if p.is_file()}
+    hashes = {name: file_sha256(path) for name, path in have.items()}
+    if hashes != served:  # which logged copy is it, if any: a stale copy must be named as one
+        stale = [c for c in copies if c.get("files") == hashes and c.get("served_hash") != exports[-1].get("served_hash")]
+        if stale:
+            report.problems.append(
+                f"export copy {str(folder)!r}: a stale copy: it is the served model {str(stale[-1].get('served_hash'))[:16]} "
+                f"exported to {stale[-1].get('destination')}, which the run has since replaced (an erasure or more "
+                f"training); the current served model is {str(exports[-1].get('served_hash'))[:16]}: copy it again "
+                "with `fedunlearn export`")
     for name, want in sorted(served.items()):
         if name not in have:
             report.problems.append(f"export copy: {name} missing (the log records sha256 {want[:16]}...)")

@@ -139,7 +139,7 @@ def export(
     from fedunlearn.runs import RunFolder
 
     try:
-        dest = copy_served(RunFolder.open(run), out)
+        dest = copy_served(RunFolder.open(run), out)  # and logged: `verify --export DEST` names this copy
         console.print(f"exported to {dest.resolve()}")
         console.print(f"load it: from fedunlearn.models import load_served; model = load_served('{dest.resolve()}')")
     except FedUnlearnError as exc:

@@ -93,7 +93,8 @@ def _holds(folder: Path, digest: str) -> bool:
 
 
 def copy_served(run: RunFolder, out: Path) -> Path:
-    """Copy the exported served adapter folder to ``out`` (refuses to overwrite a non-empty folder)."""
+    """Copy the exported served adapter folder to ``out`` (refuses to overwrite a non-empty folder)
+    and log the copy (``export-copy``: destination, served hash, each file's SHA-256)."""
     src = run.served_dir
     if not (src / "adapter_config.json").is_file():
         raise RunStateError(f"run {str(run.path)!r} has no exported served model yet: train it first")
@@ -101,4 +102,12 @@ def copy_served(run: RunFolder, out: Path) -> Path:
     if out.exists() and any(out.iterdir()):
         raise RunStateError(f"{str(out)!r} exists and is not empty: choose an empty or new folder")
     shutil.copytree(src, out, dirs_exist_ok=True)
+    from fedunlearn.certify.runaudit import RunAudit
+    from fedunlearn.ledger import Ledger
+
+    with Ledger.open(run.path) as ledger:
+        served = ledger.served()
+    with RunAudit.open(run.path) as audit:  # the copy enters the signed log: `verify --export` names it
+        audit.log_export_copy(served["served_hash"] if served else "", out)
+        audit.checkpoint()
     return out

@@ -126,3 +126,16 @@ def test_sections_of_every_size_and_text_sit_side_by_side() -> None:
                        "dp@large/real"]
     assert runner._titled("## DP overhead\n\nbody", "large/real") == "## DP overhead (large model, real text)\n\nbody"
     assert runner._titled("## DP overhead\n\nbody", "") == "## DP overhead\n\nbody"
+
+
+def test_a_variants_plots_do_not_overwrite_the_references() -> None:
+    runner = _runner()
+    plots: dict[str, str] = {}
+    runner.RENDER["fake"] = lambda sec, p: runner._plot(p, "chart", f"<svg>{sec['n']}</svg>")
+    try:
+        ref = runner._render_variant("fake", {"n": 1}, plots)
+        var = runner._render_variant("fake@large/real", {"n": 2}, plots)
+    finally:
+        del runner.RENDER["fake"]
+    assert plots == {"chart": "<svg>1</svg>", "chart-large-real": "<svg>2</svg>"}
+    assert "plots/chart.svg" in ref and "plots/chart-large-real.svg" in var

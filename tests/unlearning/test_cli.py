@@ -165,3 +165,38 @@ def test_verify_checks_a_copy_of_the_served_adapter(run_factory, tmp_path):
     weights.write_bytes(weights.read_bytes()[:-1] + b"\x00")
     bad = runner.invoke(app, ["verify", "--run", str(run), "--export", str(copy)])
     assert bad.exit_code == 1 and "adapter_model.safetensors differs from the logged export" in bad.output
+
+
+def test_an_exported_copy_is_logged_and_a_stale_one_is_named(run_factory, tmp_path):
+    """`export --out` logs the copy (destination, served hash, file hashes); after an erasure the
+    copy made before it is named as stale by `verify --export`, with the fix."""
+    from fedunlearn.certify.runaudit import RunAudit
+
+    run = copy_run(run_factory("s-eq-n", shards=3), tmp_path / "run")
+    before = tmp_path / "before-erasure"
+    assert runner.invoke(app, ["export", "--run", str(run), "--out", str(before)]).exit_code == 0
+    with RunAudit.open(run) as audit:
+        (_, copy_event), = audit.events("export-copy")
+        served = audit.events("export")[-1][1]
+    assert copy_event["destination"] == str(before.resolve()) and copy_event["served_hash"] == served["served_hash"]
+    assert set(copy_event["files"]) == {p.name for p in before.iterdir()}
+    assert runner.invoke(app, ["verify", "--run", str(run)]).exit_code == 0
+    out = runner.invoke(app, ["forget", "--run", str(run), "--org", "org-1", "--method", "drop"])
+    assert out.exit_code == 0, out.output
+    stale = runner.invoke(app, ["verify", "--run", str(run), "--export", str(before)])
+    text = " ".join(stale.output.split())
+    assert stale.exit_code == 1 and "a stale copy" in text and str(before.resolve()) in text.replace(" ", "") or \
+        str(before.resolve()) in stale.output.replace("\n", ""), stale.output
+    assert "fedunlearn export" in text
+
+
+def test_a_forged_copy_event_is_caught(run_factory, tmp_path):
+    from fedunlearn.certify import verify_run
+    from fedunlearn.certify.runaudit import RunAudit
+
+    run = copy_run(run_factory("s-eq-n", shards=3), tmp_path / "run")
+    with RunAudit.open(run) as audit:  # a copy of a model the run never exported
+        audit.append({"type": "export-copy", "served_hash": "0" * 64, "destination": "/elsewhere", "files": {}})
+        audit.checkpoint()
+    report = verify_run(run)
+    assert not report.ok and any("does not copy the export logged before it" in p for p in report.problems)
