@@ -31,7 +31,7 @@ def bench(
 ) -> None:
     """Measure erasure cost and quality, DP overhead, scale and training throughput; write RESULTS.md.
 
-    Further options of benchmarks/run.py (--grid, --scale-points, --merge) are passed through.
+    Further options of benchmarks/run.py (--grid, --scale-points, --merge, --render) are passed through.
     """
     if not SUITE.is_file():
         err_console.print(f"[bold red]error:[/] the benchmark suite {SUITE} is not here: `fedunlearn bench` runs "
