@@ -24,6 +24,8 @@ compaction          stored ledger blobs were deleted by ``fedunlearn ledger comp
                     of its sorted hashes); ``verify`` refuses compacted blobs no event covers
 run-settings        the run's settings were bound: ``sha256`` of ``run.json`` (canonical JSON), logged
                     before the first round commit (see fedunlearn.certify.binding)
+data-fingerprint    the fingerprint (``sha256``) of an organization's (``org``: keyed hash) training data,
+                    logged when it first connects: retraining must present the same data
 budget-exhausted    an organization's DP budget is spent: it trains no round from ``from_round`` on
                     (``by``: the organization refused the round, or the coordinator predicted it;
                     ``level``, predicted ``epsilon``, ``max_epsilon``, ``delta`` as decimal strings)
@@ -46,6 +48,7 @@ EVENT_TYPES = frozenset(
         "budget-exhausted",
         "certificate",
         "compaction",
+        "data-fingerprint",
         "enrolment",
         "erasure-applied",
         "erasure-request",

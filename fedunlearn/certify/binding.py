@@ -31,6 +31,7 @@ __all__ = ["UNBOUND_SETTINGS", "bind_settings", "binding_problems", "check_bindi
            "stored_file_problems"]
 
 #: The note for a run whose log has no ``run-settings`` event (made before settings were bound).
+_FINGERPRINT = "data-sha256/"  # ledger meta: an organization's data fingerprint (fedunlearn.federation.coordinator)
 UNBOUND_SETTINGS = "run.json: not bound to the log (the run predates settings binding); its settings are not checked"
 
 
@@ -106,6 +107,8 @@ def binding_problems(run_dir: str | Path, events: list[Mapping[str, Any]], ledge
         if logged != stored:
             problems.append(f"ledger {where}: its contributions (organization, update, weight, examples) differ "
                             "from the logged round commit")
+    problems += _fingerprint_problems(events, ledger, subject, notes)
+    problems += _served_problems(run_dir, events, ledger)
     applied = [e for e in events if e.get("type") == "erasure-applied"]
     requests = {e.get("request"): e for e in events if e.get("type") == "erasure-request"}
     # organizations an erasure removed: not record-level forgetting (the organization stays) nor a
@@ -181,6 +184,48 @@ def _logged_update(update: Mapping[str, Any], with_org: bool, with_examples: boo
 def _stored_update(contribution: Any, subject: Callable[[str], str] | None, with_examples: bool) -> tuple:
     return (subject(contribution.org) if subject else "", contribution.update_hash,
             decimal_str(contribution.weight, 12), contribution.num_examples if with_examples else None)
+
+
+def _fingerprint_problems(events: list[Mapping[str, Any]], ledger: Any, subject: Callable[[str], str] | None,
+                         notes: list[str]) -> list[str]:
+    """The ledger's ``data-sha256/<org>`` (what retraining must present) against the logged ones."""
+    logged = {e.get("org"): e.get("sha256") for e in events if e.get("type") == "data-fingerprint"}
+    stored = {k.removeprefix(_FINGERPRINT): v for k, v in ledger.meta.items() if k.startswith(_FINGERPRINT)}
+    if subject is None or not stored:
+        return []
+    problems, unbound = [], []
+    for name, value in sorted(stored.items()):
+        want = logged.get(subject(name))
+        if want is None:
+            unbound.append(name)
+        elif want != value:
+            problems.append(f"ledger meta {_FINGERPRINT}{name}: {value[:16]}... differs from the data fingerprint "
+                            f"logged when {name!r} first connected ({str(want)[:16]}...)")
+    if unbound:
+        notes.append(f"ledger: data fingerprints of {', '.join(unbound)} not in the log (a run made before they "
+                     "were logged): not compared")
+    return problems
+
+
+def _served_problems(run_dir: str | Path, events: list[Mapping[str, Any]], ledger: Any) -> list[str]:
+    """The ledger's served model (components, weights) against the logged export's manifest."""
+    from fedunlearn.certify.runaudit import file_sha256
+
+    exports = [e for e in events if e.get("type") == "export"]
+    served = ledger.served()
+    manifest_rel = "export/served/fedunlearn.json"
+    if not exports or served is None or manifest_rel not in exports[-1].get("files", {}):
+        return []
+    path = Path(run_dir) / manifest_rel
+    if not path.is_file() or file_sha256(path) != exports[-1]["files"][manifest_rel]:
+        return []  # named by the artifact check
+    manifest = json.loads(path.read_text(encoding="utf-8"))
+    logged = [(c.get("checkpoint"), str(c.get("weight"))) for c in manifest.get("components", [])]
+    stored = [(int(c), str(float(w))) for c, w in zip(served["components"], served["weights"])]
+    if logged != stored:
+        return ["ledger: the served model's components or weights differ from the logged export's manifest "
+                f"({manifest_rel})"]
+    return []
 
 
 def check_binding(audit: Any, ledger: Any) -> None:

@@ -158,6 +158,8 @@ class Coordinator:
             key = f"data-sha256/{org}"
             if key not in meta:
                 self.ledger.set_meta(key, fp)
+                if self.audit is not None:  # bound to the signed log: verify compares the ledger's copy
+                    self.audit.append({"type": "data-fingerprint", "org": self.audit.subject(org), "sha256": fp})
             elif meta[key] != fp:
                 changed.append(f"{org} (trained on {meta[key][:12]}…, now {fp[:12]}…)")
         if changed:

@@ -192,6 +192,14 @@ TAMPERS.update({
     "audit-pub": (lambda d: _flip(d / "audit.pub", 20), "audit.pub"),
 })
 
+# what the served model is made of, and the fingerprint of each organization's data
+TAMPERS.update({
+    "ledger-served-weights": (lambda d: _ledger_sql(d, "UPDATE served SET weights = replace(weights, '0.', '9.') "
+                                                       "WHERE id = (SELECT max(id) FROM served)"), "served"),
+    "ledger-data-sha256": (lambda d: _ledger_sql(d, "UPDATE meta SET value = '0' || substr(value, 2) "
+                                                    "WHERE key = 'data-sha256/org-0'"), "data-sha256"),
+})
+
 
 @pytest.mark.parametrize("kind", sorted(TAMPERS))
 def test_tampering_is_detected_and_named(erased, tmp_path, kind):
