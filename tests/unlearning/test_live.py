@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
 from typer.testing import CliRunner
 
 from fedunlearn.certify import RunAudit, sign_request, verify_run
@@ -10,6 +13,8 @@ from fedunlearn.federation.workflow import train_workflow
 from fedunlearn.ledger import Ledger
 from fedunlearn.unlearning.live import apply_pending, status, submit
 from tests.unlearning.conftest import base_settings, grid_for, train
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_requests_arriving_mid_training_are_applied_and_training_goes_on(tiny_model_dir, tmp_path):
@@ -101,3 +106,66 @@ def test_an_organization_hands_its_request_to_its_own_node(tiny_model_dir, tmp_p
     with RunAudit.open(run) as audit:
         assert [e["signer"] for _, e in audit.events("erasure-request")] == ["subject"]
     assert verify_run(run).ok
+
+
+KILLED_TRAINING = """
+import os, sys
+from pathlib import Path
+from fedunlearn import crashpoints
+from fedunlearn.certify import RunAudit, sign_request
+from fedunlearn.federation.workflow import train_workflow
+from fedunlearn.ledger import Ledger
+from fedunlearn.unlearning.live import apply_pending, submit
+from tests.unlearning.conftest import base_settings, grid_for
+
+point, model, run = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
+settings = base_settings(model, shards=2, rounds=3).replace(run={"dir": str(run)})
+
+def arrivals(grid, run_dir, rnd):
+    if rnd == 2:  # org-2's request arrives before round 2; the process dies inside its erasure
+        with Ledger.open(run_dir) as ledger:
+            served = ledger.served()  # None until the first export (the end of a first training)
+            Path(sys.argv[4]).write_text(served["served_hash"] if served else "")
+        with RunAudit.open(run_dir) as audit:
+            submit(run_dir, sign_request(audit.signer, run=audit.origin, subjects=["org-2"], method="sisa"))
+        crashpoints.install(lambda name: os._exit(137) if name == point else None)  # kill -9 there
+    apply_pending(run_dir, grid)
+
+train_workflow(grid_for(settings), settings, between_rounds=arrivals)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point", ["erasure.journaled", "erasure.switched", "certify.applied", "certify.written"])
+def test_a_training_killed_during_a_live_erasure_completes_it_when_restarted(point, tiny_model_dir, tmp_path):
+    """Killed inside a live erasure: before the switch the previous served model stays in service
+    and the request stays pending; the restarted training completes the erasure (one certificate)
+    before it trains on, and ends where a run that never had the organization ends."""
+    import subprocess
+    import sys
+
+    from fedunlearn.crashpoints import POINTS
+
+    assert point in POINTS
+    run, served_file = tmp_path / "run", tmp_path / "served-before.txt"
+    killed = subprocess.run([sys.executable, "-c", KILLED_TRAINING, point, str(tiny_model_dir), str(run),
+                             str(served_file)], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert killed.returncode == 137, (killed.stdout[-2000:], killed.stderr[-3000:])
+    [pending] = status(run)
+    assert pending["state"] == "received" and pending["subjects"] == ["org-2"]  # still waiting
+    with Ledger.open(run) as ledger:
+        if POINTS.index(point) < POINTS.index("erasure.switched"):
+            served = ledger.served()
+            assert (served["served_hash"] if served else "") == served_file.read_text()  # the previous one serves
+            assert ledger.organization("org-2").status == "active"
+    settings = base_settings(tiny_model_dir, shards=2, rounds=3).replace(run={"dir": str(run)})
+    train_workflow(grid_for(settings), settings, between_rounds=lambda grid, run_dir, rnd: apply_pending(run_dir, grid))
+    [done] = status(run)
+    assert done["state"] == "applied" and done["certificate"].endswith(".json")
+    assert len(list((run / "certificates").glob("*.json"))) == 1
+    never = train(base_settings(tiny_model_dir, shards=2, rounds=3), tmp_path / "never", without=("org-2",))
+    with Ledger.open(run) as ledger, Ledger.open(never) as reference:
+        assert ledger.organization("org-2").status == "erased" and all(ledger.head(s).round == 3 for s in range(2))
+        assert ledger.served()["served_hash"] == reference.served()["served_hash"]
+    report = verify_run(run)
+    assert report.ok, report.problems
