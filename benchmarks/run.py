@@ -137,6 +137,22 @@ def render_dp(doc: dict, plots: dict) -> str:
         _table(["training", "wall s", "time / non-private", "holdout loss", "Δ loss", "ε"], rows)])
 
 
+def render_live(doc: dict, plots: dict) -> str:
+    base, live = doc["no request"], doc["live request"]
+    rows = [[label, _f(r["wall_seconds"], ".1f"), ", ".join(f"shard {s}: {n}" for s, n in sorted(r["round_commits"].items())),
+             _f(r.get("delay_seconds"), ".1f") if r.get("delay_seconds") is not None else "–"]
+            for label, r in (("no request", base), ("live request", live))]
+    return "\n".join([
+        "## Erasure requests honored live", "",
+        f"{doc['organizations']} organizations in {doc['shards']} shards, {doc['rounds']} rounds on the in-process grid, "
+        "requests applied before every round as the ServerApp does; a signed SISA request for "
+        f"`{doc['subject']}` (shard 0) arrives before round {doc['request_before_round']}. Delay: queued -> certificate "
+        "written. Round commits count every branch (the rolled-back rounds of shard 0 were trained too).", "",
+        _table(["training", "wall s", "round commits", "delay s"], rows), "",
+        f"Time lost by the other organizations: **{_f(doc['lost_seconds'], '.1f')} s** of wall time over the whole "
+        "training (the erasure runs between rounds: every shard waits for it; shard 1's rounds are not retrained)."])
+
+
 def render_scale(doc: dict, plots: dict) -> str:
     rows = []
     for p in doc["points"]:
@@ -194,6 +210,7 @@ def render_realtext(doc: dict, plots: dict) -> str:
 
 
 RENDER = {"realtext": render_realtext, "training": render_training, "erasure": render_erasure, "length": render_length, "dp": render_dp,
+          "live": render_live,
           "scale": render_scale}
 
 

@@ -29,7 +29,7 @@ for _p in (ROOT, ROOT / "benchmarks"):
     if str(_p) not in sys.path:
         sys.path.insert(0, str(_p))
 
-SECTIONS = ("realtext", "training", "erasure", "length", "dp", "scale")
+SECTIONS = ("realtext", "training", "erasure", "length", "dp", "live", "scale")
 
 
 @dataclass(frozen=True)
@@ -241,6 +241,64 @@ def _epsilon(run_dir: Path) -> dict[str, float] | None:
     return out or None
 
 
+# -- live erasure requests -------------------------------------------------------------------------
+def live(opts: Options) -> dict[str, Any]:
+    """A request honored inside a running training: its delay and the time the others lose.
+
+    The same training twice (after an untimed warm-up) on the in-process grid, live requests honored before every round
+    (``fedunlearn.unlearning.live.apply_pending``, as the ServerApp does): once with no request,
+    once with a signed SISA request for ``org-2`` (shard 0, which it shares with ``org-0``)
+    arriving before round ``R // 2 + 1``. Delay: request queued -> certificate written. Lost: the
+    extra wall time of the whole training (the erasure runs between rounds, so every shard waits
+    for it); per shard, rounds trained in each run.
+    """
+    from fedunlearn.certify import RunAudit, sign_request
+    from fedunlearn.config import OrganizationSettings, Settings
+    from fedunlearn.federation.workflow import train_workflow
+    from fedunlearn.ledger import Ledger
+    from fedunlearn.unlearning.live import apply_pending, submit
+
+    _task_identity()
+    rounds = 2 if opts.quick else 6
+    arrive = rounds // 2 + 1
+    orgs = tuple(OrganizationSettings(name=f"org-{i}") for i in range(4))
+    out: dict[str, Any] = {"organizations": len(orgs), "shards": 2, "rounds": rounds, "request_before_round": arrive,
+                           "subject": "org-2"}
+    for label in ("warm-up", "no request", "live request"):  # the first training of a process runs slower
+        settings = Settings(organizations=orgs).replace(
+            run={"dir": str(opts.work / "live" / label.replace(" ", "-"))},
+            model={"path": _model(opts), "device": opts.device},
+            data={"records_per_org": 12 if opts.quick else 48, "holdout_per_org": 4 if opts.quick else 16,
+                  "canaries_per_org": 1, "canary_repeats": 2, "never_inserted": 5, "public_documents": 20,
+                  "max_length": 48, "text": opts.text},
+            train={"rounds": rounds, "local_epochs": 1, "batch_size": 8, "lr": 1e-2}, topology={"shards": 2})
+        marks: dict[str, float] = {}
+
+        def between(grid, run_dir, rnd, label=label, marks=marks):
+            if label == "live request" and rnd == arrive and "queued" not in marks:
+                with RunAudit.open(run_dir) as audit:
+                    submit(run_dir, sign_request(audit.signer, run=audit.origin, subjects=["org-2"], method="sisa"))
+                marks["queued"] = time.perf_counter()
+            done = apply_pending(run_dir, grid)
+            if any(o["state"] == "applied" for o in done):
+                marks["certified"] = time.perf_counter()
+
+        t = time.perf_counter()
+        report = train_workflow(_local_grid(settings), settings, between_rounds=between)
+        row: dict[str, Any] = {"wall_seconds": time.perf_counter() - t}
+        with RunAudit.open(report.run_dir) as audit:  # every round committed, on any branch
+            commits = [e for _, e in audit.events("round-commit") if e.get("round", 0) > 0]
+        row["round_commits"] = {s: sum(1 for e in commits if e.get("shard") == s) for s in range(2)}
+        with Ledger.open(report.run_dir) as ledger:
+            row["served_hash"] = ledger.served()["served_hash"]
+        if marks.get("certified"):
+            row["delay_seconds"] = marks["certified"] - marks["queued"]
+        if label != "warm-up":
+            out[label] = row
+    out["lost_seconds"] = out["live request"]["wall_seconds"] - out["no request"]["wall_seconds"]
+    return out
+
+
 # -- scale ----------------------------------------------------------------------------------------
 DEFAULT_POINTS = ((10, 1.0, 1, 5), (100, 1.0, 1, 5), (10, 1.0, 1, 3), (100, 0.1, 1, 3), (1000, 0.01, 1, 3),
                   (100, 1.0, 10, 3))
@@ -320,7 +378,8 @@ def run_sections(names: list[str], opts: Options) -> dict[str, Any]:
         raise SystemExit(f"unknown section(s) {unknown}: expected a comma-separated subset of {list(SECTIONS)}")
     opts.work.mkdir(parents=True, exist_ok=True)
     doc: dict[str, Any] = {"machine": machine(opts), "quick": opts.quick, "sections": {}}
-    funcs = {"realtext": realtext, "training": training, "erasure": erasure, "length": length, "dp": dp, "scale": scale}
+    funcs = {"realtext": realtext, "training": training, "erasure": erasure, "length": length, "dp": dp, "live": live,
+             "scale": scale}
     for name in names:
         t, load = time.perf_counter(), [round(x, 2) for x in os.getloadavg()]
         print(f"== {name}", flush=True)

@@ -18,9 +18,10 @@ SUITE = Path(__file__).resolve().parents[2] / "benchmarks" / "run.py"
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def bench(
     ctx: typer.Context,
-    only: str = typer.Option("realtext,training,erasure,length,dp,scale", "--only", help="Comma-separated "
+    only: str = typer.Option("realtext,training,erasure,length,dp,live,scale", "--only", help="Comma-separated "
                              "sections: realtext (what the default model learns of real text at --size), training, "
-                             "erasure, length (erasure cost against training rounds), dp, scale."),
+                             "erasure, length (erasure cost against training rounds), dp, live (delay of an erasure request honored "
+                             "during training, time the others lose), scale."),
     quick: bool = typer.Option(False, "--quick", help="Smoke-test sizes (seconds per section)."),
     model: str = typer.Option("", "--model", help="Local model folder (default: the embedded default)."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda or auto."),

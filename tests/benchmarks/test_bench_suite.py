@@ -26,10 +26,10 @@ def _runner():
 def test_quick_suite_writes_results_with_measured_sections(tiny_model_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "RESULTS.md"
     doc = _runner().main(["--quick", "--grid", "local", "--model", str(tiny_model_dir), "--only",
-                          "training,erasure,length,dp,scale", "--scale-points", "3:1.0:1:2,6:0.5:2:2", "--out", str(out)])
+                          "training,erasure,length,dp,live,scale", "--scale-points", "3:1.0:1:2,6:0.5:2:2", "--out", str(out)])
     text = out.read_text(encoding="utf-8")
     for heading in ("# Benchmark results", "## Local training throughput", "## Erasure", "## Erasure cost against the length",
-                    "## DP overhead", "## Scale"):
+                    "## DP overhead", "## Erasure requests honored live", "## Scale"):
         assert heading in text
     assert "Load average at start" in text and "Quick mode" in text
     sections = doc["sections"]
@@ -50,6 +50,11 @@ def test_quick_suite_writes_results_with_measured_sections(tiny_model_dir: Path,
     assert modes["DP-SGD (record level)"]["epsilon"]["record"] > 0
     assert modes["DP-FedAvg (client level)"]["epsilon"]["client"] > 0
     assert modes["non-private"]["epsilon"] is None
+    live = sections["live"]  # a live SISA request: certified between rounds, shard 0 retrained, shard 1 not
+    assert live["live request"]["delay_seconds"] > 0 and "delay_seconds" not in live["no request"]
+    assert live["live request"]["round_commits"][0] > live["no request"]["round_commits"][0]
+    assert live["live request"]["round_commits"][1] == live["no request"]["round_commits"][1] == live["rounds"]
+    assert live["live request"]["served_hash"] != live["no request"]["served_hash"]
     points = sections["scale"]["points"]
     assert [(p["orgs"], p["shards"]) for p in points] == [(3, 1), (6, 2)] and not sections["scale"]["failed"]
     for p in points:
