@@ -285,13 +285,17 @@ class LocalDeployment:
 
     def start_supernode(self, org: str, data: Path | None = None, *, key: Path | None = None,
                         executor: bool = True) -> subprocess.Popen:
-        """Start ``org``'s SuperNode with node config ``org="..."`` (and ``data="..."`` when given).
+        """Start ``org``'s SuperNode with node config ``org="..."``, ``requests="WORK/outbox/ORG"``
+        (the organization's outbox for signed erasure requests, see fedunlearn.federation.inbox)
+        and ``data="..."`` when given.
 
         ``key`` overrides the authentication key (default: the one :meth:`register` made).
         ``executor=False`` starts no SuperExec for it (``--isolation process`` and nothing serving
         its tasks): for a node that must never get one, such as an unregistered one being refused.
         """
-        node_config = f'org="{org}"' + (f' data="{Path(data).resolve()}"' if data else "")
+        box = (self.work / "outbox" / org).resolve()
+        box.mkdir(parents=True, exist_ok=True, mode=0o700)
+        node_config = f'org="{org}" requests="{box}"' + (f' data="{Path(data).resolve()}"' if data else "")
         runtime_port = free_port()
         cmd = [self.tool("flower-supernode"), "--superlink", f"{HOST}:{self.port}", "--host", HOST,
                "--port", str(runtime_port), "--node-config", node_config]

@@ -46,11 +46,12 @@ NOT_RUN = {
 
 #: Pages run in one folder, in this order (later pages use runs the earlier ones created).
 GROUPS = {
-    "consortium": ["README.md", "scenarios.md", "evaluation.md", "ledger.md"],
+    "consortium": ["README.md", "scenarios.md", "evaluation.md", "ledger.md", "live-requests.md"],
     "erasure": ["erasure.md"],
     "certificates": ["certificates.md"],
     "others": [p.name for p in sorted(DOCS.glob("*.md"))
-               if p.name not in ("scenarios.md", "evaluation.md", "ledger.md", "erasure.md", "certificates.md")],
+               if p.name not in ("scenarios.md", "evaluation.md", "ledger.md", "live-requests.md", "erasure.md",
+                                 "certificates.md")],
 }
 
 #: Options appended to a command so that it runs on small settings (same command, less work).
@@ -147,7 +148,12 @@ def test_documented_commands_run_in_order(group, tiny_model_dir, tmp_path):
             print(f"{time.perf_counter() - start:6.1f} s  {name}: {line[:100]}")  # shown with pytest -s
             assert done.returncode == 0, (name, line, done.stdout[-2000:], done.stderr[-3000:])
             ran += 1
-    if group == "consortium":  # the quickstart's products
+    if group == "consortium":  # the quickstart's products, and the live request the resumed training applied
         assert (work / "served-adapter" / "adapter_config.json").is_file()
         assert (work / "runs" / "consortium" / "report.html").is_file()
+        listed = subprocess.run(["bash", "-c", "./dev fedunlearn requests --run runs/consortium --json"], cwd=work,
+                                capture_output=True, text=True, timeout=120)
+        import json
+
+        assert [(r["subjects"], r["state"]) for r in json.loads(listed.stdout)] == [(["lab-c"], "applied")]
     assert ran or group == "others"
