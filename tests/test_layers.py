@@ -16,7 +16,7 @@ import fedunlearn
 ROOT = Path(fedunlearn.__file__).parent
 #: Layer of each top-level unit of the package (higher may import lower or equal, never higher).
 LAYERS = {
-    "errors": 0, "progress": 0, "registry": 0, "interrupt": 0, "crashpoints": 0,
+    "errors": 0, "progress": 0, "registry": 0, "interrupt": 0, "crashpoints": 0, "lazy": 0,
     "audit": 1, "data": 1, "ledger": 1, "config": 1, "runs": 1,
     "certify": 2, "models": 2,
     "training": 3,
@@ -117,7 +117,8 @@ def test_the_benchmark_check_catches_a_violation(tmp_path):
     assert list(_front_end_imports(tmp_path)) == [("bench_x.py", "clients.app")]
 
 
-@pytest.mark.parametrize("module", ["fedunlearn.federation.inbox", "fedunlearn.certify.authorize", "fedunlearn.cli"])
+@pytest.mark.parametrize("module", ["fedunlearn.federation.inbox", "fedunlearn.certify.authorize", "fedunlearn.cli",
+                                    "fedunlearn.evaluate.before"])
 def test_quick_commands_do_not_load_the_heavy_libraries(module):
     """``fedunlearn requests``, ``keys`` and ``--help`` answer in a fraction of a second: importing
     what they need loads neither torch nor Opacus, transformers, peft or Flower (the packages'
@@ -140,3 +141,15 @@ def test_a_public_function_named_like_its_module_stays_the_function():
     code = ("import fedunlearn.certify.verify_run, inspect; from fedunlearn.certify import verify_run; "
             "print(inspect.isfunction(verify_run))")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "True"
+
+
+def test_an_erasure_that_trains_nothing_does_not_load_opacus_or_peft():
+    """The erasure engine imports Opacus (DP-SGD) and peft (LoRA wrapping) where they are used, so
+    ``fedunlearn forget --method drop`` does not pay seconds of imports for them."""
+    import subprocess
+    import sys
+
+    code = ("import sys, fedunlearn.unlearning, fedunlearn.unlearning.service; "
+            "print(sorted(m for m in ('opacus', 'peft', 'scipy') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

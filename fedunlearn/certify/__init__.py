@@ -13,12 +13,11 @@ verify_run   ``verify_run``: what ``fedunlearn verify`` checks
 
 from __future__ import annotations
 
-import importlib
-import sys
-import types
 from typing import TYPE_CHECKING
 
-#: Where each public name lives. The package imports its modules on first use (PEP 562), so that
+from fedunlearn.lazy import lazy_package
+
+#: Where each public name lives: the package imports its modules on first use, so that
 #: ``import fedunlearn.certify.authorize`` (a request, its signature) does not load Opacus and
 #: transformers: quick commands (``fedunlearn requests``, ``keys``) stay quick.
 _WHERE = {
@@ -30,7 +29,6 @@ _WHERE = {
     "runaudit": ("RunAudit", "subject_hash"),
     "verify_run": ("RunVerification", "verify_certificate", "verify_run"),
 }
-_MODULE_OF = {name: module for module, names in _WHERE.items() for name in names}
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from fedunlearn.certify.accounting import AccountantReport, account, client_level_epsilon, epsilon
@@ -40,35 +38,6 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from fedunlearn.certify.removal import RemovalNoise, removal_noise
     from fedunlearn.certify.runaudit import RunAudit, subject_hash
     from fedunlearn.certify.verify_run import RunVerification, verify_certificate, verify_run
-
-
-def __getattr__(name: str):
-    module = _MODULE_OF.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
-
-
-class _Package(types.ModuleType):
-    """The import system sets each loaded submodule as an attribute of its package; where a public
-    function has the name of its module (``verify_run``), the function must win, as it did when
-    this package imported everything eagerly: ``from fedunlearn.certify import verify_run`` is the
-    function whatever was imported before."""
-
-    def __setattr__(self, name: str, value: object) -> None:
-        if isinstance(value, types.ModuleType) and _MODULE_OF.get(name) == name and hasattr(value, name):
-            value = getattr(value, name)
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package
-
 
 __all__ = [
     "AccountantReport",
@@ -93,3 +62,5 @@ __all__ = [
     "verify_certificate",
     "verify_run",
 ]
+
+__getattr__, __dir__ = lazy_package(__name__, _WHERE, __all__)

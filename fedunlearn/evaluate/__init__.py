@@ -15,73 +15,90 @@ Every function takes a model and its tokenizer (or plain scores) and returns a f
 
 from __future__ import annotations
 
-from fedunlearn.evaluate.exposure import (
-    ExposureReport,
-    ExposureResult,
-    SecretRank,
-    candidate_losses,
-    candidate_tokens,
-    canary_exposure,
-    exposure_from_losses,
-    exposure_report,
-)
-from fedunlearn.evaluate.fidelity import (
-    FidelityResult,
-    KlDivergence,
-    RetrainSpread,
-    fidelity_to_retrain,
-    mean_next_token_kl,
-    retrain_spread,
-)
-from fedunlearn.evaluate.informative import (
-    LearnedReport,
-    OrganizationLearned,
-    ServedFigures,
-    Verdict,
-    chance_p95,
-    fit_unigram,
-    forgetting_verdict,
-    learned_report,
-    served_figures,
-)
-from fedunlearn.evaluate.lower_bound import (
-    CertificateCheck,
-    ClopperPearsonBound,
-    OneRunBound,
-    check_certificate,
-    clopper_pearson_upper,
-    epsilon_lower_bound,
-    epsilon_lower_bound_from_scores,
-    one_run_lower_bound,
-    one_run_lower_bound_from_scores,
-    one_run_p_value,
-)
-from fedunlearn.evaluate.memorization import (
-    MemorizationResult,
-    RougeL,
-    greedy_continuations,
-    lcs_length,
-    memorization,
-    rouge_l,
-)
-from fedunlearn.evaluate.mia import (
-    MiaResult,
-    RocCurve,
-    mia_results,
-    privleak,
-    roc_auc,
-    roc_curve,
-    tpr_at_fpr,
-)
-from fedunlearn.evaluate.scores import (
-    SCORE_NAMES,
-    SequenceScores,
-    TokenStatistics,
-    score_texts,
-    token_statistics,
-    zlib_entropy,
-)
-from fedunlearn.evaluate.utility import Perplexity, UtilityReport, perplexity, utility_report
+from typing import TYPE_CHECKING
+
+from fedunlearn.lazy import lazy_package
+
+#: Where each public name lives: imported on first use (scipy, transformers: seconds), see fedunlearn.lazy.
+_WHERE = {
+    "exposure": ("ExposureReport", "ExposureResult", "SecretRank", "candidate_losses", "candidate_tokens", "canary_exposure", "exposure_from_losses", "exposure_report"),
+    "fidelity": ("FidelityResult", "KlDivergence", "RetrainSpread", "fidelity_to_retrain", "mean_next_token_kl", "retrain_spread"),
+    "informative": ("LearnedReport", "OrganizationLearned", "ServedFigures", "Verdict", "chance_p95", "fit_unigram", "forgetting_verdict", "learned_report", "served_figures"),
+    "lower_bound": ("CertificateCheck", "ClopperPearsonBound", "OneRunBound", "check_certificate", "clopper_pearson_upper", "epsilon_lower_bound", "epsilon_lower_bound_from_scores", "one_run_lower_bound", "one_run_lower_bound_from_scores", "one_run_p_value"),
+    "memorization": ("MemorizationResult", "RougeL", "greedy_continuations", "lcs_length", "memorization", "rouge_l"),
+    "mia": ("MiaResult", "RocCurve", "mia_results", "privleak", "roc_auc", "roc_curve", "tpr_at_fpr"),
+    "scores": ("SCORE_NAMES", "SequenceScores", "TokenStatistics", "score_texts", "token_statistics", "zlib_entropy"),
+    "utility": ("Perplexity", "UtilityReport", "perplexity", "utility_report"),
+}
+
+if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
+    from fedunlearn.evaluate.exposure import (
+        ExposureReport,
+        ExposureResult,
+        SecretRank,
+        candidate_losses,
+        candidate_tokens,
+        canary_exposure,
+        exposure_from_losses,
+        exposure_report,
+    )
+    from fedunlearn.evaluate.fidelity import (
+        FidelityResult,
+        KlDivergence,
+        RetrainSpread,
+        fidelity_to_retrain,
+        mean_next_token_kl,
+        retrain_spread,
+    )
+    from fedunlearn.evaluate.informative import (
+        LearnedReport,
+        OrganizationLearned,
+        ServedFigures,
+        Verdict,
+        chance_p95,
+        fit_unigram,
+        forgetting_verdict,
+        learned_report,
+        served_figures,
+    )
+    from fedunlearn.evaluate.lower_bound import (
+        CertificateCheck,
+        ClopperPearsonBound,
+        OneRunBound,
+        check_certificate,
+        clopper_pearson_upper,
+        epsilon_lower_bound,
+        epsilon_lower_bound_from_scores,
+        one_run_lower_bound,
+        one_run_lower_bound_from_scores,
+        one_run_p_value,
+    )
+    from fedunlearn.evaluate.memorization import (
+        MemorizationResult,
+        RougeL,
+        greedy_continuations,
+        lcs_length,
+        memorization,
+        rouge_l,
+    )
+    from fedunlearn.evaluate.mia import (
+        MiaResult,
+        RocCurve,
+        mia_results,
+        privleak,
+        roc_auc,
+        roc_curve,
+        tpr_at_fpr,
+    )
+    from fedunlearn.evaluate.scores import (
+        SCORE_NAMES,
+        SequenceScores,
+        TokenStatistics,
+        score_texts,
+        token_statistics,
+        zlib_entropy,
+    )
+    from fedunlearn.evaluate.utility import Perplexity, UtilityReport, perplexity, utility_report
 
 __all__ = [
     "CertificateCheck",
@@ -140,3 +157,5 @@ __all__ = [
     "utility_report",
     "zlib_entropy",
 ]
+
+__getattr__, __dir__ = lazy_package(__name__, _WHERE, __all__)

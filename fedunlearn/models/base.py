@@ -11,18 +11,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import torch
-from transformers import (
-    AutoModelForCausalLM,
-    AutoTokenizer,
-    PreTrainedModel,
-    PreTrainedTokenizerBase,
-)
 
 from fedunlearn.errors import ModelError
 from fedunlearn.models._quiet import quiet_transformers
 from fedunlearn.models.default import DefaultModelSpec, ensure_default_model, spec_for_size
 from fedunlearn.models.device import DeviceSpec, pick_device
+
+if TYPE_CHECKING:  # transformers' modelling stack takes seconds to import: loaded where a model is
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 __all__ = ["BaseModel", "load_base_model", "resolve_model_path"]
 
@@ -118,6 +117,8 @@ def load_base_model(
     ModelError
         If the folder is missing or invalid, or the model or tokenizer cannot be loaded.
     """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     folder = resolve_model_path(path)
     spec = device if device is not None else pick_device("auto")
     try:

@@ -43,7 +43,6 @@ import tokenizers
 import torch
 import transformers
 from filelock import FileLock
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from fedunlearn.data.realtext import ORGANIZATION_SOURCES, PRETRAIN_SOURCES, corpus_identity, gather
 from fedunlearn.errors import ConfigError, FedUnlearnError, ModelError, UnknownNameError
@@ -368,6 +367,8 @@ def _build(spec: DefaultModelSpec, folder: Path, *, progress: bool) -> None:
     documents, heldout, corpus_manifest = _corpus(spec, progress)
     tokenizer = train_tokenizer(documents, vocab_size=spec.vocab_size)
     tokenizer.model_max_length = spec.max_positions
+    from transformers import LlamaConfig, LlamaForCausalLM  # the modelling stack: seconds to import
+
     config = LlamaConfig(
         vocab_size=spec.vocab_size,
         hidden_size=spec.hidden_size,

@@ -16,6 +16,7 @@ a reader never sees a half-written adapter.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -92,10 +93,7 @@ def export_adapter(
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
     try:
         info = base_info(base)  # a portable name for fedunlearn-built bases (see models.served)
-        config = spec.to_peft_config()
-        config.base_model_name_or_path = info["name"]
-        config.save_pretrained(str(staging))
-        _canonical_json(staging / ADAPTER_CONFIG_FILE)
+        (staging / ADAPTER_CONFIG_FILE).write_text(_adapter_config(spec, info["name"]), encoding="utf-8")
         (staging / BASE_INFO_FILE).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         tensors = {
             key: state[key].detach().to("cpu", torch.float32).contiguous() for key in sorted(state)
@@ -107,6 +105,41 @@ def export_adapter(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return folder
+
+
+def _adapter_config(spec: LoraSpec, base_name: str) -> str:
+    """``adapter_config.json`` as :class:`peft.LoraConfig` writes it (canonical JSON).
+
+    Importing peft loads transformers' modelling stack (seconds), which an erasure that trains
+    nothing (``drop``) or a resumed export should not pay for a file that depends only on the spec,
+    the base model's name and the peft version: the text is kept in the fedunlearn cache under a
+    key of those three, and written by peft itself on the first use of a key.
+    """
+    from importlib.metadata import version
+
+    from fedunlearn.models.default import cache_root
+
+    fields = {"spec": dataclasses.asdict(spec), "base": base_name, "peft": version("peft")}
+    key = hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode("utf-8")).hexdigest()[:24]
+    cached = cache_root() / "adapter-configs" / f"{key}.json"
+    with contextlib.suppress(OSError, ValueError):
+        text = cached.read_text(encoding="utf-8")
+        doc = json.loads(text)
+        if (doc.get("r"), doc.get("lora_alpha"), doc.get("base_model_name_or_path"), doc.get("target_modules")) == (
+                spec.r, spec.alpha, base_name, sorted(spec.target_modules)):
+            return text
+    with tempfile.TemporaryDirectory() as tmp:
+        config = spec.to_peft_config()
+        config.base_model_name_or_path = base_name
+        config.save_pretrained(tmp)
+        _canonical_json(Path(tmp) / ADAPTER_CONFIG_FILE)
+        text = (Path(tmp) / ADAPTER_CONFIG_FILE).read_text(encoding="utf-8")
+    with contextlib.suppress(OSError):  # a cache that cannot be written only costs time
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        partial = cached.with_name(f".{cached.name}.{os.getpid()}.tmp")
+        partial.write_text(text, encoding="utf-8")
+        os.replace(partial, cached)
+    return text
 
 
 def _canonical_json(path: Path) -> None:

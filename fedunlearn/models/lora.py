@@ -15,12 +15,16 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from typing import TYPE_CHECKING
+
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
 
 from fedunlearn.errors import ConfigError, ModelError
 from fedunlearn.models._quiet import quiet_transformers
 from fedunlearn.models.base import BaseModel
+
+if TYPE_CHECKING:  # peft imports transformers' modelling stack (seconds): loaded where it is used
+    from peft import LoraConfig, PeftModel
 
 __all__ = [
     "LoraSpec",
@@ -86,6 +90,8 @@ class LoraSpec:
 
     def to_peft_config(self) -> LoraConfig:
         """The equivalent :class:`peft.LoraConfig` for a causal LM."""
+        from peft import LoraConfig
+
         return LoraConfig(
             r=self.r,
             lora_alpha=self.alpha,
@@ -121,6 +127,8 @@ def wrap_lora(base: BaseModel, spec: LoraSpec, *, seed: int, inplace: bool = Fal
     ModelError
         If a target module is absent from the model, or `base.model` already holds adapters.
     """
+    from peft import PeftModel, get_peft_model
+
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ConfigError(f"seed is {seed!r}; expected an int")
     if isinstance(base.model, PeftModel) or any("lora_" in n for n, _ in base.model.named_modules()):
@@ -171,6 +179,8 @@ def _init_factors(model: PeftModel, seed: int) -> None:
 
 def _lora_parameters(model: PeftModel) -> dict[str, torch.nn.Parameter]:
     """Canonical key -> LoRA factor parameter of the active adapter."""
+    from peft import PeftModel
+
     if not isinstance(model, PeftModel):
         raise ModelError(
             f"expected a peft.PeftModel from wrap_lora(), got {type(model).__name__}"

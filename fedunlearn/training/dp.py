@@ -36,15 +36,17 @@ import time
 import warnings
 from collections.abc import MutableMapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from opacus import GradSampleModule
-from opacus.optimizers import DPOptimizer
 from torch import nn
 
 from fedunlearn.errors import ConfigError, RunStateError
 from fedunlearn.training.local import EncodedData, FitResult, _device_of, sequence_losses
+
+if TYPE_CHECKING:  # Opacus takes seconds to import: loaded by the functions that use it
+    from opacus import GradSampleModule
+    from opacus.optimizers import DPOptimizer
 
 __all__ = [
     "DPFitResult",
@@ -192,6 +194,9 @@ def private_optimizer(
         inner = torch.optim.SGD(params, lr=lr, weight_decay=weight_decay)
     else:
         raise ConfigError(f"optimizer = {optimizer!r}: expected 'adamw' or 'sgd'")
+    from opacus import GradSampleModule
+    from opacus.optimizers import DPOptimizer
+
     wrapper = GradSampleModule(model, batch_first=True, loss_reduction="mean", strict=True)
     dp_opt = DPOptimizer(
         inner, noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm,

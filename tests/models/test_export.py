@@ -93,6 +93,21 @@ def test_export_is_deterministic(tmp_path, tiny_base, small_lora, states):
     assert {ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, "tokenizer.json"} <= set(adapter_files_sha256(a))
 
 
+def test_the_adapter_config_cache_gives_peft_own_bytes(tmp_path, tiny_base, small_lora, states, monkeypatch):
+    """adapter_config.json is written by peft on a key's first use and then read from the cache
+    (importing peft costs seconds); the bytes are the same, and a damaged entry is not trusted."""
+    monkeypatch.setenv("FEDUNLEARN_CACHE", str(tmp_path / "cache"))
+    first = export_adapter(tmp_path / "a", states[2], base_model_path=tiny_base.path, spec=small_lora)
+    [entry] = (tmp_path / "cache" / "adapter-configs").glob("*.json")
+    assert entry.read_bytes() == (first / ADAPTER_CONFIG_FILE).read_bytes()
+    cached = export_adapter(tmp_path / "b", states[2], base_model_path=tiny_base.path, spec=small_lora)
+    assert (cached / ADAPTER_CONFIG_FILE).read_bytes() == (first / ADAPTER_CONFIG_FILE).read_bytes()
+    doc = json.loads(entry.read_text())
+    entry.write_text(json.dumps(doc | {"r": doc["r"] + 1}))  # damaged: peft writes it again
+    again = export_adapter(tmp_path / "c", states[2], base_model_path=tiny_base.path, spec=small_lora)
+    assert (again / ADAPTER_CONFIG_FILE).read_bytes() == (first / ADAPTER_CONFIG_FILE).read_bytes()
+
+
 def test_refuses_to_overwrite_other_folders(tmp_path, tiny_base, small_lora, states):
     (tmp_path / "precious").mkdir()
     (tmp_path / "precious" / "notes.txt").write_text("keep me")
