@@ -322,8 +322,9 @@ class Coordinator:
               between_rounds: Callable[[int], None] | None = None) -> list[RoundSummary]:
         """Train every shard up to round ``until`` (default: train.rounds), resuming from the heads.
 
-        ``between_rounds(r)`` runs before round ``r`` (and once at the start, before anything is
-        trained): where live erasure requests are applied (:mod:`fedunlearn.unlearning.live`).
+        ``between_rounds(r)`` runs before round ``r``, once at the start, before anything is
+        trained, and once after the last round (``r = until + 1``): where live erasure requests are
+        applied (:mod:`fedunlearn.unlearning.live`).
         """
         until = until or self.settings.train.rounds
         self._evaluate_last_if_missing()
@@ -358,6 +359,8 @@ class Coordinator:
                 for summary in round_summaries:
                     summary.eval_loss = {o: losses[o] for o in summary.members if o in losses}
                 interrupt.check(f"after round {r} (committed)")
+        if between_rounds is not None:  # requests that came with the last round's replies: before the run ends,
+            between_rounds(until + 1)  # not at some later resume (they have a deadline)
         return self.summaries
 
     def _evaluate_last_if_missing(self) -> None:

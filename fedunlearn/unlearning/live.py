@@ -4,7 +4,7 @@ A signed request (:func:`~fedunlearn.certify.sign_request`, the subject's key or
 coordinator's) reaches the run's inbox, ``RUN/requests/inbox/``, from the organization's own node
 (its outbox, carried by its next evaluation reply: :mod:`fedunlearn.federation.inbox`) or out of
 band (:func:`submit`; ``fedunlearn requests --run RUN --submit FILE``). The training workflow calls :func:`apply_pending` before
-every round and once when it starts or resumes: each waiting request goes through the erasure
+every round, once when it starts or resumes and once after its last round: each waiting request goes through the erasure
 service (:func:`~fedunlearn.unlearning.service.certified_erase`: checked, authorized and logged
 with its deadline, erased with the request's method or the run's ``run.erase-method``, certified)
 over the training's own grid; the affected shard is rolled back and retrained, and training goes on

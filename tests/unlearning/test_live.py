@@ -32,7 +32,7 @@ def test_requests_arriving_mid_training_are_applied_and_training_goes_on(tiny_mo
         apply_pending(run_dir, grid)
 
     report = train_workflow(grid_for(settings), settings, between_rounds=arrivals)
-    assert seen == [1, 2, 3]
+    assert seen == [1, 2, 3, 4]  # 4: after the last round
     with Ledger.open(run) as ledger:
         assert ledger.organization("org-2").status == "erased"
         assert all(ledger.head(s).round == 3 for s in range(2))  # training went on to its last round
@@ -105,6 +105,37 @@ def test_an_organization_hands_its_request_to_its_own_node(tiny_model_dir, tmp_p
         assert ledger.organization("org-1").status == "erased" and ledger.head(1).round == 3
     with RunAudit.open(run) as audit:
         assert [e["signer"] for _, e in audit.events("erasure-request")] == ["subject"]
+    assert verify_run(run).ok
+
+
+def test_a_request_that_comes_with_the_last_rounds_replies_is_applied_before_the_training_ends(tiny_model_dir,
+                                                                                                 tmp_path):
+    """Dropped in its outbox during the last round, the request rides on that round's evaluation
+    reply; it is applied before the training ends, not at some later resume."""
+    from fedunlearn.audit import generate_signing_key, save_public_key
+
+    settings = base_settings(tiny_model_dir, shards=3, rounds=2).replace(run={"dir": str(tmp_path / "run")})
+    run = tmp_path / "run"
+    key = generate_signing_key("org-1.example/erasure")
+
+    def org_side(grid, run_dir, rnd):
+        if rnd == 2:  # the last round: org-1 asks now; its reply to round 2's evaluation carries it
+            pub = save_public_key(key, tmp_path / "org-1.pub")
+            assert CliRunner().invoke(app, ["keys", "enrol", "--run", str(run_dir), "--org", "org-1",
+                                            "--public-key", str(pub)]).exit_code == 0
+            with RunAudit.open(run_dir) as audit:
+                signed = sign_request(key, run=audit.origin, subjects=["org-1"], method="drop")
+            box = run_dir / "requests" / "outbox" / "org-1"
+            box.mkdir(parents=True)
+            signed.write(box / "request.json")
+        apply_pending(run_dir, grid)
+
+    report = train_workflow(grid_for(settings), settings, between_rounds=org_side)
+    [row] = status(run)
+    assert row["state"] == "applied" and row["via"] == "node of org-1"
+    with Ledger.open(run) as ledger:
+        assert ledger.organization("org-1").status == "erased"
+        assert ledger.served()["served_hash"] == report.served.hash  # the export came after the erasure
     assert verify_run(run).ok
 
 
