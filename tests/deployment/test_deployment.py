@@ -9,7 +9,10 @@ their registered keys, warm ServerApp/ClientApp processes) serves the whole modu
 3. an erasure of org-2 through the same ServerApp (``run.workflow = "erase"``) is stopped by Ctrl-C
    on ``deploy run`` once the retraining has started (``flwr stop``: the ServerApp ends): the served
    model, heads and keys are untouched; run again, it completes;
-4. ``fedunlearn forget`` erases org-1 (alone in its shard: no training) with a signed certificate;
+2'. org-1 asks to be erased from its own side during the resumed training: its signed request, in
+   its SuperNode's outbox (``deploy up``'s ``WORK/outbox/org-1``), rides on its evaluation reply and
+   is applied before the training ends (a live request over TLS and node authentication);
+4. ``fedunlearn forget --org org-1`` is refused: already erased;
 5. ``fedunlearn verify`` passes on the run; ``fedunlearn deploy down`` stops every process by PID.
 """
 
@@ -61,13 +64,15 @@ def _snapshot(run_dir: Path) -> dict:
 
 
 def _consistent(run_dir: Path) -> dict[int, int]:
-    """Check every shard's chain (rounds 0..head, each round's contributions stored); return the heads."""
+    """Check every shard's chain (rounds 0..head, each round's contributions stored, unless every
+    member of the shard was erased); return the heads."""
     with Ledger.open(run_dir) as ledger:
         heads = {}
         for shard in (0, 1):
             chain = ledger.chain(shard)
             assert [c.round for c in chain] == list(range(len(chain))), chain
-            assert all(ledger.contributions(c.id) for c in chain[1:]), f"shard {shard}: a round without updates"
+            active = [o for o in ledger.organizations() if o.shard == shard and o.status == "active"]
+            assert not active or all(ledger.contributions(c.id) for c in chain[1:]), f"shard {shard}: a round without updates"
             heads[shard] = chain[-1].round
         assert ledger.verify_blobs() == []
     return heads
@@ -149,6 +154,16 @@ def test_operator_cli_on_a_secure_deployment_survives_kills_and_ctrl_c(deployed,
     heads = _consistent(run_dir)
     assert heads[1] == 1 and heads[0] in (1, 2), (heads, log.read_text()[-2000:])
     lap("train-killed")
+    # 2'. meanwhile org-1 asks to be erased from its own side: its enrolled key signs a request that it
+    # drops in its SuperNode's outbox; its next evaluation reply carries it to the ServerApp
+    org_keys = tmp_path / "org-1-keys"
+    assert cli("keys", "generate", "--name", "org-1.example/erasure", "--out", str(org_keys)).returncode == 0
+    assert cli("keys", "enrol", "--run", str(run_dir), "--org", "org-1", "--public-key",
+               str(org_keys / "erasure.pub")).returncode == 0
+    signed = cli("keys", "sign-request", "--key", str(org_keys / "erasure.pem"), "--name", "org-1.example/erasure",
+                 "--run", str(run_dir), "--subject", "org-1", "--out", str(tmp_path / "org-1-request.json"))
+    assert signed.returncode == 0, signed.stdout[-2000:]
+    os.replace(tmp_path / "org-1-request.json", work / "outbox" / "org-1" / "request.json")  # `deploy up`'s outbox
     resumed = _run(work, config)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + tail(work, "superlink")
     assert _consistent(run_dir) == {0: 2, 1: 2}
@@ -157,7 +172,14 @@ def test_operator_cli_on_a_secure_deployment_survives_kills_and_ctrl_c(deployed,
         assert sorted(o.name for o in ledger.organizations()) == list(ORGS)
         assert {d.shard for d in ledger.dependents("org-2")} == {0}
         assert all(len(ledger.contributions(c.id)) == 2 for c in ledger.chain(0)[1:])
-    lap("train-resumed")
+        # the live request came with round 2's replies and was applied before the training ended (SISA:
+        # org-1 was alone in shard 1, which no longer serves); shard 0 is untouched
+        assert ledger.organization("org-1").status == "erased" and ledger.dependents("org-1") == []
+        assert ledger.served()["components"] == [ledger.head(0).id]
+    rows = json.loads(cli("requests", "--run", str(run_dir), "--json").stdout)
+    assert [(r["subjects"], r["state"], r["via"]) for r in rows] == [(["org-1"], "applied", "node of org-1")], rows
+    assert (work / "outbox" / "org-1" / "sent" / "request.json").is_file()
+    lap("train-resumed-live-request")
 
     # 3. an erasure of org-2 stopped by Ctrl-C once retraining has started leaves the run as it was; re-run completes
     before = _snapshot(run_dir)
@@ -181,13 +203,14 @@ def test_operator_cli_on_a_secure_deployment_survives_kills_and_ctrl_c(deployed,
         assert ledger.served()["served_hash"] != before["served"]
     lap("erase-completed")
 
-    # 4. the operator's own erasure command: org-1 is alone in shard 1, so nothing needs training
+    # 4. the operator's own erasure command refuses org-1, already erased by its live request (and logs it)
     forgot = cli("forget", "--run", str(run_dir), "--org", "org-1", timeout=120)
-    assert forgot.returncode == 0, forgot.stdout[-3000:]
+    assert forgot.returncode == 2 and "already erased" in forgot.stdout + forgot.stderr, forgot.stdout[-3000:]
     with Ledger.open(run_dir) as ledger:
         assert ledger.organization("org-1").status == "erased"
         assert ledger.organization("org-0").status == "active"
-    lap("forget")
+    assert len(list((run_dir / "certificates").glob("*.json"))) == 2  # the live request's and org-2's
+    lap("forget-refused")
 
     # 5. the run verifies from its log, public key and artifacts alone
     verified = cli("verify", "--run", str(run_dir), timeout=120)
