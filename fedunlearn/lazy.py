@@ -3,7 +3,7 @@
 ``fedunlearn.certify`` and ``fedunlearn.models`` re-export names from their modules; importing them
 eagerly would load Opacus, transformers' modelling stack and scipy (seconds) for a command that
 only reads a signed request or a device setting. :func:`lazy_package` gives such a package a
-module ``__getattr__`` that imports the right module when a name is first used::
+module ``__getattr__`` that imports the right module when a name is used::
 
     __getattr__, __dir__ = lazy_package(__name__, {"accounting": ("epsilon", ...), ...}, __all__)
 
@@ -48,9 +48,9 @@ def lazy_package(package: str, where: Mapping[str, Sequence[str]],
         module = module_of.get(name)
         if module is None:
             raise AttributeError(f"module {package!r} has no attribute {name!r}")
-        value = getattr(importlib.import_module(f"{package}.{module}"), name)
-        setattr(target, name, value)
-        return value
+        # not cached on the package: a name first read while a test patches its module would stay
+        # patched; reading it through the module each time costs a dictionary lookup
+        return getattr(importlib.import_module(f"{package}.{module}"), name)
 
     def __dir__() -> list[str]:
         return sorted(set(vars(target)) | set(public))

@@ -8,6 +8,7 @@ per organization (node config ``org="NAME" data="FOLDER"``); ``run`` submits the
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import typer
@@ -94,29 +95,32 @@ def run(
         return
     # its own session: a terminal's Ctrl-C reaches this process only, which stops the run first
     proc = subprocess.Popen([dep.tool("flwr"), *dep.run_args(" ".join(config))], env=dep.env(), cwd=dep.work,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, encoding="utf-8",
+                            errors="replace", start_new_session=True)
     streamed = _Stream(proc)
     try:
         code = proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
-        _stop_run(dep, proc, streamed)
-        fail(ConfigError(f"flwr run did not finish within --timeout {timeout:g} s: the Flower run was stopped; "
-                         "raise --timeout and run the same command to resume"))
+        said = _stop_run(dep, proc, streamed)
+        fail(ConfigError(f"flwr run did not finish within --timeout {timeout:g} s; {said}. Raise --timeout and run "
+                         "the same command to resume"))
         return
     except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (the CLI turns it into one)
-        _stop_run(dep, proc, streamed)
+        said = _stop_run(dep, proc, streamed)
         from fedunlearn.interrupt import Interrupted
 
-        run_id = streamed.run_id
-        fail(Interrupted(f"stopped: Flower run {run_id} was stopped on the SuperLink (flwr stop)" if run_id else
-                         "stopped before the SuperLink started the run"))
+        fail(Interrupted(f"stopped: {said}"))
         return
     streamed.join()
     raise typer.Exit(code=code)
 
 
 class _Stream:
-    """Copy ``flwr run``'s output to ours, line by line, and note the run id it prints."""
+    """Copy ``flwr run``'s output to ours, line by line, and note the run id it prints.
+
+    It never stops reading: a failed write (a closed pipe, an encoding the terminal lacks) drops
+    that line only, so ``flwr run`` never blocks on a full pipe.
+    """
 
     def __init__(self, proc) -> None:
         import threading
@@ -130,43 +134,62 @@ class _Stream:
         import sys
 
         for line in proc.stdout:
-            sys.stdout.write(line)
-            sys.stdout.flush()
             found = re.search(r"started run (\d+)", line)
             if found and self.run_id is None:
                 self.run_id = found.group(1)
+            try:
+                sys.stdout.write(line)
+                sys.stdout.flush()
+            except (OSError, UnicodeError, ValueError):
+                pass
 
     def join(self, timeout: float = 10.0) -> None:
         self._thread.join(timeout)
 
 
-def _stop_run(dep, proc, streamed: _Stream, *, grace: float = 20.0) -> None:
-    """``flwr stop`` the run (its ServerApp ends; SuperNodes stop waiting on it), then end ``flwr run``."""
+def _stop_run(dep, proc, streamed: _Stream, *, grace: float = 20.0) -> str:
+    """Stop the Flower run (``flwr stop``: its ServerApp ends, SuperNodes stop waiting on it) and
+    ``flwr run``; return what happened, for the message. Signals are ignored while it runs (a second
+    Ctrl-C would leave the run going on the SuperLink); ``flwr run`` is killed whatever happens."""
     import os
     import signal
     import subprocess
 
     from fedunlearn.deploy import CONNECTION
 
-    streamed.join(timeout=0.5)
-    if streamed.run_id is not None:
-        console.print(f"stopping Flower run {streamed.run_id} on the SuperLink ...")
-        try:
-            done = dep.flwr("stop", streamed.run_id, CONNECTION, timeout=60)
-            if done.returncode != 0:
-                console.print(f"flwr stop {streamed.run_id} failed: {(done.stdout + done.stderr).strip()[-500:]}")
-        except subprocess.TimeoutExpired:
-            console.print(f"flwr stop {streamed.run_id} did not answer within 60 s")
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        proc.wait(timeout=grace)  # streaming ends with the run
-    except subprocess.TimeoutExpired:
-        pass
-    if proc.poll() is None:
+        streamed.join(timeout=0.5)
+        if streamed.run_id is None:  # not started yet as far as we know: end `flwr run` first, then look again
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=10)
+            streamed.join(timeout=2)
+            if streamed.run_id is None:
+                return "the SuperLink had not started the run"
+        run_id = streamed.run_id
+        console.print(f"stopping Flower run {run_id} on the SuperLink (flwr stop) ...")
         try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait(timeout=10)
+            done = dep.flwr("stop", run_id, CONNECTION, timeout=60)
+            stopped = done.returncode == 0
+            why = "" if stopped else (done.stdout + done.stderr).strip()[-300:]
+        except subprocess.TimeoutExpired:
+            stopped, why = False, "no answer within 60 s"
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=grace)  # streaming ends with the run
+        if stopped:
+            return f"Flower run {run_id} was stopped on the SuperLink (flwr stop)"
+        return (f"Flower run {run_id} may still run on the SuperLink: flwr stop failed ({why}); stop it with "
+                f"FLWR_HOME={dep.flwr_home} flwr stop {run_id} {CONNECTION}")
+    finally:
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=10)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 @deploy_app.command("down")
