@@ -241,7 +241,8 @@ def _titled(markdown: str, variant: str) -> str:
         return markdown
     size, _, text = variant.partition("/")
     first, _, rest = markdown.partition("\n")
-    return f"{first} ({size} model, {text} text)\n{rest}"
+    model = "the --model folder" if size == "model" else f"{size} model"
+    return f"{first} ({model}, {text} text)\n{rest}"
 
 
 def render(doc: dict, plots: dict[str, str]) -> str:

@@ -361,7 +361,7 @@ def section_key(name: str, opts: Options) -> str:
     and text side by side (``--merge`` keeps the others). ``realtext`` always runs on real text."""
     size = opts.size if not opts.model else "model"
     text = "real" if name == "realtext" else opts.text
-    reference = size in ("small", "model") and (text == "synthetic" or name == "realtext")
+    reference = size == "small" and (text == "synthetic" or name == "realtext")
     return name if reference else f"{name}@{size}/{text}"
 
 
@@ -384,7 +384,7 @@ def run_sections(names: list[str], opts: Options) -> dict[str, Any]:
         t, load = time.perf_counter(), [round(x, 2) for x in os.getloadavg()]
         print(f"== {name}", flush=True)
         doc["sections"][section_key(name, opts)] = funcs[name](opts) | {
-            "size": opts.size if not opts.model else opts.model, "text": opts.text, "quick": opts.quick, "section_seconds": time.perf_counter() - t, "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "size": opts.size if not opts.model else "model", "text": opts.text, "quick": opts.quick, "section_seconds": time.perf_counter() - t, "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "load_average_start": load, "load_average_end": [round(x, 2) for x in os.getloadavg()]}
     doc["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     return doc

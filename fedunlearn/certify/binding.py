@@ -31,8 +31,9 @@ __all__ = ["UNBOUND_SETTINGS", "bind_settings", "binding_problems", "check_bindi
            "stored_file_problems"]
 
 #: The note for a run whose log has no ``run-settings`` event (made before settings were bound).
-_FINGERPRINT = "data-sha256/"  # ledger meta: an organization's data fingerprint (fedunlearn.federation.coordinator)
 UNBOUND_SETTINGS = "run.json: not bound to the log (the run predates settings binding); its settings are not checked"
+#: Ledger meta key prefix of an organization's data fingerprint (fedunlearn.federation.coordinator).
+_FINGERPRINT = "data-sha256/"
 
 
 def settings_digest(run_dir: str | Path) -> str:
@@ -186,21 +187,38 @@ def _stored_update(contribution: Any, subject: Callable[[str], str] | None, with
             decimal_str(contribution.weight, 12), contribution.num_examples if with_examples else None)
 
 
+def logged_fingerprints(events: Iterable[Mapping[str, Any]]) -> dict[str, str]:
+    """Keyed organization hash -> its data fingerprint as first logged (the one that binds)."""
+    first: dict[str, str] = {}
+    for e in events:
+        if e.get("type") == "data-fingerprint":
+            first.setdefault(str(e.get("org")), str(e.get("sha256")))
+    return first
+
+
 def _fingerprint_problems(events: list[Mapping[str, Any]], ledger: Any, subject: Callable[[str], str] | None,
                          notes: list[str]) -> list[str]:
-    """The ledger's ``data-sha256/<org>`` (what retraining must present) against the logged ones."""
-    logged = {e.get("org"): e.get("sha256") for e in events if e.get("type") == "data-fingerprint"}
+    """The ledger's ``data-sha256/<org>`` (what retraining must present) against the first logged ones."""
+    logged = logged_fingerprints(events)
     stored = {k.removeprefix(_FINGERPRINT): v for k, v in ledger.meta.items() if k.startswith(_FINGERPRINT)}
-    if subject is None or not stored:
+    if subject is None or not (stored or logged):
         return []
     problems, unbound = [], []
-    for name, value in sorted(stored.items()):
-        want = logged.get(subject(name))
-        if want is None:
+    for name in sorted({o.name for o in ledger.organizations()}):
+        want, value = logged.get(subject(name)), stored.get(name)
+        if want is None and value is not None:
             unbound.append(name)
-        elif want != value:
-            problems.append(f"ledger meta {_FINGERPRINT}{name}: {value[:16]}... differs from the data fingerprint "
-                            f"logged when {name!r} first connected ({str(want)[:16]}...)")
+        elif want is not None and value is None:
+            problems.append(f"ledger meta {_FINGERPRINT}{name}: missing, though the log records {name!r}'s data "
+                            f"fingerprint ({want[:16]}...)")
+        elif want is not None and want != value:
+            problems.append(f"ledger meta {_FINGERPRINT}{name}: {str(value)[:16]}... differs from the data fingerprint "
+                            f"logged when {name!r} first connected ({want[:16]}...)")
+    for key, sha in sorted(logged.items()):
+        events_for = {str(e.get("sha256")) for e in events if e.get("type") == "data-fingerprint" and e.get("org") == key}
+        if len(events_for) > 1:
+            problems.append(f"audit log: organization {key[:16]}... has {len(events_for)} different data fingerprints "
+                            f"logged; the first ({sha[:16]}...) binds")
     if unbound:
         notes.append(f"ledger: data fingerprints of {', '.join(unbound)} not in the log (a run made before they "
                      "were logged): not compared")

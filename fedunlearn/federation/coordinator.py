@@ -151,17 +151,25 @@ class Coordinator:
         prints: dict[str, str] = {}
         self.nodes = discover(self.grid, wanted, timeout=self.settings.run.discovery_timeout, fingerprints=prints)
         meta = self.ledger.meta
+        logged = {}
+        if self.audit is not None:
+            from fedunlearn.certify.binding import logged_fingerprints
+
+            logged = logged_fingerprints(e for _, e in self.audit.events("data-fingerprint"))
         changed = []
         for org, fp in sorted(prints.items()):
             if not fp:
                 continue
             key = f"data-sha256/{org}"
-            if key not in meta:
-                self.ledger.set_meta(key, fp)
-                if self.audit is not None:  # bound to the signed log: verify compares the ledger's copy
+            first = meta.get(key) or (logged.get(self.audit.subject(org)) if self.audit is not None else None)
+            if first is None:  # the first connection: logged (signed) first, then kept in the ledger
+                if self.audit is not None:
                     self.audit.append({"type": "data-fingerprint", "org": self.audit.subject(org), "sha256": fp})
-            elif meta[key] != fp:
-                changed.append(f"{org} (trained on {meta[key][:12]}…, now {fp[:12]}…)")
+                self.ledger.set_meta(key, fp)
+            elif first != fp:
+                changed.append(f"{org} (trained on {first[:12]}…, now {fp[:12]}…)")
+            elif key not in meta:  # logged by a process killed before it stored it
+                self.ledger.set_meta(key, fp)
         if changed:
             raise FederationError(
                 f"organizations' data differ from the data they trained on: {'; '.join(changed)}. "

@@ -94,20 +94,41 @@ def _holds(folder: Path, digest: str) -> bool:
 
 def copy_served(run: RunFolder, out: Path) -> Path:
     """Copy the exported served adapter folder to ``out`` (refuses to overwrite a non-empty folder)
-    and log the copy (``export-copy``: destination, served hash, each file's SHA-256)."""
+    and log the copy (``export-copy``: destination, served hash, each file's SHA-256).
+
+    The copy is logged only when every file hashes to the last logged export; otherwise (or when
+    the log cannot be written) ``out`` is removed again and the error says why.
+    """
+    from fedunlearn.certify.runaudit import RunAudit, file_sha256
+    from fedunlearn.errors import IntegrityError
+
     src = run.served_dir
     if not (src / "adapter_config.json").is_file():
         raise RunStateError(f"run {str(run.path)!r} has no exported served model yet: train it first")
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise RunStateError(f"{str(out)!r} exists and is not empty: choose an empty or new folder")
-    shutil.copytree(src, out, dirs_exist_ok=True)
-    from fedunlearn.certify.runaudit import RunAudit
-    from fedunlearn.ledger import Ledger
-
-    with Ledger.open(run.path) as ledger:
-        served = ledger.served()
-    with RunAudit.open(run.path) as audit:  # the copy enters the signed log: `verify --export` names it
-        audit.log_export_copy(served["served_hash"] if served else "", out)
-        audit.checkpoint()
+    existed = out.exists()
+    with RunAudit.open(run.path) as audit:  # first: a run whose log cannot be written gets no copy
+        exports = audit.events("export")
+        if not exports:
+            raise RunStateError(f"run {str(run.path)!r} logs no export of its served model: train it first")
+        export = exports[-1][1]
+        want = {rel.removeprefix("export/served/"): h for rel, h in export.get("files", {}).items()
+                if rel.startswith("export/served/")}
+        try:
+            shutil.copytree(src, out, dirs_exist_ok=True)
+            have = {p.relative_to(out).as_posix(): file_sha256(p) for p in sorted(out.rglob("*")) if p.is_file()}
+            if have != want:
+                raise IntegrityError(
+                    f"the served adapter in {str(src)!r} is not the one the log records as exported "
+                    f"(files {sorted(set(have) ^ set(want)) or sorted(k for k in have if have[k] != want.get(k))}); "
+                    f"nothing was copied: run `fedunlearn verify --run {run.path}`")
+            audit.log_export_copy(str(export.get("served_hash", "")), out)  # `verify --export` names this copy
+            audit.checkpoint()
+        except BaseException:
+            shutil.rmtree(out, ignore_errors=True)
+            if existed:
+                out.mkdir(exist_ok=True)
+            raise
     return out

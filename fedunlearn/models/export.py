@@ -119,14 +119,14 @@ def _adapter_config(spec: LoraSpec, base_name: str) -> str:
 
     from fedunlearn.models.default import cache_root
 
-    fields = {"spec": dataclasses.asdict(spec), "base": base_name, "peft": version("peft")}
+    fields = {"format": _CONFIG_CACHE_FORMAT, "spec": dataclasses.asdict(spec), "base": base_name,
+              "peft": version("peft")}
     key = hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode("utf-8")).hexdigest()[:24]
     cached = cache_root() / "adapter-configs" / f"{key}.json"
     with contextlib.suppress(OSError, ValueError):
         text = cached.read_text(encoding="utf-8")
         doc = json.loads(text)
-        if (doc.get("r"), doc.get("lora_alpha"), doc.get("base_model_name_or_path"), doc.get("target_modules")) == (
-                spec.r, spec.alpha, base_name, sorted(spec.target_modules)):
+        if isinstance(doc, dict) and text.endswith("\n") and _matches(doc, spec, base_name):
             return text
     with tempfile.TemporaryDirectory() as tmp:
         config = spec.to_peft_config()
@@ -136,11 +136,26 @@ def _adapter_config(spec: LoraSpec, base_name: str) -> str:
         text = (Path(tmp) / ADAPTER_CONFIG_FILE).read_text(encoding="utf-8")
     with contextlib.suppress(OSError):  # a cache that cannot be written only costs time
         cached.parent.mkdir(parents=True, exist_ok=True)
-        partial = cached.with_name(f".{cached.name}.{os.getpid()}.tmp")
-        partial.write_text(text, encoding="utf-8")
+        fd, partial = tempfile.mkstemp(prefix=f".{cached.name}.", suffix=".tmp", dir=cached.parent)
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(text)
         os.replace(partial, cached)
     return text
 
+
+#: Bump when what fedunlearn asks peft to write changes (to_peft_config, _canonical_json): cached
+#: adapter configs of an older format are then written again.
+_CONFIG_CACHE_FORMAT = 1
+
+
+def _matches(doc: dict, spec: LoraSpec, base_name: str) -> bool:
+    """Whether a cached adapter config says what ``spec`` and ``base_name`` say, field by field
+    (a damaged or planted entry is written again by peft instead of being served)."""
+    want = {"r": spec.r, "lora_alpha": spec.alpha, "lora_dropout": spec.dropout,
+            "target_modules": sorted(spec.target_modules), "base_model_name_or_path": base_name,
+            "peft_type": "LORA", "task_type": "CAUSAL_LM", "bias": "none", "modules_to_save": None,
+            "use_dora": False, "use_rslora": False}
+    return all(doc.get(k) == v for k, v in want.items())
 
 def _canonical_json(path: Path) -> None:
     """Rewrite a JSON file with sorted keys and sorted ``target_modules``.

@@ -32,7 +32,7 @@ def test_quick_suite_writes_results_with_measured_sections(tiny_model_dir: Path,
                     "## DP overhead", "## Erasure requests honored live", "## Scale"):
         assert heading in text
     assert "Load average at start" in text and "Quick mode" in text
-    sections = doc["sections"]
+    sections = {k.removesuffix("@model/synthetic"): v for k, v in doc["sections"].items()}  # --model: its own variant
     assert sections["training"]["fedunlearn_tokens_per_s"] > 0 and sections["training"]["ratio"] > 0
     methods = sections["erasure"]["methods"]
     assert list(methods) == ["retrain", "sisa", "negate"] and methods["retrain"]["wall_ratio"] == 1.0
@@ -63,7 +63,7 @@ def test_quick_suite_writes_results_with_measured_sections(tiny_model_dir: Path,
         assert p["server_rss_peak_mb"] >= p["server_rss_start_mb"] > 0
     assert points[0]["trained_per_round"] == 3.0
     assert 0 < points[1]["trained_per_round"] < 6  # half of each shard's members sampled per round
-    assert json.loads(out.with_suffix(".json").read_text())["sections"].keys() == sections.keys()
+    assert json.loads(out.with_suffix(".json").read_text())["sections"].keys() == doc["sections"].keys()
     assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["erasure_cost.svg", "erasure_length.svg", "scale_0.svg", "scale_1.svg",
                                                                 "scale_2.svg"]
 
@@ -125,6 +125,7 @@ def test_sections_of_every_size_and_text_sit_side_by_side() -> None:
     assert section_key("erasure", Options(size="large", text="real")) == "erasure@large/real"
     assert section_key("realtext", Options(size="large")) == "realtext@large/real"
     assert section_key("realtext", Options()) == "realtext"
+    assert section_key("erasure", Options(model="/some/model")) == "erasure@model/synthetic"  # never the reference
     keys = ["dp@large/real", "erasure@large/real", "erasure", "realtext@large/real", "erasure@small/real", "realtext"]
     ordered = [k for k, _ in sorted(((k, {}) for k in keys), key=runner._order)]
     assert ordered == ["realtext", "realtext@large/real", "erasure", "erasure@small/real", "erasure@large/real",

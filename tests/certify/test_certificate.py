@@ -198,6 +198,8 @@ TAMPERS.update({
                                                        "WHERE id = (SELECT max(id) FROM served)"), "served"),
     "ledger-data-sha256": (lambda d: _ledger_sql(d, "UPDATE meta SET value = '0' || substr(value, 2) "
                                                     "WHERE key = 'data-sha256/org-0'"), "data-sha256"),
+    "ledger-data-sha256-deleted": (lambda d: _ledger_sql(d, "DELETE FROM meta WHERE key = 'data-sha256/org-0'"),
+                                   "data-sha256/org-0: missing"),
 })
 
 

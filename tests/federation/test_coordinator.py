@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -139,5 +141,24 @@ def test_resume_with_other_data_is_refused(small_settings, tmp_path):
     run = RunFolder.open(settings.run.dir)
     with Ledger.open(run.path) as ledger:
         coord = Coordinator(grid, run, ledger)
+        with pytest.raises(FederationError, match=r"data differ from the data they trained on: org-0"):
+            coord.connect()
+
+
+def test_the_logged_fingerprint_binds_even_when_the_ledgers_copy_is_gone(small_settings, tmp_path):
+    """The first logged data fingerprint decides: deleting the ledger's copy does not let other data in."""
+    from fedunlearn.certify.runaudit import RunAudit
+    from tests.tamper import tamper_sql
+
+    settings = small_settings.replace(train={"rounds": 1})
+    train_workflow(_grid(settings), settings)
+    with RunAudit.open(settings.run.dir) as audit:
+        assert len(audit.events("data-fingerprint")) == 3  # one per organization, at its first connection
+    tamper_sql(Path(settings.run.dir) / "ledger.sqlite", "DELETE FROM meta WHERE key LIKE 'data-sha256/%'")
+    other = settings.replace(data={"canaries_per_org": 2})
+    grid = LocalGrid(make_app(settings_to_flat(other)), 3, run_config=settings_to_flat(settings))
+    run = RunFolder.open(settings.run.dir)
+    with Ledger.open(run.path) as ledger, RunAudit.open(run.path) as audit:
+        coord = Coordinator(grid, run, ledger, audit=audit)
         with pytest.raises(FederationError, match=r"data differ from the data they trained on: org-0"):
             coord.connect()

@@ -200,3 +200,16 @@ def test_a_forged_copy_event_is_caught(run_factory, tmp_path):
         audit.checkpoint()
     report = verify_run(run)
     assert not report.ok and any("does not copy the export logged before it" in p for p in report.problems)
+
+
+def test_a_served_adapter_that_differs_from_the_logged_export_is_not_copied(run_factory, tmp_path):
+    run = copy_run(run_factory("s-eq-n", shards=3), tmp_path / "run")
+    weights = run / "export" / "served" / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1] + b"\x01")
+    out = runner.invoke(app, ["export", "--run", str(run), "--out", str(tmp_path / "copy")])
+    assert out.exit_code == 2 and "not the one the log records as exported" in " ".join(out.output.split())
+    assert not (tmp_path / "copy").exists()  # nothing half-copied is left
+    from fedunlearn.certify.runaudit import RunAudit
+
+    with RunAudit.open(run) as audit:
+        assert audit.events("export-copy") == []
