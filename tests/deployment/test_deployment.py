@@ -190,7 +190,14 @@ def test_operator_cli_on_a_secure_deployment_survives_kills_and_ctrl_c(deployed,
                               log)
     wait_for("the erasure's retraining to reach org-0", lambda: _received(work, "org-0", "train") > trained,
              timeout=180)
-    _interrupt(work, erasing, log)  # Ctrl-C mid-erasure: a graceful stop (step 2 was a hard kill)
+    # org-0's node (its process group) is paused so that the erasure cannot finish before the Ctrl-C
+    # lands, however loaded the machine: the ServerApp waits for its reply
+    node = json.loads((work / "deployment.json").read_text())["pids"]["supernode-org-0"]
+    os.killpg(node, signal.SIGSTOP)
+    try:
+        _interrupt(work, erasing, log)  # Ctrl-C mid-erasure: a graceful stop (step 2 was a hard kill)
+    finally:
+        os.killpg(node, signal.SIGCONT)
     assert _snapshot(run_dir) == before
     lap("erase-interrupted")
     erased = _run(work, erase_config)
