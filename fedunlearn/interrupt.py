@@ -104,7 +104,12 @@ def stop_on_signals(on_force: Callable[[], None] | None = None) -> Iterator[None
 
 
 def terminate_as_interrupt() -> None:
-    """Make SIGTERM raise ``KeyboardInterrupt`` in the main thread (as SIGINT does), so cleanup runs."""
+    """Make SIGTERM raise ``KeyboardInterrupt`` in the main thread (as SIGINT does), so cleanup runs.
+
+    SIGINT raises it too even when the process inherited SIGINT as ignored (a command started in
+    the background by a non-interactive shell, ``cmd &``, does): such a process gets SIGINT only from
+    an explicit ``kill -INT``, which asks it to stop.
+    """
     if threading.current_thread() is not threading.main_thread():
         return
 
@@ -112,3 +117,5 @@ def terminate_as_interrupt() -> None:
         raise KeyboardInterrupt("SIGTERM")
 
     signal.signal(signal.SIGTERM, handler)
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)

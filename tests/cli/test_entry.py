@@ -65,3 +65,21 @@ def test_ctrl_c_in_plain_work_ends_with_130_and_a_message(monkeypatch, capsys, t
     err = capsys.readouterr().err
     assert exited.value.code == 130 and "stopped" in err and "fedunlearn info --run" in err
     assert "Aborted!" not in err and "Traceback" not in err
+
+
+def test_sigint_stops_a_command_started_in_the_background():
+    """A command started by a non-interactive shell in the background (`cmd &`) inherits SIGINT as
+    ignored; an explicit `kill -INT` must still stop it, as it stops one in the foreground."""
+    import signal
+    import subprocess
+    import sys
+
+    code = ("from fedunlearn.interrupt import terminate_as_interrupt; terminate_as_interrupt(); import time\n"
+            "try:\n    print('ready', flush=True)\n    time.sleep(60)\nexcept KeyboardInterrupt:\n"
+            "    print('stopped', flush=True)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    assert proc.stdout.readline().strip() == "ready"
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=30)
+    assert out.strip() == "stopped"
