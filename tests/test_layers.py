@@ -33,21 +33,22 @@ def _unit(module: str) -> str:
     return parts[1] if len(parts) > 1 else ""
 
 
+def _imported(path: Path):
+    """Every module an absolute import in the file at ``path`` names."""
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+        if isinstance(node, ast.Import):
+            yield from (a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            yield node.module
+
+
 def _imports():
     """(importing module, its unit, imported module) for every absolute import in the package."""
     for path in sorted(ROOT.rglob("*.py")):
         rel = path.relative_to(ROOT.parent).with_suffix("")
         module = ".".join(rel.parts).removesuffix(".__init__")
-        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Import):
-                names = [a.name for a in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                names = [node.module]
-            else:
-                continue
-            for name in names:
-                yield module, _unit(module), name
+        for name in _imported(path):
+            yield module, _unit(module), name
 
 
 def test_every_unit_has_a_layer():
@@ -95,14 +96,7 @@ def test_the_check_catches_a_violation(tmp_path, source, expected):
 def _front_end_imports(folder: Path):
     """(file, imported module) for every import of a front end (``clients``/``server``) in `folder`."""
     for path in sorted(folder.glob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
-            if isinstance(node, ast.Import):
-                names = [a.name for a in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                names = [node.module]
-            else:
-                continue
-            yield from ((path.name, n) for n in names if n.split(".")[0] in ("clients", "server"))
+        yield from ((path.name, n) for n in _imported(path) if n.split(".")[0] in ("clients", "server"))
 
 
 def test_benchmarks_use_the_library_not_the_flower_apps():

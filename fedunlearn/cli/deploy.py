@@ -137,11 +137,9 @@ class _Stream:
             found = re.search(r"started run (\d+)", line)
             if found and self.run_id is None:
                 self.run_id = found.group(1)
-            try:
+            with contextlib.suppress(OSError, UnicodeError, ValueError):  # a closed pipe drops this line only
                 sys.stdout.write(line)
                 sys.stdout.flush()
-            except (OSError, UnicodeError, ValueError):
-                pass
 
     def join(self, timeout: float = 10.0) -> None:
         self._thread.join(timeout)

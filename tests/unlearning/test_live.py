@@ -76,10 +76,24 @@ def test_a_request_queued_while_stopped_is_applied_when_training_resumes(tiny_mo
     assert [r["state"] for r in status(run)] == ["applied"] and verify_run(run).ok
 
 
+def _org_1_asks(run_dir, key, tmp_path) -> None:
+    """The coordinator enrols org-1's request key; org-1 drops its signed request (drop) in its outbox."""
+    from fedunlearn.audit import save_public_key
+
+    pub = save_public_key(key, tmp_path / "org-1.pub")
+    assert CliRunner().invoke(app, ["keys", "enrol", "--run", str(run_dir), "--org", "org-1",
+                                    "--public-key", str(pub)]).exit_code == 0
+    with RunAudit.open(run_dir) as audit:
+        signed = sign_request(key, run=audit.origin, subjects=["org-1"], method="drop")
+    box = run_dir / "requests" / "outbox" / "org-1"
+    box.mkdir(parents=True)
+    signed.write(box / "request.json")
+
+
 def test_an_organization_hands_its_request_to_its_own_node(tiny_model_dir, tmp_path):
     """The request rides on the organization's evaluation reply (Flower Messages), is queued by the
     coordinator and applied before the next round; signed with the organization's enrolled key."""
-    from fedunlearn.audit import generate_signing_key, save_public_key
+    from fedunlearn.audit import generate_signing_key
 
     settings = base_settings(tiny_model_dir, shards=3, rounds=3).replace(run={"dir": str(tmp_path / "run")})
     run = tmp_path / "run"
@@ -87,14 +101,7 @@ def test_an_organization_hands_its_request_to_its_own_node(tiny_model_dir, tmp_p
 
     def org_side(grid, run_dir, rnd):
         if rnd == 1:  # enrol org-1's request key, then org-1 drops its own signed request in its outbox
-            pub = save_public_key(key, tmp_path / "org-1.pub")
-            assert CliRunner().invoke(app, ["keys", "enrol", "--run", str(run_dir), "--org", "org-1",
-                                            "--public-key", str(pub)]).exit_code == 0
-            with RunAudit.open(run_dir) as audit:
-                signed = sign_request(key, run=audit.origin, subjects=["org-1"], method="drop")
-            box = run_dir / "requests" / "outbox" / "org-1"
-            box.mkdir(parents=True)
-            signed.write(box / "request.json")
+            _org_1_asks(run_dir, key, tmp_path)
         apply_pending(run_dir, grid)
 
     train_workflow(grid_for(settings), settings, between_rounds=org_side)
@@ -112,7 +119,7 @@ def test_a_request_that_comes_with_the_last_rounds_replies_is_applied_before_the
                                                                                                  tmp_path):
     """Dropped in its outbox during the last round, the request rides on that round's evaluation
     reply; it is applied before the training ends, not at some later resume."""
-    from fedunlearn.audit import generate_signing_key, save_public_key
+    from fedunlearn.audit import generate_signing_key
 
     settings = base_settings(tiny_model_dir, shards=3, rounds=2).replace(run={"dir": str(tmp_path / "run")})
     run = tmp_path / "run"
@@ -120,14 +127,7 @@ def test_a_request_that_comes_with_the_last_rounds_replies_is_applied_before_the
 
     def org_side(grid, run_dir, rnd):
         if rnd == 2:  # the last round: org-1 asks now; its reply to round 2's evaluation carries it
-            pub = save_public_key(key, tmp_path / "org-1.pub")
-            assert CliRunner().invoke(app, ["keys", "enrol", "--run", str(run_dir), "--org", "org-1",
-                                            "--public-key", str(pub)]).exit_code == 0
-            with RunAudit.open(run_dir) as audit:
-                signed = sign_request(key, run=audit.origin, subjects=["org-1"], method="drop")
-            box = run_dir / "requests" / "outbox" / "org-1"
-            box.mkdir(parents=True)
-            signed.write(box / "request.json")
+            _org_1_asks(run_dir, key, tmp_path)
         apply_pending(run_dir, grid)
 
     report = train_workflow(grid_for(settings), settings, between_rounds=org_side)
