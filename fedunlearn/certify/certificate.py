@@ -215,6 +215,7 @@ def certify_erasure(
     ledger: Any = None,
     audit: Any = None,
     evaluation: Mapping[str, Any] | None = None,
+    export_index: int | None = None,
 ) -> Certificate:
     """Issue, sign, log and write the certificate of an applied erasure.
 
@@ -235,6 +236,10 @@ def certify_erasure(
         The run's audit log (its coordinator key signs); opened from the run folder when omitted.
     evaluation : mapping, optional
         Whatever the evaluation suite measured (floats are written as decimal strings).
+    export_index : int, optional
+        The log index of an ``export`` event of this served model already logged for this erasure
+        (one erasure carrying out several requests: their certificates share it); by default the
+        export is logged now.
 
     Returns
     -------
@@ -254,7 +259,7 @@ def certify_erasure(
     audit = RunAudit.open(run.path) if own_audit else audit
     ledger = Ledger.open(run.path) if own_ledger else ledger
     try:
-        return _certify(run, request, result, ledger, audit, evaluation)
+        return _certify(run, request, result, ledger, audit, evaluation, export_index)
     finally:
         if own_audit:
             audit.close()
@@ -263,7 +268,7 @@ def certify_erasure(
 
 
 def _certify(run: Any, authorization: Any, result: Any, ledger: Any, audit: Any,
-             evaluation: Mapping[str, Any] | None) -> Certificate:
+             evaluation: Mapping[str, Any] | None, export_index: int | None = None) -> Certificate:
     subjects = tuple(authorization.subjects)
     served = ledger.served()
     if served is None or served["served_hash"] != _field(result, "served_hash"):
@@ -271,9 +276,13 @@ def _certify(run: Any, authorization: Any, result: Any, ledger: Any, audit: Any,
                             "served model (fedunlearn.federation.serving.export_served) before certifying")
     audit.sync(ledger, run.settings.dp)  # rounds the erasure committed
     guarantee = _guarantee(str(_field(result, "guarantee")), audit, ledger, run.settings, subjects)
-    folders = [run.served_dir] + sorted(p for p in (run.path / "export").glob("shard-*") if p.is_dir())
-    export_index = audit.log_export(served["served_hash"], folders)
-    files = parse_canonical_json(audit.log.entries(export_index, export_index + 1)[0])["files"]
+    logged = parse_canonical_json(audit.log.entries(export_index, export_index + 1)[0]) \
+        if export_index is not None else {}
+    if logged.get("type") != "export" or logged.get("served_hash") != served["served_hash"]:
+        folders = [run.served_dir] + sorted(p for p in (run.path / "export").glob("shard-*") if p.is_dir())
+        export_index = audit.log_export(served["served_hash"], folders)
+        logged = parse_canonical_json(audit.log.entries(export_index, export_index + 1)[0])
+    files = logged["files"]
     cost = _jsonable(_field(result, "cost") or {})
     full = _jsonable(_field(result, "full_retrain_cost") or {})
     for c in (cost, full):

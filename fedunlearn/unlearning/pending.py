@@ -18,8 +18,8 @@ from fedunlearn.runs import RunFolder
 from fedunlearn.unlearning import EraseRequest, UnlearnResult, get_unlearner, pending_erasure
 from fedunlearn.unlearning.base import Cost
 
-__all__ = ["PENDING_KEY", "authorization_of", "clear_pending", "is_applied", "pending_certification",
-           "recorded_result", "same_request", "set_pending"]
+__all__ = ["PENDING_KEY", "authorization_of", "authorizations_of", "clear_pending", "is_applied",
+           "pending_certification", "recorded_result", "same_request", "set_pending"]
 
 #: Ledger meta key: the authorized request whose erasure is not certified yet (cleared once it is).
 PENDING_KEY = "certification.pending"
@@ -31,11 +31,29 @@ def pending_certification(run_dir: Path) -> dict | None:
     return json.loads(text) if text else None
 
 
-def set_pending(run_dir: Path, authorization: Authorization, request: EraseRequest) -> None:
+def _authorization_doc(authorization: Authorization, notes: tuple[str, ...] = ()) -> dict:
+    return {"signed": authorization.request.to_dict(), "signer_role": authorization.signer_role,
+            "key_id": authorization.key_id, "log_index": authorization.log_index,
+            "subjects": list(authorization.subjects), "method": authorization.method,
+            "records": list(authorization.records), "notes": list(notes)}
+
+
+def set_pending(run_dir: Path, authorization: Authorization | list[Authorization], request: EraseRequest,
+                *, notes: list[tuple[str, ...]] | None = None) -> None:
+    """Record ``request`` as applied-but-uncertified, with every authorization it carries out.
+
+    Several authorizations: one erasure carries out several requests (their subjects' union is
+    ``request``); each gets its own certificate, and ``notes`` (one tuple per authorization) are the
+    lines each certificate adds, kept so that a rerun after a kill certifies with them.
+    """
+    authorizations = authorization if isinstance(authorization, list) else [authorization]
+    notes = notes or [() for _ in authorizations]
+    first = authorizations[0]
     with Ledger.open(run_dir) as ledger:
         doc = {"subjects": list(request.subjects), "method": request.method, "records": list(request.records),
-               "signed": authorization.request.to_dict(), "signer_role": authorization.signer_role,
-               "key_id": authorization.key_id, "log_index": authorization.log_index,
+               "signed": first.request.to_dict(), "signer_role": first.signer_role,
+               "key_id": first.key_id, "log_index": first.log_index,
+               "parts": [_authorization_doc(a, tuple(n)) for a, n in zip(authorizations, notes)],
                "previous_served": (ledger.served() or {}).get("served_hash")}
         ledger.set_meta(PENDING_KEY, json.dumps(doc, sort_keys=True))
 
@@ -51,10 +69,18 @@ def same_request(pending: dict, request: EraseRequest) -> bool:
 
 
 def authorization_of(pending: dict) -> Authorization:
-    signed = SignedRequest.parse(pending["signed"])
-    return Authorization(request=signed, subjects=tuple(pending["subjects"]), method=pending["method"],
-                         records=tuple(pending["records"]), signer_role=pending["signer_role"],
-                         key_id=pending["key_id"], log_index=int(pending["log_index"]))
+    """The (first) authorization the pending erasure carries out."""
+    return authorizations_of(pending)[0][0]
+
+
+def authorizations_of(pending: dict) -> list[tuple[Authorization, tuple[str, ...]]]:
+    """Every authorization the pending erasure carries out, with its certificate's extra notes
+    (a journal written before erasures could carry several holds one, without notes)."""
+    parts = pending.get("parts") or [{**pending, "notes": []}]
+    return [(Authorization(request=SignedRequest.parse(p["signed"]), subjects=tuple(p["subjects"]),
+                           method=p["method"], records=tuple(p["records"]), signer_role=p["signer_role"],
+                           key_id=p["key_id"], log_index=int(p["log_index"])), tuple(p.get("notes", ())))
+            for p in parts]
 
 
 def is_applied(run_dir: Path, request: EraseRequest) -> bool:

@@ -27,9 +27,6 @@ from pathlib import Path
 
 from flwr.serverapp import Grid
 
-from fedunlearn import crashpoints
-from fedunlearn.unlearning.pending import (authorization_of, clear_pending, is_applied, pending_certification,
-                                         recorded_result, same_request, set_pending)
 from fedunlearn.certify.authorize import Authorization, SignedRequest, log_refusal
 from fedunlearn.certify.certificate import Certificate
 from fedunlearn.config import Settings
@@ -252,52 +249,13 @@ def certified_erase(run_dir: Path, request: EraseRequest, *, grid: Grid | None =
         A refused request changes nothing and leaves a signed ``refusal`` in the audit log; afterwards
         ``fedunlearn verify --run RUN_DIR`` passes.
     """
-    run_dir = Path(run_dir)
-    pending = pending_certification(run_dir)
-    if pending is not None and same_request(pending, request) and is_applied(run_dir, request):
-        # an earlier process erased and was killed before its certificate: finish it, nothing else
-        (reporter or LogReporter()).message("completing the certification of an erasure that was interrupted")
-        return _finish_certification(run_dir, pending, request)
-    try:
-        needs_flower = prepare_erasure(run_dir, request)  # every check before anything changes
-        check_bound(run_dir)  # never erase (or certify "exact") from lineage or settings the log contradicts
-    except FedUnlearnError as exc:
-        refuse(run_dir, signed, request.subjects, str(exc))
-        raise
-    if pending is not None and same_request(pending, request):  # authorized (and logged) by the killed process
-        authorization = authorization_of(pending)
-    else:
-        authorization = authorize_erasure(run_dir, signed or coordinator_request(run_dir, request))
-        set_pending(run_dir, authorization, request)
-    crashpoints.reached("erasure.authorized")
-    if needs_flower and grid is None and simulate:
-        result = simulate_erasure(run_dir, request, reporter=reporter, before=before)
-    else:
-        result = erase_workflow(grid, run or RunFolder.open(run_dir), request, reporter, before=before)
-    crashpoints.reached("erasure.unlearned")
-    if notes:
-        result = dataclasses.replace(result, notes=tuple(result.notes) + tuple(notes))
-    certificate = certify_applied_erasure(run_dir, authorization, result)
-    crashpoints.reached("certify.written")
-    clear_pending(run_dir)
-    return result, certificate
+    from fedunlearn.unlearning.together import Part, certified_erase_all
 
-
-def _finish_certification(run_dir: Path, pending: dict, request: EraseRequest) -> tuple[UnlearnResult, Certificate]:
-    """Certify the erasure a killed process applied (its recorded result), or return its certificate."""
-    from fedunlearn.certify.certificate import Certificate as Cert
-
-    authorization = authorization_of(pending)
-    for path in sorted((Path(run_dir) / "certificates").glob("*.json")):
-        cert = Cert.read(path)
-        if cert.body.get("request", {}).get("hash") == authorization.request.digest:  # written before the kill
-            clear_pending(run_dir)
-            return recorded_result(run_dir, pending, request), cert
-    result = recorded_result(run_dir, pending, request)
-    certificate = certify_applied_erasure(run_dir, authorization, result)
-    crashpoints.reached("certify.written")
-    clear_pending(run_dir)
-    return result, certificate
+    [outcome] = certified_erase_all(Path(run_dir), [Part(request, signed, tuple(notes))], grid=grid,
+                                    reporter=reporter, before=before, simulate=simulate, run=run)
+    if isinstance(outcome, FedUnlearnError):
+        raise outcome
+    return outcome
 
 
 def _with_timeouts(run_dir: Path, settings: Settings) -> RunFolder:
@@ -343,7 +301,8 @@ def authorize_erasure(run_dir: Path, signed: SignedRequest) -> Authorization:
         return authorize_request(audit, signed)
 
 
-def certify_applied_erasure(run_dir: Path, authorization: Authorization, result: UnlearnResult) -> Certificate:
+def certify_applied_erasure(run_dir: Path, authorization: Authorization, result: UnlearnResult, *,
+                            export_index: int | None = None) -> Certificate:
     """Issue the signed certificate of an applied erasure, whichever path applied it.
 
     Brings the audit log up to date (the retrained round commits, the new export's file hashes, an
@@ -353,7 +312,7 @@ def certify_applied_erasure(run_dir: Path, authorization: Authorization, result:
     """
     from fedunlearn.certify import certify_erasure
 
-    return certify_erasure(RunFolder.open(run_dir), authorization, result)
+    return certify_erasure(RunFolder.open(run_dir), authorization, result, export_index=export_index)
 
 
 def certified_erasure_workflow(request: EraseRequest, *, before: BeforeHook | None = None) -> Callable[..., UnlearnResult]:

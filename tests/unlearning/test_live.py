@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -150,7 +151,8 @@ from fedunlearn.unlearning.live import apply_pending, submit
 from tests.unlearning.conftest import base_settings, grid_for
 
 point, model, run = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
-settings = base_settings(model, shards=2, rounds=3).replace(run={"dir": str(run)})
+subjects = sys.argv[5].split(",")  # one request per organization, all arriving before round 2
+settings = base_settings(model, shards=2, rounds=3, orgs=3 + (len(subjects) > 1)).replace(run={"dir": str(run)})
 
 def arrivals(grid, run_dir, rnd):
     if rnd == 2:  # org-2's request arrives before round 2; the process dies inside its erasure
@@ -158,7 +160,8 @@ def arrivals(grid, run_dir, rnd):
             served = ledger.served()  # None until the first export (the end of a first training)
             Path(sys.argv[4]).write_text(served["served_hash"] if served else "")
         with RunAudit.open(run_dir) as audit:
-            submit(run_dir, sign_request(audit.signer, run=audit.origin, subjects=["org-2"], method="sisa"))
+            for subject in subjects:
+                submit(run_dir, sign_request(audit.signer, run=audit.origin, subjects=[subject], method="sisa"))
         crashpoints.install(lambda name: os._exit(137) if name == point else None)  # kill -9 there
     apply_pending(run_dir, grid)
 
@@ -167,36 +170,86 @@ train_workflow(grid_for(settings), settings, between_rounds=arrivals)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("point", ["erasure.journaled", "certify.applied"])  # before and after the switch
-def test_a_training_killed_during_a_live_erasure_completes_it_when_restarted(point, tiny_model_dir, tmp_path):
-    """Killed inside a live erasure: before the switch the previous served model stays in service
-    and the request stays pending; the restarted training completes the erasure (one certificate)
-    before it trains on, and ends where a run that never had the organization ends."""
+@pytest.mark.parametrize("point, subjects", [("erasure.journaled", ("org-2",)), ("certify.applied", ("org-2",)),
+                                             ("erasure.switched", ("org-2", "org-3")),
+                                             ("certify.written", ("org-2", "org-3"))])  # after the 1st of 2
+def test_a_training_killed_during_a_live_erasure_completes_it_when_restarted(point, subjects, tiny_model_dir,
+                                                                            tmp_path):
+    """Killed inside a live erasure (of one request, or of two carried out together): before the
+    switch the previous served model stays in service and the requests stay pending; the restarted
+    training completes the erasure (one certificate per request) before it trains on, and ends
+    where a run that never had the organizations ends."""
     import subprocess
     import sys
 
     from fedunlearn.crashpoints import POINTS
 
     assert point in POINTS
+    orgs = 3 + (len(subjects) > 1)
     run, served_file = tmp_path / "run", tmp_path / "served-before.txt"
     killed = subprocess.run([sys.executable, "-c", KILLED_TRAINING, point, str(tiny_model_dir), str(run),
-                             str(served_file)], capture_output=True, text=True, timeout=300, cwd=ROOT)
+                             str(served_file), ",".join(subjects)], capture_output=True, text=True, timeout=300,
+                            cwd=ROOT)
     assert killed.returncode == 137, (killed.stdout[-2000:], killed.stderr[-3000:])
-    [pending] = status(run)
-    assert pending["state"] == "received" and pending["subjects"] == ["org-2"]  # still waiting
+    waiting = status(run)
+    assert [r["state"] for r in waiting] == ["received"] * len(subjects)  # still waiting
+    assert sorted(s for r in waiting for s in r["subjects"]) == list(subjects)
     with Ledger.open(run) as ledger:
         if POINTS.index(point) < POINTS.index("erasure.switched"):
             served = ledger.served()
             assert (served["served_hash"] if served else "") == served_file.read_text()  # the previous one serves
             assert ledger.organization("org-2").status == "active"
-    settings = base_settings(tiny_model_dir, shards=2, rounds=3).replace(run={"dir": str(run)})
+    settings = base_settings(tiny_model_dir, shards=2, rounds=3, orgs=orgs).replace(run={"dir": str(run)})
     train_workflow(grid_for(settings), settings, between_rounds=lambda grid, run_dir, rnd: apply_pending(run_dir, grid))
-    [done] = status(run)
-    assert done["state"] == "applied" and done["certificate"].endswith(".json")
-    assert len(list((run / "certificates").glob("*.json"))) == 1
-    never = train(base_settings(tiny_model_dir, shards=2, rounds=3), tmp_path / "never", without=("org-2",))
+    done = status(run)
+    assert [r["state"] for r in done] == ["applied"] * len(subjects) and all(r["certificate"] for r in done)
+    assert len(list((run / "certificates").glob("*.json"))) == len(subjects)  # one per request, none twice
+    never = train(base_settings(tiny_model_dir, shards=2, rounds=3, orgs=orgs), tmp_path / "never", without=subjects)
     with Ledger.open(run) as ledger, Ledger.open(never) as reference:
-        assert ledger.organization("org-2").status == "erased" and all(ledger.head(s).round == 3 for s in range(2))
+        assert all(ledger.organization(s).status == "erased" for s in subjects)
+        assert all(ledger.head(s).round == 3 for s in range(2))
+        assert ledger.served()["served_hash"] == reference.served()["served_hash"]
+    report = verify_run(run)
+    assert report.ok, report.problems
+
+
+def test_requests_arriving_together_are_carried_out_by_one_erasure(tiny_model_dir, tmp_path):
+    """Two organizations' requests arriving between the same rounds are applied by one erasure (each
+    shard rolled back and retrained once), each with its own certificate; a request for an unknown
+    organization and a second request for an organization already asked for are refused on their
+    own, and do not stop the others from being carried out together."""
+    from fedunlearn.certify.certificate import Certificate
+
+    settings = base_settings(tiny_model_dir, shards=2, rounds=3, orgs=4).replace(run={"dir": str(tmp_path / "run")})
+    run = tmp_path / "run"
+
+    def arrivals(grid, run_dir, rnd):
+        if rnd == 2:
+            with RunAudit.open(run_dir) as audit:
+                for subjects in (["org-2"], ["org-9"], ["org-3"], ["org-2"]):  # shard 0, unknown, shard 1, again
+                    submit(run_dir, sign_request(audit.signer, run=audit.origin, subjects=subjects, method="sisa"))
+        apply_pending(run_dir, grid)
+
+    train_workflow(grid_for(settings), settings, between_rounds=arrivals)
+    rows = status(run)
+    states = sorted((r["subjects"][0], r["state"]) for r in rows)
+    assert states == [("org-2", "applied"), ("org-2", "refused"), ("org-3", "applied"), ("org-9", "refused")]
+    again = next(r for r in rows if r["subjects"] == ["org-2"] and r["state"] == "refused")
+    assert "already erased" in again["reason"]
+    erasures = [json.loads(line) for line in (run / "erasures.jsonl").read_text().splitlines()]
+    assert [e["subjects"] for e in erasures] == [["org-2", "org-3"]]  # one erasure for both
+    certificates = [Certificate.read(r["certificate"]) for r in rows if r["state"] == "applied"]
+    assert len(certificates) == 2 and len(list((run / "certificates").glob("*.json"))) == 2
+    assert [len(c.body["subjects"]) for c in certificates] == [1, 1]  # each names its own subject only
+    assert certificates[0].body["subjects"] != certificates[1].body["subjects"]
+    assert certificates[0].body["models"]["after"] == certificates[1].body["models"]["after"]
+    assert all(any("together with 1 other request" in n for n in c.body["notes"]) for c in certificates)
+    with RunAudit.open(run) as audit:
+        assert len(audit.events("erasure-request")) == 2 and len(audit.events("erasure-applied")) == 2
+        assert len(audit.events("refusal")) == 2  # unknown; already erased (both before authorization)
+    never = train(base_settings(tiny_model_dir, shards=2, rounds=3, orgs=4), tmp_path / "never",
+                  without=("org-2", "org-3"))
+    with Ledger.open(run) as ledger, Ledger.open(never) as reference:
         assert ledger.served()["served_hash"] == reference.served()["served_hash"]
     report = verify_run(run)
     assert report.ok, report.problems
