@@ -11,7 +11,8 @@ their registered keys, warm ServerApp/ClientApp processes) serves the whole modu
    model, heads and keys are untouched; run again, it completes;
 2'. org-1 asks to be erased from its own side during the resumed training: its signed request, in
    its SuperNode's outbox (``deploy up``'s ``WORK/outbox/org-1``), rides on its evaluation reply and
-   is applied before the training ends (a live request over TLS and node authentication);
+   is applied before the training ends (a live request over TLS and node authentication); the
+   served model is then the one of the same settings trained without org-1, bit for bit;
 4. ``fedunlearn forget --org org-1`` is refused: already erased;
 5. ``fedunlearn verify`` passes on the run; ``fedunlearn deploy down`` stops every process by PID.
 """
@@ -35,11 +36,15 @@ from tests.deployment.conftest import FEDUNLEARN, ORGS, ROOT, cli, tail, wait_fo
 pytestmark = [pytest.mark.slow, pytest.mark.deployment, pytest.mark.timeout(600)]
 
 
+def _settings(run_dir: Path, model_dir: Path, **extra: object) -> dict[str, object]:
+    return {"run.dir": str(run_dir), "model.path": str(model_dir), "model.device": "cpu", "model.threads": 1,
+            "organizations.names": ",".join(ORGS), "topology.shards": 2, "train.rounds": 2,
+            "train.local-epochs": 1, "train.batch-size": 8, "data.max-length": 32,
+            "run.discovery-timeout": 120.0, "run.round-timeout": 120.0, **extra}
+
+
 def _config(run_dir: Path, model_dir: Path, **extra: object) -> list[str]:
-    config = {"run.dir": str(run_dir), "model.path": str(model_dir), "model.device": "cpu", "model.threads": 1,
-              "organizations.names": ",".join(ORGS), "topology.shards": 2, "train.rounds": 2,
-              "train.local-epochs": 1, "train.batch-size": 8, "data.max-length": 32,
-              "run.discovery-timeout": 120.0, "run.round-timeout": 120.0, **extra}
+    config = _settings(run_dir, model_dir, **extra)
     args = []
     for key, value in config.items():
         text = json.dumps(value) if isinstance(value, str) else repr(value)
@@ -112,12 +117,29 @@ def _interrupt(work: Path, run: subprocess.Popen, log: Path) -> None:
     wait_for("the stopped run's ServerApp to end", lambda: not serverapp_pids(work), timeout=60)
 
 
+def _served(run_dir: Path) -> str:
+    with Ledger.open(run_dir) as ledger:
+        return ledger.served()["served_hash"]
+
+
+def _never_had(orgs: tuple[str, ...], run_dir: Path, model_dir: Path, data: dict[str, Path]) -> Path:
+    """The deployment's settings and organizations' data folders, trained without ``orgs`` (the
+    exact-erasure reference)."""
+    from fedunlearn.config import settings_from_flat
+    from tests.unlearning.conftest import train
+
+    flat = {k: v for k, v in _settings(run_dir, model_dir).items() if not k.startswith("run.")}
+    settings = settings_from_flat({**flat, "organizations.data": ",".join(f"{o}={d}" for o, d in data.items())})
+    return train(settings, run_dir, without=orgs)
+
+
 def _received(work: Path, org: str, kind: str) -> int:
     log = work / "logs" / f"supernode-{org}.log"
     return log.read_text(errors="replace").count(f"Receiving: {kind} message") if log.exists() else 0
 
 
-def test_operator_cli_on_a_secure_deployment_survives_kills_and_ctrl_c(deployed, processes, tiny_model_dir, tmp_path):
+def test_operator_cli_on_a_secure_deployment_survives_kills_and_ctrl_c(deployed, processes, tiny_model_dir, tmp_path,
+                                                                     consortium_dirs):
     from fedunlearn.deploy import LocalDeployment, make_node_keys
 
     work, run_dir = deployed, tmp_path / "run"
@@ -178,6 +200,9 @@ def test_operator_cli_on_a_secure_deployment_survives_kills_and_ctrl_c(deployed,
         assert ledger.served()["components"] == [ledger.head(0).id]
     rows = json.loads(cli("requests", "--run", str(run_dir), "--json").stdout)
     assert [(r["subjects"], r["state"], r["via"]) for r in rows] == [(["org-1"], "applied", "node of org-1")], rows
+    # ... and the deployment now serves what a consortium that never had org-1 serves, bit for bit
+    # (the same settings trained without org-1 by the real ClientApp in this process)
+    assert _served(run_dir) == _served(_never_had(("org-1",), tmp_path / "never-1", tiny_model_dir, consortium_dirs))
     assert (work / "outbox" / "org-1" / "sent" / "request.json").is_file()
     lap("train-resumed-live-request")
 
@@ -208,6 +233,8 @@ def test_operator_cli_on_a_secure_deployment_survives_kills_and_ctrl_c(deployed,
         assert [c.round for c in ledger.chain(0)] == [0, 1, 2]
         assert all(c.org == "org-0" for ck in ledger.chain(0)[1:] for c in ledger.contributions(ck.id))
         assert ledger.served()["served_hash"] != before["served"]
+    assert _served(run_dir) == _served(_never_had(("org-1", "org-2"), tmp_path / "never-1-2", tiny_model_dir,
+                                        consortium_dirs))
     lap("erase-completed")
 
     # 4. the operator's own erasure command refuses org-1, already erased by its live request (and logs it)
