@@ -13,7 +13,7 @@ from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
 from fedunlearn.config import settings_from_flat
-from fedunlearn.errors import FederationError
+from fedunlearn.errors import DataError, FederationError
 from fedunlearn.federation import protocol
 from fedunlearn.federation.inbox import attach_outgoing, outbox
 from fedunlearn.training.canaries import CANARY_DIRECTION, CANARY_NORM
@@ -44,7 +44,13 @@ def make_app(overrides: Mapping[str, object] | None = None) -> ClientApp:
 
     @client.query("identify")
     def identify(msg: Message, context: Context) -> Message:
-        org = OrganizationClient.from_node(_settings(context, overrides), context.node_config)
+        settings = _settings(context, overrides)
+        name = organization_name(settings, context.node_config)
+        try:
+            org = OrganizationClient.from_node(settings, context.node_config)
+        except DataError as exc:  # still say who this node is: the server may not need it (an erased organization)
+            return Message(protocol.reply_content(metrics={}, config={"org": name, "data-sha256": "",
+                                                                      "data-error": str(exc)}), reply_to=msg)
         return Message(protocol.reply_content(metrics={}, config={"org": org.name, "data-sha256": org.fingerprint}),
                        reply_to=msg)
 

@@ -14,7 +14,9 @@ Points of a certified erasure, in order (see :mod:`fedunlearn.unlearning.service
 ``erasure.marked``         the subjects are marked erased; the journal not yet cleared
 ``erasure.unlearned``      the unlearner returned; nothing certified yet
 ``certify.applied``        the ``erasure-applied`` event is logged; no certificate yet
-``certify.written``        the certificate is written; the pending mark not yet cleared
+``certify.written``        a certificate is written (one per request); the pending mark not yet cleared
+``data.logged``            the ``data-removed`` event of an erased organization whose records a
+                           simulation saved in ``RUN/data`` is logged; the records not yet deleted
 =========================  ================================================================
 """
 
@@ -25,7 +27,7 @@ from collections.abc import Callable
 __all__ = ["POINTS", "install", "reached"]
 
 POINTS = ("erasure.authorized", "erasure.journaled", "erasure.switched", "erasure.marked", "erasure.unlearned",
-          "certify.applied", "certify.written")
+          "certify.applied", "certify.written", "data.logged")
 _HOOK: list[Callable[[str], None] | None] = [None]
 
 

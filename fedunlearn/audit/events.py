@@ -26,6 +26,9 @@ run-settings        the run's settings were bound: ``sha256`` of ``run.json`` (c
                     before the first round commit (see fedunlearn.certify.binding)
 data-fingerprint    the fingerprint (``sha256``) of an organization's (``org``: keyed hash) training data,
                     logged when it first connects: retraining must present the same data
+data-removed        an erased organization's (``org``: keyed hash) records were deleted from the run
+                    folder (a simulation's ``RUN/data``): ``files`` deleted; the judge regenerates
+                    them from the scenario, checked against its ``data-fingerprint``
 budget-exhausted    an organization's DP budget is spent: it trains no round from ``from_round`` on
                     (``by``: the organization refused the round, or the coordinator predicted it;
                     ``level``, predicted ``epsilon``, ``max_epsilon``, ``delta`` as decimal strings)
@@ -49,6 +52,7 @@ EVENT_TYPES = frozenset(
         "certificate",
         "compaction",
         "data-fingerprint",
+        "data-removed",
         "enrolment",
         "erasure-applied",
         "erasure-request",

@@ -134,6 +134,17 @@ class OrganizationData:
             f"{', '.join(repr(s) for s in SPLITS)}; pass split='train' or split='holdout'"
         )
 
+    def fingerprint(self) -> str:
+        """sha256 of the records (ids and texts, train then holdout): what a node presents when
+        it identifies, and what the run's ledger and audit log keep of the data it trained on."""
+        import hashlib
+
+        h = hashlib.sha256()
+        for split, records in (("train", self.train), ("holdout", self.holdout)):
+            for r in records:
+                h.update(f"{split}\x1f{r.id}\x1f{r.text}\x1e".encode())
+        return h.hexdigest()
+
 
 @dataclass(frozen=True)
 class CanarySpace:

@@ -146,6 +146,10 @@ def run_consortium(run: RunFolder) -> Consortium:
     """The run's consortium: ``RUN_DIR/data`` when a simulation saved it, the saved consortium that
     ``data.dir`` names (e.g. ``fedunlearn data real-text``), else regenerated (synthetic).
 
+    The records of an organization erased from a simulation were removed from ``RUN_DIR/data``
+    (:mod:`fedunlearn.data.removal`): they are regenerated from the run's scenario and accepted only
+    if they hash to the fingerprint the run's ledger keeps (bound to its audit log).
+
     Raises
     ------
     DataError
@@ -153,7 +157,15 @@ def run_consortium(run: RunFolder) -> Consortium:
     """
     folder = run.path / "data"
     if (folder / "manifest.json").is_file():
-        return load_consortium(folder)
+        consortium = load_consortium(folder)
+        if set(consortium.names) >= set(run.settings.organization_names):
+            return consortium
+        from fedunlearn.data.removal import restore_organizations
+
+        with Ledger.open(run.path) as ledger:
+            prints = {n: ledger.meta.get(f"data-sha256/{n}", "") for n in run.settings.organization_names}
+        return restore_organizations(consortium, list(run.settings.organization_names),
+                                     lambda: synthetic_consortium(run.settings), prints)
     s = run.settings
     if s.data.dir and (Path(s.data.dir) / "manifest.json").is_file() and not any(o.data for o in s.organizations):
         return load_consortium(Path(s.data.dir))

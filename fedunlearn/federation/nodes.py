@@ -79,6 +79,10 @@ def discover(grid: Grid, expected: Sequence[str], *, timeout: float, poll: float
                     refused[node] = reply.error.reason
                     continue
                 name = str(protocol.config_of(reply).get("org", ""))
+                problem = str(protocol.config_of(reply).get("data-error", ""))
+                if problem and name in expected:  # a node that cannot read its organization's data
+                    refused[node] = f"{name}: {problem}"
+                    continue
                 if name in expected:
                     if name in found and found[name] != node:
                         raise FederationError(

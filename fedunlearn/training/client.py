@@ -145,13 +145,7 @@ class OrganizationClient:
         Sent when the server identifies the node, so that a resumed run or an erasure that
         retrains is refused when an organization's data is not the data it trained on.
         """
-        import hashlib
-
-        h = hashlib.sha256()
-        for split, records in (("train", self.data.train), ("holdout", self.data.holdout)):
-            for r in records:
-                h.update(f"{split}\x1f{r.id}\x1f{r.text}\x1e".encode())
-        return h.hexdigest()
+        return self.data.fingerprint()
 
     @functools.cached_property
     def base(self) -> BaseModel:

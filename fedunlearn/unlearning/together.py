@@ -120,6 +120,7 @@ def certified_erase_all(run_dir: Path, parts: list[Part], *, grid: Grid | None =
     for i, pair in _certify_each(run_dir, authorized, result, existing={}):
         if i is not None:
             outcomes[i] = pair
+    remove_erased_data(run_dir, union.subjects)
     clear_pending(run_dir)
     return _complete(outcomes)
 
@@ -183,5 +184,34 @@ def _finish(run_dir: Path, pending: dict, union: EraseRequest, parts: list[Part]
     for i, pair in _certify_each(run_dir, authorized, result, existing=existing):
         if i is not None:
             outcomes[i] = pair
+    remove_erased_data(run_dir, union.subjects)
     clear_pending(run_dir)
     return _complete(outcomes)
+
+
+def remove_erased_data(run_dir: Path, subjects: tuple[str, ...]) -> None:
+    """Delete the records of the erased ``subjects`` that a simulation saved in ``RUN/data`` and log
+    it (``data-removed``); idempotent, so a rerun after a kill completes it. Data outside the run
+    folder (an organization's own ``data`` folder) is never touched."""
+    from fedunlearn.certify import RunAudit
+    from fedunlearn.certify.runaudit import PUBLIC_KEY_FILE
+    from fedunlearn.data.removal import remove_organization
+    from fedunlearn.ledger import Ledger
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "data" / "manifest.json").is_file() or not (run_dir / PUBLIC_KEY_FILE).is_file():
+        return
+    with Ledger.open(run_dir) as ledger:
+        erased = [s for s in subjects if ledger.organization(s).status == "erased"]
+    if not erased:
+        return
+    with RunAudit.open(run_dir) as audit:
+        logged = {e.get("org") for _, e in audit.events("data-removed")}
+        for subject in erased:
+            if audit.subject(subject) not in logged:  # logged first: a kill before the deletion is completed by a rerun
+                folder = run_dir / "data" / subject
+                files = sum(1 for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else 0
+                audit.append({"type": "data-removed", "org": audit.subject(subject), "files": files})
+                audit.checkpoint()
+                crashpoints.reached("data.logged")
+            remove_organization(run_dir / "data", subject)

@@ -91,7 +91,7 @@ def test_append_stores_canonical_json_and_adds_time(log: AuditLog) -> None:
 def test_every_event_type_is_accepted(log: AuditLog) -> None:
     for kind in sorted(EVENT_TYPES):
         log.append({"type": kind})
-    assert log.size == len(EVENT_TYPES) == 13
+    assert log.size == len(EVENT_TYPES) == 14
 
 
 @pytest.mark.parametrize(

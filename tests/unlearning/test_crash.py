@@ -30,12 +30,26 @@ run()
 """
 
 
+def _simulated(run):
+    """The run as a simulation leaves it: its organizations' records saved in RUN/data."""
+    from fedunlearn.data import save_consortium
+    from fedunlearn.data.generated import synthetic_consortium
+    from fedunlearn.runs import RunFolder
+
+    save_consortium(synthetic_consortium(RunFolder.open(run).settings), run / "data")
+    return run
+
+
 @pytest.mark.parametrize("point", POINTS)
 def test_a_kill_at_each_point_is_completed_by_the_rerun(point, run_factory, tmp_path):
+    import json
+
+    from fedunlearn.certify import RunAudit
+
     src = run_factory("s-eq-n", shards=3)
     reference = copy_run(src, tmp_path / "reference")
     expected, _ = certified_erase(reference, EraseRequest(("org-1",), method="drop"))
-    run = copy_run(src, tmp_path / "run")
+    run = _simulated(copy_run(src, tmp_path / "run"))
     args = ["forget", "--run", str(run), "--org", "org-1", "--method", "drop", "--no-capture-before"]
     killed = subprocess.run([sys.executable, "-c", DRIVER, point, *args], capture_output=True, text=True, timeout=300)
     assert killed.returncode == 137, (point, killed.stdout, killed.stderr)  # the point was reached
@@ -46,6 +60,12 @@ def test_a_kill_at_each_point_is_completed_by_the_rerun(point, run_factory, tmp_
         assert ledger.served()["served_hash"] == expected.served_hash
         assert ledger.meta.get("certification.pending", "") == ""
     assert len(list((run / "certificates").glob("*.json"))) == 1
+    # the simulation's copy of org-1's records is gone (logged once); the others' are intact
+    assert not (run / "data" / "org-1").exists() and (run / "data" / "org-0" / "train.jsonl").is_file()
+    canaries = json.loads((run / "data" / "canaries.json").read_text())["inserted"]
+    assert canaries and all(k["org"] != "org-1" for k in canaries)
+    with RunAudit.open(run) as audit:
+        assert [e["org"] for _, e in audit.events("data-removed")] == [audit.subject("org-1")]
     report = verify_run(run)
     assert report.ok, (point, report.problems)
     done = CliRunner().invoke(app, args)  # and now there is nothing left to do
