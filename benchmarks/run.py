@@ -319,14 +319,18 @@ def main(argv: list[str] | None = None) -> dict:
         reading = kept_reading(args.out)
         return _write(args.out, doc, reading)
     names = [n.strip() for n in args.only.split(",") if n.strip()]
+    old = json.loads(previous.read_text(encoding="utf-8")) if args.merge and previous.is_file() else None
+    reading = kept_reading(args.out) if args.merge else ""
+
+    def save(doc: dict) -> dict:  # after every section: a later failure or Ctrl-C keeps what was measured
+        merged = {**doc, "sections": {**old["sections"], **doc["sections"]}} if old else doc
+        return _write(args.out, merged, reading)
+
     with tempfile.TemporaryDirectory(prefix="fedunlearn-bench-") as tmp:
         opts = Options(quick=args.quick, model=args.model, device=args.device, grid=args.grid, work=Path(tmp),
                        scale_points=parse_points(args.scale_points), size=args.size, text=args.text)
-        doc = run_sections(names, opts)
-    if args.merge and previous.is_file():
-        old = json.loads(previous.read_text(encoding="utf-8"))
-        doc["sections"] = {**old["sections"], **doc["sections"]}
-    return _write(args.out, doc, kept_reading(args.out) if args.merge else "")
+        doc = run_sections(names, opts, on_section=save)
+    return save(doc)
 
 
 def _write(out: Path, doc: dict, reading: str) -> dict:
@@ -339,8 +343,10 @@ def _write(out: Path, doc: dict, reading: str) -> dict:
     (out.parent / "plots").mkdir(exist_ok=True)
     for name, svg in plots.items():
         (out.parent / "plots" / f"{name}.svg").write_text(svg, encoding="utf-8")
-    out.write_text(text, encoding="utf-8")
-    out.with_suffix(".json").write_text(json.dumps(doc, indent=1, default=str), encoding="utf-8")
+    for path, content in ((out.with_suffix(".json"), json.dumps(doc, indent=1, default=str)), (out, text)):
+        tmp = path.with_name(f".{path.name}.tmp")  # a stop mid-write never leaves half a results file
+        tmp.write_text(content, encoding="utf-8")
+        tmp.replace(path)
     print(f"wrote {out}", flush=True)
     return doc
 

@@ -371,8 +371,10 @@ def split_key(key: str) -> tuple[str, str]:
     return name, variant
 
 
-def run_sections(names: list[str], opts: Options) -> dict[str, Any]:
-    """Run ``names`` (from :data:`SECTIONS`) and return ``{"machine": ..., name: result, ...}``."""
+def run_sections(names: list[str], opts: Options, on_section=None) -> dict[str, Any]:
+    """Run ``names`` (from :data:`SECTIONS`) and return ``{"machine": ..., name: result, ...}``;
+    ``on_section(doc)`` after each one (the results file is written as sections finish, so a stop
+    or a failure later keeps what was measured)."""
     unknown = [n for n in names if n not in SECTIONS]
     if unknown:
         raise SystemExit(f"unknown section(s) {unknown}: expected a comma-separated subset of {list(SECTIONS)}")
@@ -386,5 +388,7 @@ def run_sections(names: list[str], opts: Options) -> dict[str, Any]:
         doc["sections"][section_key(name, opts)] = funcs[name](opts) | {
             "size": opts.size if not opts.model else "model", "text": opts.text, "quick": opts.quick, "section_seconds": time.perf_counter() - t, "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "load_average_start": load, "load_average_end": [round(x, 2) for x in os.getloadavg()]}
-    doc["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+        doc["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+        if on_section is not None:
+            on_section(doc)
     return doc

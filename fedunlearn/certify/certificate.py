@@ -276,6 +276,12 @@ def _certify(run: Any, authorization: Any, result: Any, ledger: Any, audit: Any,
                             "served model (fedunlearn.federation.serving.export_served) before certifying")
     audit.sync(ledger, run.settings.dp)  # rounds the erasure committed
     guarantee = _guarantee(str(_field(result, "guarantee")), audit, ledger, run.settings, subjects)
+    # a process killed after logging this erasure's events, before its certificate: reuse them
+    prior = [i for i, e in audit.events("erasure-applied")
+             if e.get("request") == authorization.request.digest and e.get("after") == served["served_hash"]]
+    if prior and export_index is None:
+        exports = [i for i, e in audit.events("export") if e.get("served_hash") == served["served_hash"] and i < prior[-1]]
+        export_index = exports[-1] if exports else None
     logged = parse_canonical_json(audit.log.entries(export_index, export_index + 1)[0]) \
         if export_index is not None else {}
     if logged.get("type") != "export" or logged.get("served_hash") != served["served_hash"]:
@@ -294,7 +300,7 @@ def _certify(run: Any, authorization: Any, result: Any, ledger: Any, audit: Any,
         mine, theirs = _field(raw_cost, key), _field(raw_full, key)
         if isinstance(mine, (int, float)) and isinstance(theirs, (int, float)) and theirs:
             ratio[key] = decimal_str(float(mine) / float(theirs), 6)
-    applied = audit.append({
+    applied = prior[-1] if prior else audit.append({
         "type": "erasure-applied", "request": authorization.request.digest,
         "subjects": sorted(audit.subject(s) for s in subjects), "method": str(_field(result, "method")),
         "guarantee": guarantee["kind"], "before": _field(result, "previous_served_hash"),

@@ -212,7 +212,7 @@ def forgetting_verdict(subject: str, *, exposure_before: float | None, never_ins
         return Verdict(subject, False, "bits-per-byte",
                        f"{head} informative: {said}, below the unigram baseline ({u:.3f})", **numbers)
     return Verdict(subject, None, "unavailable", (
-        f"cannot tell whether {head[:-4]} informative: nothing was measured on the model served before the erasure "
+        f"cannot tell whether {head} informative: nothing was measured on the model served before the erasure "
         "(purged, and not captured with these figures at erasure time)"), **numbers)
 
 

@@ -88,7 +88,7 @@ def prepare_simulation(settings: Settings, run_dir: Path, *, reporter: Reporter 
     if synthetic:
         settings = settings.replace(data={"dir": str(data_dir.resolve())})
     else:  # in this process, before any run folder or engine exists: one clear message per problem
-        check_organization_data(settings)
+        check_organization_data(settings, skip=_erased(run_dir))
     RunFolder.create_or_resume(run_dir, settings, base)  # refuses a foreign folder before writing
     if synthetic and not (data_dir / "manifest.json").exists():
         consortium = synthetic_consortium(settings)
@@ -99,17 +99,31 @@ def prepare_simulation(settings: Settings, run_dir: Path, *, reporter: Reporter 
     return settings
 
 
-def check_organization_data(settings: Settings) -> None:
+def _erased(run_dir: Path) -> tuple[str, ...]:
+    """Organizations already erased from the run in ``run_dir`` (none for a new run): they never train
+    again, and their records were removed from the run."""
+    if not (Path(run_dir) / "ledger.sqlite").is_file():
+        return ()
+    from fedunlearn.ledger import Ledger
+
+    with Ledger.open(run_dir) as ledger:
+        return tuple(o.name for o in ledger.organizations() if o.status == "erased")
+
+
+def check_organization_data(settings: Settings, *, skip: tuple[str, ...] = ()) -> None:
     """Load every organization's data as its ClientApp will; raise one DataError listing each problem.
 
     Run before Flower starts, so that a malformed file, a missing folder or an empty organization
     is reported once, by file and line, instead of inside every simulated node's traceback.
+    Organizations in ``skip`` (erased from the run) are not checked: they never train again.
     """
     from fedunlearn.errors import ConfigError, DataError
     from fedunlearn.training.client import organization_data
 
     problems = []
     for org in settings.organizations:
+        if org.name in skip:
+            continue
         try:
             data = organization_data(settings, org.name)
         except (DataError, ConfigError) as exc:

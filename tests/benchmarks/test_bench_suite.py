@@ -75,6 +75,26 @@ def test_quick_suite_writes_results_with_measured_sections(tiny_model_dir: Path,
     assert merged.rstrip().endswith("## Reading (written by hand)\n\n- the numbers mean this.")
 
 
+def test_a_section_that_fails_keeps_the_ones_measured_before_it(tiny_model_dir: Path, tmp_path: Path,
+                                                                monkeypatch) -> None:
+    """The results file is written after every section: a failure (or Ctrl-C) in a later one, hours
+    into a long run, keeps what was measured."""
+    runner = _runner()
+    suite = __import__("sys").modules["suite"]
+
+    def fails(opts):
+        raise RuntimeError("the dp section broke")
+
+    monkeypatch.setattr(suite, "dp", fails)
+    out = tmp_path / "RESULTS.md"
+    with pytest.raises(RuntimeError, match="dp section broke"):
+        runner.main(["--quick", "--model", str(tiny_model_dir), "--only", "training,dp", "--out", str(out)])
+    assert "## Local training throughput" in out.read_text(encoding="utf-8")
+    kept = json.loads(out.with_suffix(".json").read_text(encoding="utf-8"))["sections"]
+    assert list(kept) == ["training@model/synthetic"]
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
 def test_unknown_section_is_refused(tmp_path: Path) -> None:
     with pytest.raises(SystemExit, match="unknown section.*'sclae'.*scale"):
         _runner().main(["--only", "sclae", "--out", str(tmp_path / "R.md")])

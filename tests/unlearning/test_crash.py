@@ -66,7 +66,62 @@ def test_a_kill_at_each_point_is_completed_by_the_rerun(point, run_factory, tmp_
     assert canaries and all(k["org"] != "org-1" for k in canaries)
     with RunAudit.open(run) as audit:
         assert [e["org"] for _, e in audit.events("data-removed")] == [audit.subject("org-1")]
+        assert len(audit.events("erasure-applied")) == 1  # a rerun reuses what the killed process logged
     report = verify_run(run)
     assert report.ok, (point, report.problems)
     done = CliRunner().invoke(app, args)  # and now there is nothing left to do
     assert done.exit_code == 2 and "already erased" in done.output
+
+
+SERVERAPP_DRIVER = """
+import os, sys
+from pathlib import Path
+from flwr.app import Context, RecordDict
+from fedunlearn import crashpoints
+from fedunlearn.config import settings_to_flat
+from fedunlearn.runs import RunFolder
+from server.app import make_app
+from tests.unlearning.conftest import grid_for
+
+point, run = sys.argv[1], Path(sys.argv[2])
+if point:
+    crashpoints.install(lambda name: os._exit(137) if name == point else None)  # a kill -9 at that point
+settings = RunFolder.open(run).settings.replace(run={"dir": str(run), "workflow": "erase", "erase_orgs": "org-2",
+                                                     "erase_method": "sisa"})
+flat = settings_to_flat(settings)  # the run config `flwr run` hands the ServerApp of a deployment
+make_app()(grid_for(settings), Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=flat))
+"""
+
+
+@pytest.mark.parametrize("point", POINTS)
+def test_the_serverapps_erase_workflow_killed_at_each_point_is_completed_by_the_next_run(point, run_factory,
+                                                                                          tmp_path):
+    """``run.workflow = "erase"`` (how ``flwr run`` erases in a deployment), SISA retraining over the
+    ServerApp's grid, killed at each point: the next run of the same ServerApp completes it with one
+    certificate, the model of an uninterrupted erasure, the records gone and a run that verifies."""
+    from fedunlearn.certify import RunAudit
+
+    src = run_factory("two-shards", shards=2)  # org-0 and org-2 share shard 0: erasing org-2 retrains it
+    root = __import__("pathlib").Path(__file__).resolve().parents[2]
+
+    def serverapp(run, crash: str = "") -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-c", SERVERAPP_DRIVER, crash, str(run)], capture_output=True,
+                              text=True, timeout=300, cwd=root)
+
+    reference = _simulated(copy_run(src, tmp_path / "reference"))
+    assert serverapp(reference).returncode == 0
+    run = _simulated(copy_run(src, tmp_path / "run"))
+    killed = serverapp(run, point)
+    assert killed.returncode == 137, (point, killed.stdout[-2000:], killed.stderr[-3000:])  # the point was reached
+    again = serverapp(run)
+    assert again.returncode == 0, (point, again.stderr[-3000:])
+    with Ledger.open(run) as ledger, Ledger.open(reference) as expected:
+        assert ledger.organization("org-2").status == "erased"
+        assert ledger.served()["served_hash"] == expected.served()["served_hash"]
+        assert ledger.meta.get("certification.pending", "") == ""
+    assert len(list((run / "certificates").glob("*.json"))) == 1
+    assert not (run / "data" / "org-2").exists()
+    with RunAudit.open(run) as audit:
+        assert len(audit.events("data-removed")) == 1 and len(audit.events("erasure-applied")) == 1
+    report = verify_run(run)
+    assert report.ok, (point, report.problems)
