@@ -44,6 +44,7 @@ from fedunlearn.federation.serving import export_served
 from fedunlearn.federation.topology import Topology, derive_seed
 from fedunlearn.ledger import Contribution, Ledger
 from fedunlearn.ledger.store import BUDGET_STOP_PREFIX, ROUND_SECONDS_PREFIX
+from fedunlearn.ledger.tensors import state_sha256
 from fedunlearn.models import average_states, get_lora_state, load_base_model, pick_device, wrap_lora
 from fedunlearn.progress import LogReporter, Reporter
 from fedunlearn.runs import RunFolder, utc_now
@@ -267,10 +268,11 @@ class Coordinator:
         if trainable:  # an empty DP-FedAvg sample is a valid round: the aggregate is the noise alone
             check_quorum(collected, trainable, self.settings, group_id=f"shard-{shard}/round-{rnd}")
         states, weights, contributions = [], [], []
+        parent = state_sha256(state)  # each update's key is bound to the aggregate it was trained from
         for org in (m for m in members if m in replies):  # fixed order: aggregation is deterministic
             reply = replies[org]
             n = int(reply.metrics["num-examples"])
-            digest = self.ledger.put_state(reply.state, org=org)
+            digest = self.ledger.put_state(reply.state, org=org, parent=parent)
             contributions.append(Contribution(org=org, update_hash=digest, weight=float(n), num_examples=n,
                                               metrics=reply.metrics))
             states.append(reply.state)

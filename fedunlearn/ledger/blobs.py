@@ -7,7 +7,10 @@ encrypted, so that lineage records one identity per update or adapter. Layout un
     <h[:2]>/<h>            plaintext blob (aggregate adapters)
     <h[:2]>/<h>.<t>        the same plaintext encrypted: nonce (12 bytes) || AES-GCM ciphertext+tag
 
-where ``<t>`` is a 16-hex-digit tag of the associated data (the organization name in the ledger).
+where ``<t>`` is a 16-hex-digit tag of the associated data (the organization name in the ledger): a
+keyed hash (the key store's naming secret, :meth:`~fedunlearn.ledger.keys.KeyStore.tag`) when the
+store has a ``tagger``, so that blob names do not tell whose update a file is; files named by the
+unkeyed hash of runs made before keyed names are still read (and deleted).
 Encrypted copies get their own file because equal plaintexts happen: with one organization in a
 shard the aggregate *is* its update, and two organizations may send equal updates. Sharing one file
 would leave an organization's update readable in the clear after its key is shredded, or make
@@ -73,9 +76,10 @@ class BlobStore:
         Run folder; blobs live in ``root / "blobs"``.
     """
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, tagger=None) -> None:
         self.root = Path(root)
         self.directory = self.root / "blobs"
+        self._tagger = tagger  # bytes -> keyed hex tag, or None (no naming secret yet)
 
     def __repr__(self) -> str:
         return f"BlobStore({str(self.root)!r})"
@@ -95,7 +99,11 @@ class BlobStore:
         check_digest(digest)
         name = digest
         if encrypted:
-            name += "." + hashlib.sha256(_AAD_DOMAIN + bytes(aad)).hexdigest()[:16]
+            keyed = self._tagger(_AAD_DOMAIN + bytes(aad)) if self._tagger is not None else None
+            legacy = self.directory / digest[:2] / f"{digest}.{hashlib.sha256(_AAD_DOMAIN + bytes(aad)).hexdigest()[:16]}"
+            if keyed is None or (legacy.is_file() and not (self.directory / digest[:2] / f"{digest}.{keyed[:16]}").is_file()):
+                return legacy  # a run made before keyed names (or a store without a naming secret)
+            name += "." + keyed[:16]
         return self.directory / digest[:2] / name
 
     def put(self, data: bytes, *, key: bytes | None = None, aad: bytes = b"") -> str:

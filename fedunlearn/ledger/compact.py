@@ -133,9 +133,9 @@ def plan_compaction(ledger: Ledger, policy: CompactionPolicy) -> CompactionRepor
             rows = conn.execute("SELECT DISTINCT hash FROM checkpoints ORDER BY hash").fetchall()
             aggregates = [r["hash"] for r in rows if r["hash"] not in on_chain_hashes]
     report.updates = [(org, h) for org, h in updates if ledger.has_state(h, org=org)]
-    report.aggregates = [h for h in aggregates if ledger.blobs.exists(h)]
-    freed = sum(_file_size(ledger.blobs.path(h, encrypted=True, aad=org.encode("utf-8"))) for org, h in report.updates)
-    freed += sum(_file_size(ledger.blobs.path(h)) for h in report.aggregates)
+    report.aggregates = [h for h in aggregates if ledger.has_aggregate(h)]
+    freed = sum(_file_size(p) for org, h in report.updates for p in ledger.update_paths(h, org))
+    freed += sum(_file_size(p) for h in report.aggregates for p in ledger.aggregate_paths(h))
     report.bytes_after = report.bytes_before - freed
     return report
 
@@ -170,9 +170,10 @@ def compact(ledger: Ledger, policy: CompactionPolicy) -> CompactionReport:
         recorded = conn.execute("SELECT hash, org, kind FROM compacted").fetchall()
     for row in recorded:  # this compaction's and any interrupted one's
         if row["kind"] == "update":
-            ledger.blobs.delete(row["hash"], encrypted=True, aad=row["org"].encode("utf-8"))
+            ledger.delete_update(row["hash"], row["org"])
         elif row["hash"] not in protected:  # a later commit may have made the same content current
-            ledger.blobs.delete(row["hash"])
+            for path in ledger.aggregate_paths(row["hash"]):  # storage only: its key stays (not an erasure)
+                path.unlink(missing_ok=True)
     report.bytes_after = ledger.blobs.size_bytes()
     report.applied, report.stamp = True, stamp
     return report

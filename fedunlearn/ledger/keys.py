@@ -11,8 +11,20 @@ default or the run's ``run.key-dir`` setting (see :func:`key_folder`)::
     <h>.shredded   tombstone left by :meth:`KeyStore.shred`, so that a later access reports
                    "shredded" rather than "missing" and never silently creates a fresh key
 
-where ``<h>`` is the SHA-256 hex of the organization's name (domain-separated), so that file names
-hold no organization names.
+    naming.secret  32 random bytes, mode 0600: the key of the keyed hashes that name these files and
+                   the encrypted blobs' tags (see :mod:`fedunlearn.ledger.blobs`)
+
+where ``<h>`` is an HMAC-SHA-256 (key: ``naming.secret``) of the key's name, so that neither the
+file names here nor the blob names in the run folder tell which organization a key or an update
+belongs to, or which one was shredded, to anyone without the key folder. Runs made before keyed
+names use an unkeyed SHA-256 (domain-separated); their files are still found and used.
+
+Besides the organizations' keys the store holds one key per stored aggregate (name
+:func:`aggregate_key_name`): the aggregate is encrypted under it, and every update trained from it is
+encrypted under :func:`bound_key` of its organization's key and that aggregate's key. When an
+erasure purges the aggregates whose lineage holds the erased organization, their keys are shredded:
+the aggregates, and the other organizations' updates trained on them, become unreadable in every
+copy of the run folder made before the erasure (a backup), not only in the run.
 
 Limits: shredding overwrites the key file before unlinking it, but copy-on-write and journaling
 file systems or SSD wear levelling may keep old blocks; keep the key folder out of backups and on
@@ -34,6 +46,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import hashlib
+import hmac
 import json
 import os
 from pathlib import Path
@@ -43,12 +56,29 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from fedunlearn.errors import IntegrityError, LedgerError
 from fedunlearn.ledger._files import fsync_dir, write_atomic
 
-__all__ = ["KEY_BYTES", "KeyStore", "ShreddedError", "key_folder"]
+__all__ = ["KEY_BYTES", "KeyStore", "ShreddedError", "aggregate_key_name", "bound_key", "key_folder"]
 
 KEY_BYTES = 32
 """Length of an AES-256-GCM key in bytes."""
 
 _NAME_DOMAIN = b"fedunlearn/ledger/org-key/v1\x00"
+_NAMING_FILE = "naming.secret"
+_AGGREGATE_PREFIX = "\x00aggregate/"
+
+
+def aggregate_key_name(digest: str) -> str:
+    """The key-store name of the key that encrypts aggregate ``digest`` (never an organization's name)."""
+    return _AGGREGATE_PREFIX + digest
+
+
+def bound_key(org_key: bytes, aggregate_key: bytes) -> bytes:
+    """The key of an update: HKDF-SHA-256 of its organization's key and the key of the aggregate it was
+    trained from, so that shredding either one makes the update unreadable."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    return HKDF(algorithm=hashes.SHA256(), length=KEY_BYTES, salt=None,
+                info=b"fedunlearn/ledger/update-key/v1").derive(bytes(org_key) + bytes(aggregate_key))
 
 
 def key_folder(run_dir: str | os.PathLike[str]) -> Path:
@@ -118,16 +148,46 @@ class KeyStore:
             )
         return org
 
-    def _stem(self, org: str) -> str:
-        return hashlib.sha256(_NAME_DOMAIN + self._check_org(org).encode("utf-8")).hexdigest()
+    def _naming(self, *, create: bool) -> bytes | None:
+        """The secret of the keyed file names (created on first need; None for a run made before it)."""
+        path = self.directory / _NAMING_FILE
+        if not path.is_file():
+            if not create:
+                return None
+            self.ensure_directory()
+            write_atomic(path, os.urandom(KEY_BYTES), exclusive=True)  # a concurrent creator's wins
+        secret = path.read_bytes()
+        if len(secret) != KEY_BYTES:
+            raise IntegrityError(f"{path} holds {len(secret)} bytes, expected {KEY_BYTES}; restore it from the key "
+                                 "folder's backup (without it no key of this run can be found)")
+        return secret
+
+    def tag(self, data: bytes) -> str | None:
+        """A keyed hash (hex) naming ``data`` on disk, or None when this key folder has no naming secret."""
+        secret = self._naming(create=False)
+        return hmac.new(secret, bytes(data), hashlib.sha256).hexdigest() if secret is not None else None
+
+    def _stems(self, org: str, *, create: bool = False) -> tuple[str | None, str]:
+        """(keyed stem or None, the stem of runs made before keyed names)."""
+        name = _NAME_DOMAIN + self._check_org(org).encode("utf-8")
+        secret = self._naming(create=create)
+        keyed = hmac.new(secret, name, hashlib.sha256).hexdigest() if secret is not None else None
+        return keyed, hashlib.sha256(name).hexdigest()
+
+    def _path(self, org: str, suffix: str, *, create: bool = False) -> Path:
+        keyed, legacy = self._stems(org, create=create)
+        old = self.directory / f"{legacy}{suffix}"
+        if keyed is None or (old.exists() and not (self.directory / f"{keyed}{suffix}").exists()):
+            return old
+        return self.directory / f"{keyed}{suffix}"
 
     def key_path(self, org: str) -> Path:
         """Path of ``org``'s key file (it may not exist)."""
-        return self.directory / f"{self._stem(org)}.key"
+        return self._path(org, ".key")
 
     def tombstone_path(self, org: str) -> Path:
         """Path of ``org``'s shredding tombstone (it exists only after :meth:`shred`)."""
-        return self.directory / f"{self._stem(org)}.shredded"
+        return self._path(org, ".shredded")
 
     def ensure_directory(self) -> None:
         """Create the key folder with mode 0700 if needed."""
@@ -174,6 +234,8 @@ class KeyStore:
         if self.is_shredded(org):
             self._raise_shredded(org)
         if not path.exists():
+            if create:
+                path = self._path(org, ".key", create=True)  # a new key gets a keyed name
             if not create:
                 raise LedgerError(
                     f"no key for organization {org!r} (expected {path}); its updates were never "
@@ -209,6 +271,8 @@ class KeyStore:
         """
         self.ensure_directory()
         tombstone = self.tombstone_path(org)
+        if not tombstone.exists():
+            tombstone = self._path(org, ".shredded", create=True)
         if not tombstone.exists():
             stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
             write_atomic(tombstone, json.dumps({"shredded": stamp}).encode(), exclusive=True)

@@ -10,10 +10,11 @@ as history, but only the *head chain* (the head and its ancestors) counts when t
 
 Purging: an abandoned checkpoint whose lineage holds an erased organization keeps, in its
 aggregate, information about that organization's updates (with a single member in a round the
-aggregate *is* the update, stored in the clear). :meth:`Ledger.purge_dependents` deletes those
-aggregate blobs and records the checkpoints in the ``purged`` table (schema version 2); their
-hashes stay in ``checkpoints`` for the audit log, and :meth:`Ledger.verify_blobs` expects them
-missing. Blobs referenced by a head chain or the served model are never deleted.
+aggregate *is* the update). :meth:`Ledger.purge_dependents` deletes those aggregate blobs, shreds
+their keys (so that no copy of them, and no update trained from them, can be decrypted any more)
+and records the checkpoints in the ``purged`` table (schema version 2); their hashes stay in
+``checkpoints`` for the audit log, and :meth:`Ledger.verify_blobs` expects them missing. Blobs
+referenced by a head chain or the served model are never deleted.
 
 Resuming: the caller stores blobs before the commit that references them, so a run interrupted
 mid-round left at most orphan blobs, which are harmless to lineage, and resumes from
@@ -33,6 +34,7 @@ import torch
 
 from fedunlearn.errors import LedgerError, RunStateError
 from fedunlearn.ledger.blobs import check_digest
+from fedunlearn.ledger.keys import ShreddedError, aggregate_key_name
 from fedunlearn.ledger.records import (
     Checkpoint,
     Contribution,
@@ -176,11 +178,10 @@ class Ledger(LedgerStore):
                 f"{len(items)}; commit round 0 with contributions=[] and the first training round "
                 "as round 1"
             )
-        if not self.blobs.exists(aggregate_hash):
+        if not self.has_aggregate(aggregate_hash):
             raise LedgerError(
                 f"aggregate {aggregate_hash} of shard {shard} round {round} is not in the blob "
-                f"store (expected {self.blobs.path(aggregate_hash)}); store it with "
-                "put_state(state) before commit_round"
+                f"store (under {self.blobs.directory}); store it with put_state(state) before commit_round"
             )
         with self._transaction() as conn:
             head = self._head_row(conn, shard)
@@ -388,9 +389,11 @@ class Ledger(LedgerStore):
 
         After an erasure the heads no longer depend on ``org`` (exact methods), but the
         checkpoints of the abandoned branches still do: their aggregates mix ``org``'s updates in,
-        and a round that ``org`` trained alone stored its update, in the clear, as the aggregate.
-        This deletes the plaintext blob of every checkpoint that is *not* on a current head chain
-        and has a contribution of ``org`` on its ancestry (itself included), and records it in
+        and a round that ``org`` trained alone stored its update as the aggregate. This deletes the
+        aggregate blob of every checkpoint that is *not* on a current head chain and has a
+        contribution of ``org`` on its ancestry (itself included), shreds its key (every update
+        trained from it is bound to that key: they become unreadable too, in backups as well),
+        and records it in
         the ``purged`` table (a new table of schema version 2; version-1 ledgers are upgraded on
         :meth:`open`). The checkpoint rows and their hashes stay: the audit log references them,
         and :meth:`verify_blobs` expects those blobs missing.
@@ -448,8 +451,8 @@ class Ledger(LedgerStore):
             _, protected = self._protected(self._db())
         done = self._purged_for(org)
         for ckpt in done:
-            if ckpt.hash not in protected:
-                self.blobs.delete(ckpt.hash)
+            if ckpt.hash not in protected:  # deleted and its key shredded: unreadable in any copy too
+                self.delete_aggregate(ckpt.hash)
         return done
 
     def purge_erased(self) -> list[Checkpoint]:
@@ -493,9 +496,9 @@ class Ledger(LedgerStore):
             return super().get_state(digest, org=org)
         check_digest(digest)
         try:
-            return state_from_bytes(self.blobs.get(digest))
+            return state_from_bytes(self.aggregate_bytes(digest))
         except LedgerError as exc:
-            if not self.blobs.exists(digest) and self._query(
+            if not self.has_aggregate(digest) and self._query(
                 "SELECT 1 FROM compacted WHERE hash = ? AND kind = 'aggregate' LIMIT 1", (digest,)
             ):
                 raise LedgerError(
@@ -503,7 +506,7 @@ class Ledger(LedgerStore):
                     "with drop_history (fedunlearn ledger compact --drop-history); start from a "
                     "head-chain checkpoint (chain(shard)) instead"
                 ) from exc
-            if self.blobs.exists(digest) or not self._query(
+            if self.has_aggregate(digest) or not self._query(
                 "SELECT 1 FROM purged WHERE hash = ? LIMIT 1", (digest,)
             ):
                 raise
@@ -609,27 +612,27 @@ class Ledger(LedgerStore):
                 "SELECT hash FROM compacted WHERE kind = 'aggregate'")} - protected
         for digest in sorted(kept):
             try:
-                self.blobs.get(digest)
+                self.aggregate_bytes(digest)
             except LedgerError as exc:
                 problems.append(str(exc))
         for digest in sorted(purged - kept - protected):
-            if self.blobs.exists(digest):
+            if self.has_aggregate(digest) or not self.keys.is_shredded(aggregate_key_name(digest)):
+                where = ", ".join(str(p) for p in self.aggregate_paths(digest)) or "its key is not shredded"
                 problems.append(
-                    f"aggregate {digest} was purged on erasure but is still in the clear "
-                    f"({self.blobs.path(digest)}): the purge was interrupted; finish it with "
-                    "Ledger.open(run_dir).purge_erased()"
+                    f"aggregate {digest} was purged on erasure but is still readable ({where}): the purge "
+                    "was interrupted; finish it with Ledger.open(run_dir).purge_erased()"
                 )
         erased = self._query("SELECT name FROM organizations WHERE status = 'erased'")
         leaking: set[int] = set()
         for row in erased:
             for ckpt in self._query(_TAINTED, {"org": row["name"]}):
                 if (ckpt["id"] not in on_chain and ckpt["hash"] not in protected
-                        and ckpt["hash"] not in purged and self.blobs.exists(ckpt["hash"])):
+                        and ckpt["hash"] not in purged and self.has_aggregate(ckpt["hash"])):
                     leaking.add(ckpt["id"])
         if leaking:
             problems.append(
                 f"abandoned checkpoints {sorted(leaking)} depend on an erased organization and "
-                "keep their aggregates in the clear; expected them purged: run "
+                "keep their aggregates readable; expected them purged: run "
                 "Ledger.open(run_dir).purge_erased()"
             )
         rows = self._query("SELECT DISTINCT org, update_hash FROM contributions ORDER BY org, 2")
@@ -638,8 +641,9 @@ class Ledger(LedgerStore):
             if self.keys.is_shredded(org) or not self.has_state(digest, org=org):
                 continue
             try:
-                key = self.keys.key_for(org, create=False)
-                self.blobs.get(digest, key=key, aad=org.encode("utf-8"))
+                self.update_bytes(digest, org)
+            except ShreddedError:
+                continue  # trained from an aggregate purged on an erasure: unreadable by design
             except LedgerError as exc:
                 problems.append(str(exc))
         return problems

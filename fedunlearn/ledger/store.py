@@ -2,10 +2,14 @@
 and tensor states.
 
 :class:`LedgerStore` owns ``<run>/ledger.sqlite``, the blob store ``<run>/blobs`` and the key store
-``<run>/keys``; :class:`~fedunlearn.ledger.lineage.Ledger` adds the checkpoint chains on top. Client
-updates are stored encrypted with their organization's key (associated data: the organization
-name), aggregates in the clear; erasing an organization shreds its key (see
-:mod:`fedunlearn.ledger.keys`).
+``<run>/keys``; :class:`~fedunlearn.ledger.lineage.Ledger` adds the checkpoint chains on top. Every
+aggregate is stored encrypted under its own key, and every client update under the
+:func:`~fedunlearn.ledger.keys.bound_key` of its organization's key and the key of the aggregate it
+was trained from (associated data: the organization name and that aggregate's hash). Erasing an
+organization shreds its key; purging the aggregates whose lineage holds it shreds theirs, so that
+neither they nor the updates trained on them can be read from a backup of the run folder made
+before the erasure (see :mod:`fedunlearn.ledger.keys`). Runs made before this stored aggregates in
+the clear and updates under their organization's key alone; those blobs are still read.
 """
 
 from __future__ import annotations
@@ -23,8 +27,8 @@ from typing import Any, TypeVar
 import torch
 
 from fedunlearn.errors import LedgerError, RunStateError, UnknownNameError
-from fedunlearn.ledger.blobs import BlobStore
-from fedunlearn.ledger.keys import KeyStore
+from fedunlearn.ledger.blobs import BlobStore, check_digest
+from fedunlearn.ledger.keys import KeyStore, ShreddedError, aggregate_key_name, bound_key
 from fedunlearn.ledger.records import (
     Organization,
     check_int,
@@ -56,6 +60,10 @@ BUDGET_STOP_PREFIX = "budget-exhausted/"
 """Meta key prefix: ``budget-exhausted/<org>`` (JSON with ``from_round``): the organization's DP budget is
 spent and it is no member of that round or any later one (written by the coordinator)."""
 
+
+UPDATE_PARENT_PREFIX = "update-parent/"
+"""Meta key prefix: ``update-parent/<org>/<update hash>``: the aggregate the update was trained from,
+whose key its own key is bound to (see LedgerStore.put_state)."""
 
 ROUND_SECONDS_PREFIX = "round-seconds/"
 """Meta key prefix: ``round-seconds/<checkpoint id>``: wall seconds the coordinator spent on that
@@ -89,8 +97,8 @@ class LedgerStore:
         """Wrap an open connection; use :meth:`create` or :meth:`open` instead."""
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / LEDGER_FILE
-        self.blobs = BlobStore(self.run_dir)
         self.keys = KeyStore(self.run_dir)
+        self.blobs = BlobStore(self.run_dir, tagger=self.keys.tag)
         self._conn: sqlite3.Connection | None = conn
         self._lock = threading.RLock()
 
@@ -364,12 +372,14 @@ class LedgerStore:
         self.keys.shred(org)
 
     # -- tensor states ----------------------------------------------------------------------
-    def put_state(self, state: Mapping[str, torch.Tensor], *, org: str | None = None) -> str:
+    def put_state(self, state: Mapping[str, torch.Tensor], *, org: str | None = None,
+                  parent: str | None = None) -> str:
         """Store a tensor state and return its identity hash.
 
-        With ``org`` the blob is encrypted with the organization's key (associated data: its
-        name), so shredding the key on erasure makes it unreadable; aggregates are stored in the
-        clear (``org=None``).
+        An aggregate (``org=None``) is encrypted under its own key, shredded when it is purged. An
+        update of ``org`` is encrypted under the bound key of ``org``'s key and the key of
+        ``parent``, the aggregate it was trained from (associated data: the name and ``parent``), so
+        shredding either makes it unreadable; without ``parent``, under ``org``'s key alone.
 
         Raises
         ------
@@ -380,9 +390,73 @@ class LedgerStore:
         """
         data = state_to_bytes(state)
         if org is None:
-            return self.blobs.put(data)
+            digest = hashlib.sha256(data).hexdigest()
+            return self.blobs.put(data, key=self.keys.key_for(aggregate_key_name(digest)), aad=_AGGREGATE_AAD)
         self._refuse_erased(self._org_row(org))
-        return self.blobs.put(data, key=self.keys.key_for(org), aad=org.encode("utf-8"))
+        key, aad = self._update_key(org, parent, create=True)
+        digest = self.blobs.put(data, key=key, aad=aad)
+        if parent is not None:
+            self.set_meta(f"{UPDATE_PARENT_PREFIX}{org}/{digest}", parent)
+        return digest
+
+    def _update_key(self, org: str, parent: str | None, *, create: bool) -> tuple[bytes, bytes]:
+        """(key, associated data) of ``org``'s updates trained from aggregate ``parent`` (None: org key alone)."""
+        key = self.keys.key_for(org, create=create)
+        if parent is None:
+            return key, org.encode("utf-8")
+        check_digest(parent)
+        # create: an older run's aggregate, stored in the clear, gets its key when an update is bound to it
+        return (bound_key(key, self._aggregate_key(parent, create=create)),
+                org.encode("utf-8") + b"\x1f" + parent.encode("ascii"))
+
+    def _aggregate_key(self, digest: str, *, create: bool = False) -> bytes:
+        try:
+            return self.keys.key_for(aggregate_key_name(digest), create=create)
+        except ShreddedError:
+            raise ShreddedError(
+                f"the key of aggregate {digest} was shredded when an organization its lineage holds was erased: "
+                "the aggregate, and every update trained from it, can no longer be decrypted (from the run or "
+                "any copy of it), by design; use the retrained adapters, which do not depend on it"
+            ) from None
+
+    def _parent_of(self, org: str, digest: str) -> str | None:
+        """The aggregate ``org``'s update ``digest`` was trained from, or None when it was stored
+        before updates were bound to their aggregate."""
+        rows = self._query("SELECT value FROM meta WHERE key = ?", (f"{UPDATE_PARENT_PREFIX}{org}/{digest}",))
+        return rows[0]["value"] if rows else None
+
+    def aggregate_bytes(self, digest: str) -> bytes:
+        """The plaintext of aggregate ``digest``: decrypted under its key, or a plaintext blob of a run
+        made before aggregates were encrypted.
+
+        Raises
+        ------
+        ShreddedError
+            Its key was shredded (purged on an erasure).
+        LedgerError, IntegrityError
+            Missing, or changed on disk.
+        """
+        if self.blobs.exists(digest, encrypted=True, aad=_AGGREGATE_AAD):
+            return self.blobs.get(digest, key=self._aggregate_key(digest), aad=_AGGREGATE_AAD)
+        if not self.blobs.exists(digest) and self.keys.is_shredded(aggregate_key_name(digest)):
+            self._aggregate_key(digest)  # raises: shredded
+        return self.blobs.get(digest)  # an older run's plaintext aggregate (or: missing, said so)
+
+    def has_aggregate(self, digest: str) -> bool:
+        """Whether aggregate ``digest`` is stored (encrypted, or in the clear in an older run)."""
+        return self.blobs.exists(digest, encrypted=True, aad=_AGGREGATE_AAD) or self.blobs.exists(digest)
+
+    def aggregate_paths(self, digest: str) -> list[Path]:
+        """The files that hold aggregate ``digest`` (for sizes and messages)."""
+        return [p for p in (self.blobs.path(digest, encrypted=True, aad=_AGGREGATE_AAD), self.blobs.path(digest))
+                if p.is_file()]
+
+    def delete_aggregate(self, digest: str) -> None:
+        """Delete aggregate ``digest`` (every copy) and shred its key: a copy kept elsewhere (a backup)
+        can no longer be decrypted, nor can the updates trained from it."""
+        self.keys.shred(aggregate_key_name(digest))
+        self.blobs.delete(digest, encrypted=True, aad=_AGGREGATE_AAD)
+        self.blobs.delete(digest)
 
     def get_state(self, digest: str, *, org: str | None = None) -> dict[str, torch.Tensor]:
         """Load a stored tensor state, verified against ``digest``.
@@ -390,18 +464,23 @@ class LedgerStore:
         Raises
         ------
         ShreddedError
-            If ``org``'s key was shredded (the organization was erased).
+            If ``org``'s key was shredded (the organization was erased), or the key of the
+            aggregate the update was trained from (purged on an erasure).
         IntegrityError
             If the blob was modified on disk.
         LedgerError
             If the blob is missing.
         """
         if org is None:
-            return state_from_bytes(self.blobs.get(digest))
+            return state_from_bytes(self.aggregate_bytes(digest))
+        return state_from_bytes(self.update_bytes(digest, org))
+
+    def update_bytes(self, digest: str, org: str) -> bytes:
+        """The plaintext of ``org``'s update ``digest`` (see :meth:`get_state`)."""
         row = self._org_row(org)
         if row["status"] == "erased" and not self.keys.is_shredded(org):
             self.keys.shred(org)  # finish an erasure interrupted between its two steps
-        key = self.keys.key_for(org, create=False)
+        self.keys.key_for(org, create=False)  # shredded or missing: say so first
         if not self.has_state(digest, org=org) and self._query(
             "SELECT 1 FROM compacted WHERE hash = ? AND org = ? AND kind = 'update' LIMIT 1", (digest, org)
         ):
@@ -411,11 +490,25 @@ class LedgerStore:
                 "with gradient=stored) cannot use it: erase with sisa or retrain, or compact with "
                 "--keep naming the method"
             )
-        return state_from_bytes(self.blobs.get(digest, key=key, aad=org.encode("utf-8")))
+        key, aad = self._update_key(org, self._parent_of(org, digest), create=False)
+        return self.blobs.get(digest, key=key, aad=aad)
+
+    def update_paths(self, digest: str, org: str) -> list[Path]:
+        """The files that hold ``org``'s update ``digest`` (bound to its aggregate, or of an older run)."""
+        parent = self._parent_of(org, digest)
+        aads = [org.encode("utf-8")] + ([org.encode("utf-8") + b"\x1f" + parent.encode("ascii")] if parent else [])
+        return [p for p in (self.blobs.path(digest, encrypted=True, aad=a) for a in aads) if p.is_file()]
+
+    def delete_update(self, digest: str, org: str) -> None:
+        """Delete every stored copy of ``org``'s update ``digest``."""
+        for path in self.update_paths(digest, org):
+            path.unlink(missing_ok=True)
 
     def has_state(self, digest: str, *, org: str | None = None) -> bool:
         """Whether a blob for ``digest`` (encrypted for ``org`` if given) is stored."""
         if org is None:
-            return self.blobs.exists(digest)
-        return self.blobs.exists(digest, encrypted=True, aad=org.encode("utf-8"))
+            return self.has_aggregate(digest)
+        return bool(self.update_paths(digest, org))
 
+
+_AGGREGATE_AAD = b"fedunlearn/aggregate"

@@ -91,7 +91,7 @@ class _LocalForget(ApproximateUnlearner):
             reply = queries.ask(protocol.FORGET, {org: protocol.make_content(state=state, config=config)},
                                 group_id=f"forget/{self.name}/round-{r}", sizes={org: nbytes(state)})[org]
             state, metrics = reply.state, reply.metrics
-        digest = ledger.put_state(state, org=org)
+        digest = ledger.put_state(state, org=org, parent=ledger.head(shard).hash)  # trained from the head
         contribution = Contribution(org=org, update_hash=digest, weight=1.0,
                                     num_examples=int(metrics["num-examples"]), metrics=metrics)
         note = (f"{org} forgot {int(metrics['num-examples'])} records with {self.name} in {options.forget_rounds} rounds: "

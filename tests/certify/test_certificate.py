@@ -70,7 +70,8 @@ def test_purged_aggregates_are_logged_and_expected_missing(erased):
     assert applied["purged"] == sorted(c.hash for c in purged)
     assert verify_run(run_dir).ok  # purged: missing by design
     with Ledger.open(run_dir) as ledger:
-        ledger.blobs.delete(keep)  # deleted without a purge record: still reported
+        for path in ledger.aggregate_paths(keep):  # deleted without a purge record: still reported
+            path.unlink()
     problems = verify_run(run_dir).problems
     assert any(keep in p and "missing" in p for p in problems), problems
 

@@ -88,7 +88,10 @@ def test_keys_and_secrets_live_outside_the_run_folder(outside_keys_run):
     assert {p.name for p in (keys / "secrets").iterdir()} >= {"coordinator.pem", "subject-hmac.key"}
     with Ledger.open(run_dir) as ledger:  # the ledger finds its keys through run.json
         stored = {c.org for s in range(2) for ck in ledger.chain(s) for c in ledger.contributions(ck.id)}
-        assert len(list((keys / "keys").glob("*.key"))) == len(stored) >= 2  # one AES key per organization
+        # one AES key per organization, one per stored aggregate; named by keyed hashes (no name in clear)
+        assert len(stored) >= 2 and all(ledger.keys.key_path(o).parent == keys / "keys" for o in stored)
+        assert all(ledger.keys.key_path(o).is_file() for o in stored)
+        assert len(list((keys / "keys").glob("*.key"))) > len(stored)
         contribution = ledger.contributions(ledger.head(0).id)[0]
         assert ledger.get_state(contribution.update_hash, org=contribution.org)
     assert verify_run(run_dir).ok

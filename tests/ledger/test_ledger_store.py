@@ -113,7 +113,8 @@ def test_states_round_trip_plain_and_encrypted(ledger: Ledger, make_state: MakeS
     assert_states_equal(ledger.get_state(aggregate), state)
     assert_states_equal(ledger.get_state(update, org="a"), state)
     assert ledger.has_state(update, org="a") and ledger.has_state(aggregate)
-    ledger.blobs.delete(aggregate)
+    for path in ledger.aggregate_paths(aggregate):
+        path.unlink()
     assert_states_equal(ledger.get_state(update, org="a"), state)
     with pytest.raises(UnknownNameError, match="unknown organization 'zz'"):
         ledger.put_state(state, org="zz")
@@ -154,8 +155,8 @@ def test_tampered_state_is_never_returned(
     ledger.register_organization("a", shard=0)
     aggregate = ledger.put_state(make_state(9))
     update = ledger.put_state(make_state(10), org="a")
-    flip_byte(ledger.blobs.path(aggregate), 100)
-    flip_byte(ledger.blobs.path(update, encrypted=True, aad=b"a"), 100)
+    flip_byte(ledger.aggregate_paths(aggregate)[0], 100)
+    flip_byte(ledger.update_paths(update, "a")[0], 100)
     with pytest.raises(IntegrityError):
         ledger.get_state(aggregate)
     with pytest.raises(IntegrityError):
@@ -177,14 +178,16 @@ def test_verify_blobs_reports_tampered_and_missing_blobs(
                                        Contribution("b", update_b, 0.5, 1)])
     assert ledger.verify_blobs() == []
 
-    flip_byte(ledger.blobs.path(aggregate))
-    update_file = ledger.blobs.path(update_a, encrypted=True, aad=b"a")
+    [aggregate_file] = ledger.aggregate_paths(aggregate)
+    flip_byte(aggregate_file)
+    [update_file] = ledger.update_paths(update_a, "a")
     flip_byte(update_file, 40)
-    ledger.blobs.delete(root.hash)
+    for path in ledger.aggregate_paths(root.hash):
+        path.unlink()
     problems = ledger.verify_blobs()
     assert len(problems) == 3
     joined = "\n".join(problems)
-    for digest, path in [(aggregate, ledger.blobs.path(aggregate)), (update_a, update_file),
+    for digest, path in [(aggregate, aggregate_file), (update_a, update_file),
                          (root.hash, ledger.blobs.path(root.hash))]:
         assert digest in joined and str(path) in joined
     # Erased organizations' updates are unreadable by design, not a problem.
