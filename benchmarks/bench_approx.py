@@ -159,6 +159,35 @@ def erase_each(trained: Path, settings, methods, work: Path, *, warmup: bool = T
     return rows, reference
 
 
+#: The methods a user runs by their defaults, timed as the whole ``fedunlearn forget`` command.
+COMMAND_METHODS = ("retrain", "sisa", "influence", "subtract", "negate")
+
+
+def command_seconds(trained: Path, work: Path, methods=COMMAND_METHODS) -> dict[str, float]:
+    """Wall seconds of ``fedunlearn forget --run COPY --org SUBJECT --method M`` per method, the whole
+    command by the clock as a user runs it: a fresh process (interpreter start, imports), checks,
+    authorization, the pre-erasure capture, the erasure, export, certificate. One copy of ``trained``
+    each; a command that fails stops the bench with its output."""
+    import subprocess
+    import sys
+
+    seconds = {}
+    for method in methods:
+        run = copy_run(trained, work / f"command-{method}")
+        try:
+            t = time.perf_counter()
+            done = subprocess.run([sys.executable, "-c", "from fedunlearn.cli import run; run()", "forget", "--run",
+                                   str(run), "--org", SUBJECT, "--method", method], capture_output=True, text=True)
+            seconds[method] = time.perf_counter() - t
+            if done.returncode != 0:
+                raise RuntimeError(f"fedunlearn forget --method {method} failed ({done.returncode}): "
+                                   f"{(done.stdout + done.stderr)[-2000:]}")
+            print(f"command forget --method {method}: {seconds[method]:.1f} s", flush=True)
+        finally:
+            shutil.rmtree(run, ignore_errors=True)
+    return seconds
+
+
 def capture_seconds(trained: Path, work: Path) -> float:
     """Wall time of the pre-erasure audit (:func:`fedunlearn.evaluate.before.capture_before`) of ``SUBJECT``.
 

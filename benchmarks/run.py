@@ -93,7 +93,22 @@ def render_erasure(doc: dict, plots: dict) -> str:
         f"{lo_hi['holdout_loss'][0]:.3f}–{lo_hi['holdout_loss'][1]:.3f}; KL between seeds up to "
         f"{max((s.get('kl_to_retrain') or 0.0) for s in spread):.4f}. (PrivLeak-style reading: a method forgets "
         "as well as retraining when its exposure and AUCs fall inside this spread.)", "",
-        _plot(plots, "erasure_cost", chart)])
+        *_command_clock(doc), _plot(plots, "erasure_cost", chart)])
+
+
+def _command_clock(doc: dict) -> list[str]:
+    """The whole `fedunlearn forget` by the clock beside the in-process figure (sections measured since)."""
+    commands = doc.get("command_seconds")
+    if not commands:
+        return []
+    base = commands["retrain"]
+    rows = [[m, _f(c, ".1f"), f"**{_f(c / base, '.2f')}**", _f(doc["methods"][m]["wall_seconds"], ".1f"),
+             _f(doc["methods"][m]["wall_ratio"])] for m, c in commands.items() if m in doc["methods"]]
+    return ["The same erasures as a user runs them: `fedunlearn forget --run COPY --org "
+            f"{doc['subject']} --method M`, the whole command by the clock (a fresh process: start, imports, checks, "
+            "authorization, the pre-erasure capture, the erasure, export, certificate), one copy of the trained run "
+            "each, beside the in-process figure above.", "",
+            _table(["method", "command s", "command / retrain", "in-process s", "in-process / retrain"], rows), ""]
 
 
 def render_length(doc: dict, plots: dict) -> str:
@@ -114,6 +129,14 @@ def render_length(doc: dict, plots: dict) -> str:
     for m in methods:
         header += [f"{m} s", f"{m} / retrain", f"{m} steps / retrain", f"{m} exposure", f"{m} holdout loss"]
     header += ["retrain exposure", "retrain holdout loss"]
+    clock = [p for p in doc["points"] if p.get("command_seconds")]
+    if clock:  # the whole command by the clock, per R (measured since this column exists)
+        names = list(clock[0]["command_seconds"])
+        clock_table = _table(["R"] + [f"{m} command s" for m in names] + [f"{m} command / retrain" for m in names
+                                                                          if m != "retrain"],
+                             [[p["rounds"]] + [_f(p["command_seconds"][m], ".1f") for m in names]
+                              + [f"**{_f(p['command_seconds'][m] / p['command_seconds']['retrain'], '.3f')}**"
+                                 for m in names if m != "retrain"] for p in clock])
     return "\n".join([
         "## Erasure cost against the length of training", "",
         "The erasure scenario trained for R rounds (E local epochs each), everything else unchanged; each R is its "
@@ -123,7 +146,10 @@ def render_length(doc: dict, plots: dict) -> str:
         "= auto: one every 2 replayed rounds, at least 3 (so K = 3, 5, 10 for R = 5, 10, 20). "
         f"Wall times: median of {doc.get('repeats', 1)} interleaved timings after an untimed warm-up erasure "
         "(`wall_all` in the JSON). Bar of issue #4: wall / retrain ≤ 0.1.", "",
-        _table(header, rows), "", _plot(plots, "erasure_length", chart)])
+        _table(header, rows), "",
+        *(["The whole `fedunlearn forget` command by the clock (a fresh process, the pre-erasure capture included), "
+           "one run per method and R:", "", clock_table, ""] if clock else []),
+        _plot(plots, "erasure_length", chart)])
 
 
 def render_dp(doc: dict, plots: dict) -> str:

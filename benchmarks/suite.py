@@ -112,6 +112,7 @@ def erasure(opts: Options) -> dict[str, Any]:
     before, _ = evaluate(trained, [head_state(trained)], [1.0], None, baseline=3)
     rows, reference = bench_approx.erase_each(trained, settings, methods, work, warmup=not opts.quick)
     capture = bench_approx.capture_seconds(trained, work)
+    commands = bench_approx.command_seconds(trained, work)  # the whole `fedunlearn forget`, by the clock
     base_row = rows["retrain"]
     for row in rows.values():
         row["wall_ratio"] = row["wall_seconds"] / base_row["wall_seconds"]
@@ -129,7 +130,7 @@ def erasure(opts: Options) -> dict[str, Any]:
                                                                      "holdout_loss", "kl_to_retrain")}})
     return {"scenario": bench_approx.__doc__.split("\n\n")[1].replace("\n", " "), "subject": SUBJECT,
             "train_seconds": train_seconds, "before": before, "capture_before_seconds": capture, "methods": rows, "retrain_seeds": spread,
-            "quick": opts.quick}
+            "command_seconds": commands, "quick": opts.quick}
 
 
 # -- erasure cost against the length of training ---------------------------------------------------
@@ -168,7 +169,9 @@ def length(opts: Options) -> dict[str, Any]:
         train_seconds = time.perf_counter() - t
         rows, _ = bench_approx.erase_each(trained, settings, methods, work, repeats=2 if opts.quick else LENGTH_REPEATS)
         ref = rows["retrain"]
+        commands = bench_approx.command_seconds(trained, work, LENGTH_METHODS)
         points.append({"rounds": rounds, "local_epochs": settings.train.local_epochs, "train_seconds": train_seconds,
+                       "command_seconds": commands,
                        "methods": {label: {k: r[k] for k in ("wall_seconds", "wall_all", "client_steps", "exposure",
                                                              "auc_loss", "holdout_loss", "kl_to_retrain")}
                                    | {"wall_ratio": r["wall_seconds"] / ref["wall_seconds"],
