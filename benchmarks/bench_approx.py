@@ -177,7 +177,8 @@ def command_seconds(trained: Path, work: Path, methods=COMMAND_METHODS) -> dict[
         try:
             t = time.perf_counter()
             done = subprocess.run([sys.executable, "-c", "from fedunlearn.cli import run; run()", "forget", "--run",
-                                   str(run), "--org", SUBJECT, "--method", method], capture_output=True, text=True)
+                                   str(run), "--org", SUBJECT, "--method", method], capture_output=True, text=True,
+                                  timeout=4 * 3600)  # a hung command stops the bench (TimeoutExpired) instead
             seconds[method] = time.perf_counter() - t
             if done.returncode != 0:
                 raise RuntimeError(f"fedunlearn forget --method {method} failed ({done.returncode}): "

@@ -107,7 +107,8 @@ def _command_clock(doc: dict) -> list[str]:
     return ["The same erasures as a user runs them: `fedunlearn forget --run COPY --org "
             f"{doc['subject']} --method M`, the whole command by the clock (a fresh process: start, imports, checks, "
             "authorization, the pre-erasure capture, the erasure, export, certificate), one copy of the trained run "
-            "each, beside the in-process figure above.", "",
+            "each, timed once (each command is its own cold process: no warm-up, no median), beside the in-process "
+            "figure above.", "",
             _table(["method", "command s", "command / retrain", "in-process s", "in-process / retrain"], rows), ""]
 
 

@@ -8,7 +8,10 @@ same command finishes the operation with one certificate and a run that verifies
 Points of a certified erasure, in order (see :mod:`fedunlearn.unlearning.service`):
 
 =========================  ================================================================
-``erasure.authorized``     the request is logged; nothing else changed
+``request.logged``         a request is authorized and logged (the first of several carried out
+                           together); the erasure not yet journaled
+``erasure.authorized``     every request is logged and the erasure journaled as pending; nothing
+                           else changed
 ``erasure.journaled``      the new adapters are stored and the journal written
 ``erasure.switched``       the shard heads are switched and the served model exported
 ``erasure.marked``         the subjects are marked erased; the journal not yet cleared
@@ -26,7 +29,7 @@ from collections.abc import Callable
 
 __all__ = ["POINTS", "install", "reached"]
 
-POINTS = ("erasure.authorized", "erasure.journaled", "erasure.switched", "erasure.marked", "erasure.unlearned",
+POINTS = ("request.logged", "erasure.authorized", "erasure.journaled", "erasure.switched", "erasure.marked", "erasure.unlearned",
           "certify.applied", "certify.written", "data.logged")
 _HOOK: list[Callable[[str], None] | None] = [None]
 

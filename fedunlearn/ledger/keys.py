@@ -134,6 +134,7 @@ class KeyStore:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
         self.directory = key_folder(self.root) / "keys"
+        self.naming_required = False  # set by the ledger when its run's keys are named with the secret
 
     def __repr__(self) -> str:
         return f"KeyStore({str(self.root)!r})"
@@ -152,6 +153,11 @@ class KeyStore:
         """The secret of the keyed file names (created on first need; None for a run made before it)."""
         path = self.directory / _NAMING_FILE
         if not path.is_file():
+            if self.naming_required:
+                raise IntegrityError(
+                    f"{path} is missing, but this run's key files are named with it: restore the key folder "
+                    f"({self.directory}) from where you keep it (run.key-dir); without it none of the run's keys "
+                    "can be found, and new keys would silently replace them")
             if not create:
                 return None
             self.ensure_directory()

@@ -616,8 +616,9 @@ class Ledger(LedgerStore):
             except LedgerError as exc:
                 problems.append(str(exc))
         for digest in sorted(purged - kept - protected):
-            if self.has_aggregate(digest) or not self.keys.is_shredded(aggregate_key_name(digest)):
-                where = ", ".join(str(p) for p in self.aggregate_paths(digest)) or "its key is not shredded"
+            # readable: a copy left, or its key still there (a run purged before aggregates had keys has neither)
+            if self.has_aggregate(digest) or self.keys.key_path(aggregate_key_name(digest)).exists():
+                where = ", ".join(str(p) for p in self.aggregate_paths(digest)) or "its key was not shredded"
                 problems.append(
                     f"aggregate {digest} was purged on erasure but is still readable ({where}): the purge "
                     "was interrupted; finish it with Ledger.open(run_dir).purge_erased()"

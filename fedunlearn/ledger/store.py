@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 
 import torch
 
-from fedunlearn.errors import LedgerError, RunStateError, UnknownNameError
+from fedunlearn.errors import IntegrityError, LedgerError, RunStateError, UnknownNameError
 from fedunlearn.ledger.blobs import BlobStore, check_digest
 from fedunlearn.ledger.keys import KeyStore, ShreddedError, aggregate_key_name, bound_key
 from fedunlearn.ledger.records import (
@@ -60,6 +60,10 @@ BUDGET_STOP_PREFIX = "budget-exhausted/"
 """Meta key prefix: ``budget-exhausted/<org>`` (JSON with ``from_round``): the organization's DP budget is
 spent and it is no member of that round or any later one (written by the coordinator)."""
 
+
+NAMING_META = "keys.naming"
+"""Meta key: ``hmac`` once the run's key files and blob names are keyed with the key folder's
+``naming.secret`` (a run whose secret is lost then stops instead of creating new keys)."""
 
 UPDATE_PARENT_PREFIX = "update-parent/"
 """Meta key prefix: ``update-parent/<org>/<update hash>``: the aggregate the update was trained from,
@@ -101,6 +105,9 @@ class LedgerStore:
         self.blobs = BlobStore(self.run_dir, tagger=self.keys.tag)
         self._conn: sqlite3.Connection | None = conn
         self._lock = threading.RLock()
+        # keys named with the key folder's naming secret: a lost secret must stop, never mint new keys
+        marked = conn.execute("SELECT value FROM meta WHERE key = ?", (NAMING_META,)).fetchall()
+        self.keys.naming_required = bool(marked) and marked[0][0] == "hmac"
 
     # -- lifecycle --------------------------------------------------------------------------
     @classmethod
@@ -391,13 +398,22 @@ class LedgerStore:
         data = state_to_bytes(state)
         if org is None:
             digest = hashlib.sha256(data).hexdigest()
-            return self.blobs.put(data, key=self.keys.key_for(aggregate_key_name(digest)), aad=_AGGREGATE_AAD)
+            digest = self.blobs.put(data, key=self.keys.key_for(aggregate_key_name(digest)), aad=_AGGREGATE_AAD)
+            self._mark_naming()
+            return digest
         self._refuse_erased(self._org_row(org))
         key, aad = self._update_key(org, parent, create=True)
         digest = self.blobs.put(data, key=key, aad=aad)
+        self._mark_naming()
         if parent is not None:
             self.set_meta(f"{UPDATE_PARENT_PREFIX}{org}/{digest}", parent)
         return digest
+
+    def _mark_naming(self) -> None:
+        """Record in the ledger that this run's key files are named with the naming secret (once)."""
+        if not self.keys.naming_required and self.keys.tag(b"") is not None:
+            self.set_meta(NAMING_META, "hmac")
+            self.keys.naming_required = True
 
     def _update_key(self, org: str, parent: str | None, *, create: bool) -> tuple[bytes, bytes]:
         """(key, associated data) of ``org``'s updates trained from aggregate ``parent`` (None: org key alone)."""
@@ -417,6 +433,13 @@ class LedgerStore:
                 f"the key of aggregate {digest} was shredded when an organization its lineage holds was erased: "
                 "the aggregate, and every update trained from it, can no longer be decrypted (from the run or "
                 "any copy of it), by design; use the retrained adapters, which do not depend on it"
+            ) from None
+        except IntegrityError:
+            raise
+        except LedgerError:
+            raise LedgerError(
+                f"no key for aggregate {digest} in {self.keys.directory}: the run's key folder is not here or "
+                "is incomplete (with run.key-dir, the keys live outside the run folder: restore or point to them)"
             ) from None
 
     def _parent_of(self, org: str, digest: str) -> str | None:
@@ -438,9 +461,14 @@ class LedgerStore:
         """
         if self.blobs.exists(digest, encrypted=True, aad=_AGGREGATE_AAD):
             return self.blobs.get(digest, key=self._aggregate_key(digest), aad=_AGGREGATE_AAD)
-        if not self.blobs.exists(digest) and self.keys.is_shredded(aggregate_key_name(digest)):
+        if self.blobs.exists(digest):
+            return self.blobs.get(digest)  # an older run's plaintext aggregate
+        if self.keys.is_shredded(aggregate_key_name(digest)):
             self._aggregate_key(digest)  # raises: shredded
-        return self.blobs.get(digest)  # an older run's plaintext aggregate (or: missing, said so)
+        raise LedgerError(
+            f"aggregate {digest} is missing (expected {self.blobs.path(digest, encrypted=True, aad=_AGGREGATE_AAD)}); "
+            "it was never stored, or was deleted: store blobs before committing them and copy the whole run "
+            "folder when moving a run")
 
     def has_aggregate(self, digest: str) -> bool:
         """Whether aggregate ``digest`` is stored (encrypted, or in the clear in an older run)."""

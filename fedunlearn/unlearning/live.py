@@ -154,8 +154,14 @@ def _apply(run: RunFolder, group: list, grid: Grid, reporter: Reporter, before: 
              for _, doc, request, signed, received in group]
     try:
         results = certified_erase_all(run.path, parts, grid=grid, reporter=reporter, before=before)
-    except FedUnlearnError as exc:  # refused as a whole (the service logged a refusal for each)
-        results = [exc] * len(group)
+    except FedUnlearnError as exc:
+        from fedunlearn.unlearning.pending import pending_certification
+
+        if pending_certification(run.path) is not None:  # authorized and journaled: a failure, not a refusal
+            reporter.message(f"the erasure for {', '.join(subjects)} failed after it was authorized ({exc}); the "
+                             "request(s) stay in the inbox and the erasure is completed when training resumes")
+            raise
+        results = [exc] * len(group)  # refused as a whole (the service logged a refusal for each)
     outcomes = []
     for (path, doc, request, _, _), result in zip(group, results):
         if isinstance(result, FedUnlearnError):

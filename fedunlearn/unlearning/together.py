@@ -100,12 +100,14 @@ def certified_erase_all(run_dir: Path, parts: list[Part], *, grid: Grid | None =
         authorized = []
         for i, part in enumerate(parts):
             try:
-                authorization = authorize_erasure(run_dir, part.signed or coordinator_request(run_dir, part.request))
+                authorization = (_authorized_before(run_dir, part.signed) if part.signed is not None else None) \
+                    or authorize_erasure(run_dir, part.signed or coordinator_request(run_dir, part.request))
             except FedUnlearnError as exc:  # logged by the authorization; the others go on
                 if len(parts) == 1:
                     raise
                 outcomes[i] = exc
                 continue
+            crashpoints.reached("request.logged")
             authorized.append((i, authorization, part.notes))
         if not authorized:
             return outcomes  # every part refused (and logged)
@@ -123,6 +125,24 @@ def certified_erase_all(run_dir: Path, parts: list[Part], *, grid: Grid | None =
     remove_erased_data(run_dir, union.subjects)
     clear_pending(run_dir)
     return _complete(outcomes)
+
+
+def _authorized_before(run_dir: Path, signed: SignedRequest):
+    """The authorization a killed process logged for ``signed`` and never carried out (it died before
+    journaling the erasure), or None. Authorizing it again would refuse it as a replay."""
+    from fedunlearn.certify import RunAudit
+    from fedunlearn.certify.authorize import Authorization
+
+    with RunAudit.open(run_dir) as audit:
+        applied = {e.get("request") for _, e in audit.events("erasure-applied")}
+        logged = [(i, e) for i, e in audit.events("erasure-request") if e.get("request") == signed.digest]
+    if not logged or signed.digest in applied:
+        return None
+    index, event = logged[-1]
+    body = signed.request
+    return Authorization(request=signed, subjects=tuple(sorted(body.get("subjects") or ())),
+                         method=str(body.get("method", "sisa")), records=tuple(body.get("records") or ()),
+                         signer_role=str(event.get("signer")), key_id=str(event.get("key_id")), log_index=index)
 
 
 def _complete(outcomes: list) -> list:

@@ -45,3 +45,37 @@ def test_a_key_folder_from_before_keyed_names_is_still_used(run_dir: Path) -> No
     assert store.key_for("org-a") == b"k" * 32
     store.shred("org-a")
     assert store.is_shredded("org-a") and not legacy.exists()
+
+
+def test_a_lost_naming_secret_stops_instead_of_minting_new_keys(ledger: Ledger, run_dir: Path, make_state) -> None:
+    import pytest
+
+    from fedunlearn.errors import IntegrityError
+
+    ledger.register_organization("org-a", shard=0)
+    root = ledger.put_state(make_state(0))
+    update = ledger.put_state(make_state(1), org="org-a", parent=root)
+    (run_dir / "keys" / "naming.secret").unlink()  # the key folder restored without it, say
+    with Ledger.open(run_dir) as reopened:
+        for read in (lambda: reopened.get_state(root), lambda: reopened.get_state(update, org="org-a"),
+                     lambda: reopened.put_state(make_state(2), org="org-a", parent=root)):
+            with pytest.raises(IntegrityError, match="naming.secret is missing"):
+                read()
+    assert not [p for p in (run_dir / "keys").iterdir() if p.name == "naming.secret"]  # none minted
+
+
+def test_messages_for_a_missing_aggregate_or_key_name_the_aggregate(ledger: Ledger, run_dir: Path, make_state) -> None:
+    import pytest
+
+    from fedunlearn.errors import LedgerError
+    from fedunlearn.ledger.keys import aggregate_key_name
+
+    root = ledger.put_state(make_state(0))
+    ledger.keys.key_path(aggregate_key_name(root)).unlink()
+    with pytest.raises(LedgerError, match=f"no key for aggregate {root}.*key folder"):
+        ledger.get_state(root)
+    for path in ledger.aggregate_paths(root):
+        path.unlink()
+    with pytest.raises(LedgerError, match=f"aggregate {root} is missing") as info:
+        ledger.get_state(root)
+    assert "organization" not in str(info.value)

@@ -159,3 +159,20 @@ def test_a_version_1_ledger_is_upgraded_on_open(ledger: Ledger, run_dir: Path,
         assert reopened.head(0).round == 0
     with sqlite3.connect(run_dir / "ledger.sqlite") as conn:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == Ledger.SCHEMA_VERSION == 3
+
+
+def test_a_purge_made_before_aggregates_had_keys_verifies(erased_late_joiner) -> None:
+    """A run purged by an older fedunlearn: the blob is gone and no key or tombstone was ever made for it."""
+    from fedunlearn.ledger.keys import aggregate_key_name
+
+    ledger, ck = erased_late_joiner
+    ledger.purge_dependents("b")
+    for checkpoint in ledger.purged("b"):  # as the old purge left it: no key, no tombstone
+        name = aggregate_key_name(checkpoint.hash)
+        for path in (ledger.keys.key_path(name), ledger.keys.tombstone_path(name)):
+            path.unlink(missing_ok=True)
+    assert ledger.verify_blobs() == []
+    key = ledger.keys.key_path(aggregate_key_name(ck["r2"].hash))
+    key.write_bytes(b"k" * 32)  # a key left behind: the aggregate's copies elsewhere would stay readable
+    problems = ledger.verify_blobs()
+    assert len(problems) == 1 and "was not shredded" in problems[0] and ck["r2"].hash in problems[0]

@@ -171,6 +171,7 @@ train_workflow(grid_for(settings), settings, between_rounds=arrivals)
 
 @pytest.mark.slow
 @pytest.mark.parametrize("point, subjects", [("erasure.journaled", ("org-2",)), ("certify.applied", ("org-2",)),
+                                             ("request.logged", ("org-2", "org-3")),  # after the 1st of 2
                                              ("erasure.switched", ("org-2", "org-3")),
                                              ("certify.written", ("org-2", "org-3"))])  # after the 1st of 2
 def test_a_training_killed_during_a_live_erasure_completes_it_when_restarted(point, subjects, tiny_model_dir,
@@ -251,5 +252,35 @@ def test_requests_arriving_together_are_carried_out_by_one_erasure(tiny_model_di
                   without=("org-2", "org-3"))
     with Ledger.open(run) as ledger, Ledger.open(never) as reference:
         assert ledger.served()["served_hash"] == reference.served()["served_hash"]
+    report = verify_run(run)
+    assert report.ok, report.problems
+
+
+def test_an_erasure_that_fails_after_authorization_is_not_filed_as_refused(tiny_model_dir, tmp_path, monkeypatch):
+    """The organizations' nodes vanish mid-erasure: the requests stay waiting (not "refused"), the
+    training stops, and the next apply completes the erasure with one certificate per request."""
+    from fedunlearn.errors import FederationError
+    from fedunlearn.unlearning import service
+
+    settings = base_settings(tiny_model_dir, shards=2, rounds=2, orgs=4).replace(run={"dir": str(tmp_path / "run")})
+    run = train(settings.replace(run={"dir": ""}), tmp_path / "run")
+    with RunAudit.open(run) as audit:
+        for subject in ("org-2", "org-3"):
+            submit(run, sign_request(audit.signer, run=audit.origin, subjects=[subject], method="sisa"))
+    real = service.erase_workflow
+
+    def nodes_gone(*args, **kwargs):
+        raise FederationError("organizations ['org-0'] did not connect within 10 s")
+
+    monkeypatch.setattr(service, "erase_workflow", nodes_gone)
+    with pytest.raises(FederationError, match="did not connect"):
+        apply_pending(run, grid_for(settings))
+    assert [r["state"] for r in status(run)] == ["received", "received"]
+    with RunAudit.open(run) as audit:
+        assert not audit.events("refusal") and len(audit.events("erasure-request")) == 2
+    monkeypatch.setattr(service, "erase_workflow", real)
+    outcomes = apply_pending(run, grid_for(settings))
+    assert [o["state"] for o in outcomes] == ["applied", "applied"]
+    assert len(list((run / "certificates").glob("*.json"))) == 2
     report = verify_run(run)
     assert report.ok, report.problems

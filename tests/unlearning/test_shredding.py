@@ -9,7 +9,6 @@ import shutil
 
 import pytest
 
-from fedunlearn.errors import LedgerError
 from fedunlearn.ledger import Ledger
 from fedunlearn.ledger.keys import ShreddedError
 from fedunlearn.unlearning import EraseRequest
@@ -81,7 +80,9 @@ def test_a_backup_taken_before_an_erasure_yields_nothing_of_the_subject_afterwar
 
 
 def test_updates_of_a_run_made_before_bound_keys_are_still_read(tiny_model_dir, tmp_path):
-    """Runs stored before: aggregates in the clear, updates under their organization's key alone."""
+    """Runs stored before: aggregates in the clear, updates under their organization's key alone, blob
+    names by the unkeyed hash (a store without a naming secret wrote them)."""
+    from fedunlearn.ledger.blobs import BlobStore
     from fedunlearn.ledger.tensors import state_to_bytes
 
     settings = base_settings(tiny_model_dir, shards=1, orgs=2, rounds=1)
@@ -92,13 +93,17 @@ def test_updates_of_a_run_made_before_bound_keys_are_still_read(tiny_model_dir, 
         state, aggregate = ledger.get_state(update.update_hash, org="org-0"), ledger.get_state(head.hash)
         for path in ledger.update_paths(update.update_hash, "org-0") + ledger.aggregate_paths(head.hash):
             path.unlink()
-        ledger._query("DELETE FROM meta WHERE key LIKE 'update-parent/%'")
+        ledger._db().execute("DELETE FROM meta WHERE key LIKE 'update-parent/%'")
         ledger._db().commit()
-        ledger.blobs.put(state_to_bytes(aggregate))  # the old layout: the aggregate in the clear
-        ledger.blobs.put(state_to_bytes(state), key=ledger.keys.key_for("org-0"), aad=b"org-0")
+        old = BlobStore(run)  # no tagger: the names and layout of a run made before
+        old.put(state_to_bytes(aggregate))
+        old.put(state_to_bytes(state), key=ledger.keys.key_for("org-0"), aad=b"org-0")
+        assert [p.name for p in ledger.update_paths(update.update_hash, "org-0")] == [
+            old.path(update.update_hash, encrypted=True, aad=b"org-0").name]
+        assert ledger.aggregate_paths(head.hash) == [old.path(head.hash)]
         assert set(ledger.get_state(head.hash)) == set(aggregate)
         assert set(ledger.get_state(update.update_hash, org="org-0")) == set(state)
         assert ledger.verify_blobs() == []
-    with pytest.raises(LedgerError):
-        with Ledger.open(run) as ledger:
-            ledger.get_state("0" * 64)
+        ledger.mark_erased("org-0")  # and its erasure shreds it as before
+        with pytest.raises(ShreddedError):
+            ledger.get_state(update.update_hash, org="org-0")
