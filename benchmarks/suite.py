@@ -112,7 +112,8 @@ def erasure(opts: Options) -> dict[str, Any]:
     before, _ = evaluate(trained, [head_state(trained)], [1.0], None, baseline=3)
     rows, reference = bench_approx.erase_each(trained, settings, methods, work, warmup=not opts.quick)
     capture = bench_approx.capture_seconds(trained, work)
-    commands = bench_approx.command_seconds(trained, work)  # the whole `fedunlearn forget`, by the clock
+    commands = bench_approx.command_seconds(  # the whole `fedunlearn forget`, by the clock
+        trained, work, ("retrain", "negate") if opts.quick else bench_approx.COMMAND_METHODS)
     base_row = rows["retrain"]
     for row in rows.values():
         row["wall_ratio"] = row["wall_seconds"] / base_row["wall_seconds"]
@@ -169,7 +170,7 @@ def length(opts: Options) -> dict[str, Any]:
         train_seconds = time.perf_counter() - t
         rows, _ = bench_approx.erase_each(trained, settings, methods, work, repeats=2 if opts.quick else LENGTH_REPEATS)
         ref = rows["retrain"]
-        commands = bench_approx.command_seconds(trained, work, LENGTH_METHODS)
+        commands = bench_approx.command_seconds(trained, work, ("retrain",) if opts.quick else LENGTH_METHODS)
         points.append({"rounds": rounds, "local_epochs": settings.train.local_epochs, "train_seconds": train_seconds,
                        "command_seconds": commands,
                        "methods": {label: {k: r[k] for k in ("wall_seconds", "wall_all", "client_steps", "exposure",

@@ -40,7 +40,7 @@ def test_quick_suite_writes_results_with_measured_sections(tiny_model_dir: Path,
     assert methods["negate"]["client_steps"] == 0 and methods["negate"]["kl_to_retrain"] > 0
     assert len(sections["erasure"]["retrain_seeds"]) == 2
     commands = sections["erasure"]["command_seconds"]  # the whole `fedunlearn forget`, by the clock
-    assert list(commands) == ["retrain", "sisa", "influence", "subtract", "negate"] and min(commands.values()) > 0
+    assert list(commands) == ["retrain", "negate"] and min(commands.values()) > 0  # --quick: two of the five
     assert commands["retrain"] > methods["retrain"]["wall_seconds"]  # a fresh process pays more than the erasure
     assert "command / retrain" in text
     short, longer = sections["length"]["points"]  # R = 2 and 6: retraining triples, influence and subtract do not
@@ -48,7 +48,7 @@ def test_quick_suite_writes_results_with_measured_sections(tiny_model_dir: Path,
     assert longer["methods"]["retrain"]["client_steps"] == 3 * short["methods"]["retrain"]["client_steps"]
     for m in ("influence", "subtract"):
         assert longer["methods"][m]["steps_ratio"] < short["methods"][m]["steps_ratio"], m
-    assert list(longer["command_seconds"]) == ["retrain", "influence", "subtract"]
+    assert list(longer["command_seconds"]) == ["retrain"]  # --quick: retrain's command only
     for m in longer["methods"].values():  # timed twice, interleaved: the median of both
         assert len(m["wall_all"]) == 2 and m["wall_seconds"] == pytest.approx(sum(m["wall_all"]) / 2)
     modes = sections["dp"]["modes"]

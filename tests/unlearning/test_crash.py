@@ -76,48 +76,60 @@ def test_a_kill_at_each_point_is_completed_by_the_rerun(point, run_factory, tmp_
 SERVERAPP_DRIVER = """
 import os, sys
 from pathlib import Path
-from flwr.app import Context, RecordDict
 from fedunlearn import crashpoints
-from fedunlearn.config import settings_to_flat
-from fedunlearn.runs import RunFolder
-from server.app import make_app
-from tests.unlearning.conftest import grid_for
+from tests.unlearning.test_crash import erase_through_the_serverapp
 
 point, run = sys.argv[1], Path(sys.argv[2])
-if point:
-    crashpoints.install(lambda name: os._exit(137) if name == point else None)  # a kill -9 at that point
-settings = RunFolder.open(run).settings.replace(run={"dir": str(run), "workflow": "erase", "erase_orgs": "org-2",
-                                                     "erase_method": "sisa"})
-flat = settings_to_flat(settings)  # the run config `flwr run` hands the ServerApp of a deployment
-make_app()(grid_for(settings), Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=flat))
+crashpoints.install(lambda name: os._exit(137) if name == point else None)  # a kill -9 at that point
+erase_through_the_serverapp(run)
 """
+
+
+def erase_through_the_serverapp(run) -> None:
+    """The ServerApp with ``run.workflow = "erase"`` (SISA, org-2) over the in-process grid, given the
+    run config `flwr run` hands the ServerApp of a deployment."""
+    from flwr.app import Context, RecordDict
+
+    from fedunlearn.config import settings_to_flat
+    from fedunlearn.runs import RunFolder
+    from server.app import make_app
+    from tests.unlearning.conftest import grid_for
+
+    settings = RunFolder.open(run).settings.replace(run={"dir": str(run), "workflow": "erase", "erase_orgs": "org-2",
+                                                         "erase_method": "sisa"})
+    flat = settings_to_flat(settings)
+    make_app()(grid_for(settings), Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=flat))
+
+
+@pytest.fixture(scope="module")
+def serverapp_reference(run_factory, tmp_path_factory):
+    """The uninterrupted erasure's run (computed once for every kill point)."""
+    reference = _simulated(copy_run(run_factory("two-shards", shards=2), tmp_path_factory.mktemp("ref") / "run"))
+    erase_through_the_serverapp(reference)
+    with Ledger.open(reference) as ledger:
+        return ledger.served()["served_hash"]
 
 
 @pytest.mark.parametrize("point", POINTS)
 def test_the_serverapps_erase_workflow_killed_at_each_point_is_completed_by_the_next_run(point, run_factory,
+                                                                                          serverapp_reference,
                                                                                           tmp_path):
     """``run.workflow = "erase"`` (how ``flwr run`` erases in a deployment), SISA retraining over the
-    ServerApp's grid, killed at each point: the next run of the same ServerApp completes it with one
-    certificate, the model of an uninterrupted erasure, the records gone and a run that verifies."""
+    ServerApp's grid, killed at each point (a separate process, kill -9): the next run of the same
+    ServerApp completes it with one certificate, the model of an uninterrupted erasure, the records
+    gone and a run that verifies."""
+    from pathlib import Path
+
     from fedunlearn.certify import RunAudit
 
-    src = run_factory("two-shards", shards=2)  # org-0 and org-2 share shard 0: erasing org-2 retrains it
-    root = __import__("pathlib").Path(__file__).resolve().parents[2]
-
-    def serverapp(run, crash: str = "") -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-c", SERVERAPP_DRIVER, crash, str(run)], capture_output=True,
-                              text=True, timeout=300, cwd=root)
-
-    reference = _simulated(copy_run(src, tmp_path / "reference"))
-    assert serverapp(reference).returncode == 0
-    run = _simulated(copy_run(src, tmp_path / "run"))
-    killed = serverapp(run, point)
+    run = _simulated(copy_run(run_factory("two-shards", shards=2), tmp_path / "run"))  # org-0, org-2: shard 0
+    killed = subprocess.run([sys.executable, "-c", SERVERAPP_DRIVER, point, str(run)], capture_output=True,
+                            text=True, timeout=300, cwd=Path(__file__).resolve().parents[2])
     assert killed.returncode == 137, (point, killed.stdout[-2000:], killed.stderr[-3000:])  # the point was reached
-    again = serverapp(run)
-    assert again.returncode == 0, (point, again.stderr[-3000:])
-    with Ledger.open(run) as ledger, Ledger.open(reference) as expected:
+    erase_through_the_serverapp(run)  # the next run, in this process
+    with Ledger.open(run) as ledger:
         assert ledger.organization("org-2").status == "erased"
-        assert ledger.served()["served_hash"] == expected.served()["served_hash"]
+        assert ledger.served()["served_hash"] == serverapp_reference
         assert ledger.meta.get("certification.pending", "") == ""
     assert len(list((run / "certificates").glob("*.json"))) == 1
     assert not (run / "data" / "org-2").exists()
