@@ -81,3 +81,21 @@ SHARDED = dict(shards=2, late={"org-2": 2})
 @pytest.fixture()
 def sharded_run(run_factory, tmp_path) -> Path:
     return copy_run(run_factory("sharded", **SHARDED), tmp_path / "run")
+
+
+def checkpoints_depending_on(ledger, subject: str) -> dict[int, tuple[str, int | None, bool]]:
+    """Every checkpoint, any branch: id -> (aggregate hash, parent id, whether a contribution of
+    ``subject`` is on its ancestry, itself included), re-derived from the lineage tables."""
+    rows = ledger._query("SELECT id, parent_id, hash FROM checkpoints")
+    parent = {r["id"]: r["parent_id"] for r in rows}
+    direct = {r["checkpoint_id"] for r in ledger._query("SELECT checkpoint_id FROM contributions WHERE org = ?",
+                                                         (subject,))}
+
+    def depends(i):
+        while i is not None:
+            if i in direct:
+                return True
+            i = parent[i]
+        return False
+
+    return {r["id"]: (r["hash"], r["parent_id"], depends(r["id"])) for r in rows}

@@ -8,7 +8,6 @@ rounds with the subject left out of every member list), and the served model mus
 
 from __future__ import annotations
 
-import sqlite3
 
 import pytest
 import torch
@@ -17,7 +16,7 @@ from fedunlearn.unlearning.service import erase
 from fedunlearn.federation import protocol
 from fedunlearn.ledger import Ledger, ShreddedError
 from fedunlearn.unlearning import EraseRequest
-from tests.unlearning.conftest import SHARDED, base_settings, copy_run, grid_for
+from tests.unlearning.conftest import SHARDED, base_settings, checkpoints_depending_on, copy_run, grid_for
 
 def _heads(run_dir) -> dict[int, dict[str, torch.Tensor]]:
     with Ledger.open(run_dir) as ledger:
@@ -127,18 +126,7 @@ def _readable_copies_of(run_dir, subject: str) -> list[str]:
 
     with Ledger.open(run_dir) as ledger:
         updates = set(ledger.update_hashes(subject))
-        with sqlite3.connect(run_dir / "ledger.sqlite") as conn:
-            rows = conn.execute("SELECT id, parent_id, hash FROM checkpoints").fetchall()
-            found = conn.execute("SELECT checkpoint_id FROM contributions WHERE org = ?", (subject,))
-            direct = {r[0] for r in found}
-        parent = {i: p for i, p, _ in rows}
-
-        def depends(i):
-            while i is not None:
-                if i in direct:
-                    return True
-                i = parent[i]
-            return False
+        dependent = {h for h, _, depends in checkpoints_depending_on(ledger, subject).values() if depends}
 
         def readable(read, *args) -> bool:
             try:
@@ -147,7 +135,6 @@ def _readable_copies_of(run_dir, subject: str) -> list[str]:
                 return False
             return True
 
-        dependent = {h for i, _, h in rows if depends(i)}
         assert not [p for p in (run_dir / "blobs").glob("*/*") if "." not in p.name]  # nothing in the clear
         return sorted({h for h in dependent if readable(ledger.aggregate_bytes, h)}
                       | {h for h in updates if readable(ledger.update_bytes, h, subject)})

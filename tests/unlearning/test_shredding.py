@@ -13,25 +13,14 @@ from fedunlearn.ledger import Ledger
 from fedunlearn.ledger.keys import ShreddedError
 from fedunlearn.unlearning import EraseRequest
 from fedunlearn.unlearning.service import erase
-from tests.unlearning.conftest import base_settings, grid_for, train
+from tests.unlearning.conftest import base_settings, checkpoints_depending_on, grid_for, train
 
 
 def _lineage(ledger: Ledger, subject: str):
-    """(checkpoint id -> (hash, depends on subject)), [(org, update hash, trained from a dependent aggregate)]."""
-    rows = ledger._query("SELECT id, parent_id, hash FROM checkpoints")
-    parent = {r["id"]: r["parent_id"] for r in rows}
-    direct = {r["checkpoint_id"] for r in ledger._query("SELECT checkpoint_id FROM contributions WHERE org = ?",
-                                                         (subject,))}
-
-    def depends(i):
-        while i is not None:
-            if i in direct:
-                return True
-            i = parent[i]
-        return False
-
-    checkpoints = {r["id"]: (r["hash"], depends(r["id"])) for r in rows}
-    updates = [(r["org"], r["update_hash"], r["parent_id"] is not None and depends(r["parent_id"]))
+    """(checkpoint id -> (hash, parent id, depends on subject)), [(org, update hash, trained from a
+    dependent aggregate)]."""
+    checkpoints = checkpoints_depending_on(ledger, subject)
+    updates = [(r["org"], r["update_hash"], r["parent_id"] is not None and checkpoints[r["parent_id"]][2])
                for r in ledger._query("SELECT c.org, c.update_hash, k.parent_id FROM contributions c "
                                       "JOIN checkpoints k ON k.id = c.checkpoint_id")]
     return checkpoints, updates
@@ -53,7 +42,7 @@ def test_a_backup_taken_before_an_erasure_yields_nothing_of_the_subject_afterwar
     shutil.copytree(run, backup)  # e.g. last night's backup of the run folder
     with Ledger.open(backup) as old:
         checkpoints, updates = _lineage(old, "org-2")
-        assert all(_readable(old.aggregate_bytes, h) for h, _ in checkpoints.values())  # before: all readable
+        assert all(_readable(old.aggregate_bytes, h) for h, _, _ in checkpoints.values())  # before: all readable
         assert all(_readable(old.update_bytes, h, org) for org, h, _ in updates)
     tainted_updates = [(org, h) for org, h, from_tainted in updates if org != "org-2" and from_tainted]
     assert tainted_updates  # org-0 and org-1 trained round 2 from the aggregate that holds org-2
@@ -61,21 +50,19 @@ def test_a_backup_taken_before_an_erasure_yields_nothing_of_the_subject_afterwar
     erase(run, EraseRequest(("org-2",), method="sisa"), grid=grid_for(settings.replace(run={"dir": str(run)})))
 
     with Ledger.open(backup) as old:  # the backup, with every key that still exists
-        for digest, depends in checkpoints.values():
+        for digest, _, depends in checkpoints.values():
             assert _readable(old.aggregate_bytes, digest) is not depends, digest
         for org, digest, from_tainted in updates:
             readable = _readable(old.update_bytes, digest, org)
             assert readable is not (org == "org-2" or from_tainted), (org, digest)
         # the issue's attack: 2 x a round's aggregate - the other member's update = the subject's update
-        [r1] = [h for i, (h, d) in checkpoints.items() if d and not any(
-            checkpoints.get(p, ("", False))[1] for p in [old._query("SELECT parent_id FROM checkpoints WHERE id = ?",
-                                                                     (i,))[0]["parent_id"]])]
+        [r1] = [h for h, parent, d in checkpoints.values() if d and not checkpoints[parent][2]]  # org-2's 1st round
         with pytest.raises(ShreddedError, match="aggregate .* was shredded"):
             old.get_state(r1)
     with Ledger.open(run) as ledger:
         assert ledger.verify_blobs() == []
         assert ledger.organization("org-2").status == "erased"
-        for digest in (h for h, depends in checkpoints.values() if not depends):  # what never held org-2
+        for digest in (h for h, _, depends in checkpoints.values() if not depends):  # what never held org-2
             ledger.get_state(digest)
 
 
