@@ -163,7 +163,8 @@ def run_consortium(run: RunFolder) -> Consortium:
         from fedunlearn.data.removal import restore_organizations
 
         with Ledger.open(run.path) as ledger:
-            prints = {n: ledger.meta.get(f"data-sha256/{n}", "") for n in run.settings.organization_names}
+            meta = ledger.meta  # one read of the table (it holds a row per stored update too)
+        prints = {n: meta.get(f"data-sha256/{n}", "") for n in run.settings.organization_names}
         return restore_organizations(consortium, list(run.settings.organization_names),
                                      lambda: synthetic_consortium(run.settings), prints)
     s = run.settings
